@@ -1,0 +1,122 @@
+"""Tokenizer configurations.
+
+A configuration fixes the architecture of the causal video tokenizer (and so the layout of
+its weights). Configs are plain frozen dataclasses; the registry in :mod:`neuralcodec.weights`
+pairs a config with a weights file under a stable model name.
+
+Layout conventions used throughout the package:
+
+* video: ``B×3×T×H×W``, float in [-1, 1] (RGB).
+* latent codes: ``B×K×t×h×w``, float in {-1, +1} (0 marks a dropped bit), with
+  ``t = 1 + (T - 1) / temporal_factor`` and ``h = H / spatial_factor``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Tuple
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Architecture of a causal LFQ video tokenizer (MAGVIT-v2, §3)."""
+
+    # Number of LFQ bits per token (K); the vocabulary has 2**K entries.
+    bits: int = 18
+    # Space-to-depth factor of the stem: the encoder starts by folding p×p pixel blocks into
+    # channels and the decoder ends with the inverse depth-to-space. 1 = no stem folding.
+    stem_patch: int = 2
+    # Encoder channels per level; level 0 runs at H/stem_patch.
+    enc_channels: Tuple[int, ...] = (32, 64, 128, 128)
+    # Decoder channels per level (same level numbering as the encoder).
+    dec_channels: Tuple[int, ...] = (32, 96, 160, 192)
+    # Residual blocks per encoder level.
+    enc_blocks: Tuple[int, ...] = (1, 1, 2, 1)
+    # Residual blocks per decoder level.
+    dec_blocks: Tuple[int, ...] = (1, 2, 2, 2)
+    # Spatial ×2 downsampling between level i and i+1 (len = levels - 1).
+    spatial_down: Tuple[bool, ...] = (True, True, False)
+    # Temporal ×2 downsampling between level i and i+1 (len = levels - 1); deferred to the
+    # last transitions as in the paper.
+    temporal_down: Tuple[bool, ...] = (False, True, True)
+    # True: every 3×3×3 convolution is factorized into a 1×3×3 spatial and a causal 3×1×1
+    # temporal convolution (cheaper); False: full 3D kernels as in the paper.
+    factorized: bool = True
+    # Groups of the (per-frame) group normalization.
+    norm_groups: int = 8
+
+    def __post_init__(self) -> None:
+        levels = len(self.enc_channels)
+        for name in ("dec_channels", "enc_blocks", "dec_blocks"):
+            if len(getattr(self, name)) != levels:
+                raise ValueError(f"{name} must have {levels} entries")
+        for name in ("spatial_down", "temporal_down"):
+            if len(getattr(self, name)) != levels - 1:
+                raise ValueError(f"{name} must have {levels - 1} entries")
+        if not 1 <= self.bits <= 32:
+            raise ValueError("bits must be in 1..32")
+        if self.stem_patch < 1:
+            raise ValueError("stem_patch must be >= 1")
+        for c in self.enc_channels + self.dec_channels:
+            if c % self.norm_groups:
+                raise ValueError(f"channels {c} not divisible by norm_groups {self.norm_groups}")
+
+    @property
+    def spatial_factor(self) -> int:
+        """Total spatial downsampling (pixels per token side)."""
+        return self.stem_patch * 2 ** sum(self.spatial_down)
+
+    @property
+    def temporal_factor(self) -> int:
+        """Total temporal downsampling: 1 + k·f frames map to 1 + k latent frames."""
+        return 2 ** sum(self.temporal_down)
+
+    def to_dict(self) -> dict:
+        """JSON-serializable form (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TokenizerConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kw)
+
+
+# The paper's tokenizer (MAGVIT-v2, Table 7 / Open-MAGVIT2 sizes): full 3D kernels, 128 base
+# channels, 4 residual blocks per level, 8× spatial and 4× temporal downsampling, 18 bits.
+PAPER = TokenizerConfig(
+    bits=18,
+    stem_patch=1,
+    enc_channels=(128, 256, 256, 512),
+    dec_channels=(128, 256, 256, 512),
+    enc_blocks=(4, 4, 4, 4),
+    dec_blocks=(4, 4, 4, 4),
+    spatial_down=(True, True, True),
+    temporal_down=(False, True, True),
+    factorized=False,
+    norm_groups=32,
+)
+
+# The default CPU configuration: space-to-depth stem, factorized convolutions, a decoder wider
+# than its encoder; same factors (8× space, 4× time) and bit count as the paper.
+DEFAULT = TokenizerConfig()
+
+# A tiny configuration for unit tests (a few thousand parameters).
+TINY = TokenizerConfig(
+    bits=6,
+    stem_patch=2,
+    enc_channels=(8, 8, 8),
+    dec_channels=(8, 8, 8),
+    enc_blocks=(1, 1, 1),
+    dec_blocks=(1, 1, 1),
+    spatial_down=(True, False),
+    temporal_down=(True, True),
+    factorized=True,
+    norm_groups=4,
+)
+
+CONFIGS = {"paper": PAPER, "default": DEFAULT, "tiny": TINY}

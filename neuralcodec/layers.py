@@ -1,0 +1,220 @@
+"""Causal building blocks of the tokenizer.
+
+Every layer here is causal in time: output frame t depends on input frames <= t only, and
+normalization statistics are computed per frame (never across frames). Layers that look at
+past frames keep that past in a *stream buffer* while streaming, so that a video encoded in
+chunks gives bit-identical results to the video encoded in one piece (see
+:func:`streaming`).
+
+Tensor layout everywhere: ``B×C×T×H×W``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class StreamingModule(nn.Module):
+    """A module with causal state carried from one chunk to the next while streaming."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streaming = False
+
+    def reset_stream(self) -> None:
+        """Forget the carried state (start of a new independently decodable segment)."""
+
+
+@contextlib.contextmanager
+def streaming(model: nn.Module) -> Iterator[None]:
+    """Within this context every :class:`StreamingModule` of ``model`` carries its causal
+    state between calls; the state is cleared on entry and on exit."""
+    mods = [m for m in model.modules() if isinstance(m, StreamingModule)]
+    for m in mods:
+        m.reset_stream()
+        m.streaming = True
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.reset_stream()
+            m.streaming = False
+
+
+class CausalConv3d(StreamingModule):
+    """3D convolution, causal in time.
+
+    The input is padded with ``kt - 1`` copies of its first frame before and nothing after, so
+    output frame j sees input frames ``<= stride·j``. Spatial padding is symmetric (zeros).
+    With temporal stride s, ``1 + s·k`` frames give ``1 + k`` frames.
+
+    While streaming, the not-yet-consumed tail of the (padded) input is kept and prepended to
+    the next chunk, so chunked and one-piece outputs agree exactly.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel=(3, 3, 3), stride=(1, 1, 1)) -> None:
+        super().__init__()
+        kt, kh, kw = kernel
+        self.kt, self.st = kt, stride[0]
+        self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=(0, kh // 2, kw // 2))
+        self.buffer: Optional[torch.Tensor] = None
+
+    def reset_stream(self) -> None:
+        self.buffer = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B×Cin×T×H×W`` → ``B×Cout×T'×H'×W'``."""
+        if self.kt == 1 and self.st == 1:
+            return self.conv(x)
+        if self.buffer is None:
+            head = x[:, :, :1].expand(-1, -1, self.kt - 1, -1, -1)
+        else:
+            head = self.buffer
+        xin = torch.cat([head, x], dim=2) if head.shape[2] else x
+        n_out = (xin.shape[2] - self.kt) // self.st + 1 if xin.shape[2] >= self.kt else 0
+        if self.streaming:
+            self.buffer = xin[:, :, self.st * n_out:].detach()
+        if n_out == 0:
+            raise ValueError("chunk too short for a causal strided convolution")
+        return self.conv(xin[:, :, : self.st * (n_out - 1) + self.kt])
+
+
+class Conv(nn.Module):
+    """A 3×3×3 causal convolution, either full or factorized into spatial 1×3×3 followed by
+    temporal causal 3×1×1; ``stride`` = (temporal, spatial)."""
+
+    def __init__(self, cin: int, cout: int, factorized: bool, stride=(1, 1)) -> None:
+        super().__init__()
+        st, ss = stride
+        if factorized:
+            self.body = nn.Sequential(
+                CausalConv3d(cin, cout, (1, 3, 3), (1, ss, ss)),
+                CausalConv3d(cout, cout, (3, 1, 1), (st, 1, 1)),
+            )
+        else:
+            self.body = CausalConv3d(cin, cout, (3, 3, 3), (st, ss, ss))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def frame_group_norm(x: torch.Tensor, groups: int, eps: float = 1e-6) -> torch.Tensor:
+    """Group normalization with statistics per frame: ``B×C×T×H×W`` → same, no affine."""
+    b, c, t, h, w = x.shape
+    y = x.transpose(1, 2).reshape(b * t, c, h, w)
+    y = F.group_norm(y, groups, eps=eps)
+    return y.reshape(b, t, c, h, w).transpose(1, 2)
+
+
+class FrameGroupNorm(nn.Module):
+    """Per-frame group normalization with a learned per-channel affine."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = frame_group_norm(x, self.groups)
+        return y * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
+
+
+class AdaptiveGroupNorm(nn.Module):
+    """Per-frame group norm whose scale and shift come from the quantized latents
+    (MAGVIT-v2 §3.2): ``y = GN(x)·(1 + γ(c)) + β(c)`` with γ, β 1×1 convolutions of the
+    condition ``c`` (``B×K×T×H×W``, already aligned to ``x``)."""
+
+    def __init__(self, channels: int, cond_channels: int, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.proj = nn.Conv3d(cond_channels, 2 * channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.proj(cond).chunk(2, dim=1)
+        return frame_group_norm(x, self.groups) * (1 + gamma) + beta
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: (GN, SiLU, conv) × 2 plus a skip (1×1 if needed)."""
+
+    def __init__(self, cin: int, cout: int, factorized: bool, groups: int) -> None:
+        super().__init__()
+        self.norm1 = FrameGroupNorm(cin, groups)
+        self.conv1 = Conv(cin, cout, factorized)
+        self.norm2 = FrameGroupNorm(cout, groups)
+        self.conv2 = Conv(cout, cout, factorized)
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+def space_to_depth(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``B×C×T×H×W`` → ``B×(C·p·p)×T×(H/p)×(W/p)``."""
+    if p == 1:
+        return x
+    b, c, t, h, w = x.shape
+    x = x.reshape(b, c, t, h // p, p, w // p, p)
+    return x.permute(0, 1, 4, 6, 2, 3, 5).reshape(b, c * p * p, t, h // p, w // p)
+
+
+def depth_to_space(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Inverse of :func:`space_to_depth`."""
+    if p == 1:
+        return x
+    b, cpp, t, h, w = x.shape
+    c = cpp // (p * p)
+    x = x.reshape(b, c, p, p, t, h, w)
+    return x.permute(0, 1, 4, 5, 2, 6, 3).reshape(b, c, t, h * p, w * p)
+
+
+class Downsample(nn.Module):
+    """Learned strided causal convolution: ×2 in space and/or time."""
+
+    def __init__(self, cin: int, cout: int, factorized: bool, temporal: bool, spatial: bool) -> None:
+        super().__init__()
+        self.conv = Conv(cin, cout, factorized, stride=(2 if temporal else 1, 2 if spatial else 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(StreamingModule):
+    """Depth-to-space upsampling ×2 in space and/or time (MAGVIT-v2 §3.2).
+
+    A causal convolution makes ``s_t·s_s²`` times the channels, which are rearranged into time
+    and space. After temporal ×2 upsampling the first frame of the stream is dropped, so
+    ``1 + k`` frames become ``1 + 2k``.
+    """
+
+    def __init__(self, cin: int, cout: int, factorized: bool, temporal: bool, spatial: bool) -> None:
+        super().__init__()
+        self.st = 2 if temporal else 1
+        self.ss = 2 if spatial else 1
+        self.cout = cout
+        self.conv = Conv(cin, cout * self.st * self.ss * self.ss, factorized)
+        self.started = False
+
+    def reset_stream(self) -> None:
+        self.started = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        b, _, t, hh, ww = h.shape
+        if self.st > 1:
+            h = h.reshape(b, self.cout * self.ss * self.ss, self.st, t, hh, ww)
+            h = h.permute(0, 1, 3, 2, 4, 5).reshape(b, -1, t * self.st, hh, ww)
+            if not self.started:
+                h = h[:, :, self.st - 1:]
+            if self.streaming:
+                self.started = True
+        return depth_to_space(h, self.ss)

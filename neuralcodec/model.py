@@ -1,0 +1,230 @@
+"""The causal video tokenizer (MAGVIT-v2 design).
+
+::
+
+    video B×3×T×H×W in [-1,1]
+      │ pad H, W to the spatial factor (edge); T to 1 + f·k (repeat last frame)
+      ▼
+    space-to-depth(p) → conv → [ResBlocks → strided causal conv (↓ space / time)]×L
+      → GN, SiLU, 1×1 conv → z  (B×K×t×h×w)
+      ▼
+    LFQ: q = sign(z) ∈ {-1,+1}^K         (token index Σ 2^k [q_k > 0])
+      ▼
+    conv → [AdaGN(q) → ResBlocks → depth-to-space (↑ space / time, drop first frame)]×L
+      → GN, SiLU, conv → depth-to-space(p) → video B×3×(1+f·k)×H'×W'
+
+Every layer is causal in time (see :mod:`neuralcodec.layers`), so frame t's tokens depend on
+frames <= t only, the first frame is coded as an image, and :meth:`Tokenizer.encode` /
+:meth:`Tokenizer.decode` may be run on chunks under :func:`neuralcodec.layers.streaming`.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs import TokenizerConfig
+from .layers import (AdaptiveGroupNorm, CausalConv3d, Downsample, FrameGroupNorm, ResBlock,
+                     StreamingModule, Upsample, depth_to_space, space_to_depth)
+from .quantizer import LFQ, LFQOutput
+
+
+class Encoder(nn.Module):
+    """Video ``B×3×T×H×W`` in [-1, 1] (H, W multiples of the spatial factor, T = 1 + f·k)
+    → pre-quantization latents ``B×K×(1+k)×H/s×W/s`` (float, unbounded)."""
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.enc_channels
+        p = cfg.stem_patch
+        self.stem = CausalConv3d(3 * p * p, ch[0], (3, 3, 3) if not cfg.factorized else (1, 3, 3))
+        self.levels = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        for i, c in enumerate(ch):
+            self.levels.append(nn.Sequential(*[ResBlock(c, c, cfg.factorized, cfg.norm_groups)
+                                               for _ in range(cfg.enc_blocks[i])]))
+            if i + 1 < len(ch):
+                self.downs.append(Downsample(c, ch[i + 1], cfg.factorized,
+                                             cfg.temporal_down[i], cfg.spatial_down[i]))
+        self.norm = FrameGroupNorm(ch[-1], cfg.norm_groups)
+        self.out = nn.Conv3d(ch[-1], cfg.bits, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(space_to_depth(x, self.cfg.stem_patch))
+        for i, level in enumerate(self.levels):
+            h = level(h)
+            if i < len(self.downs):
+                h = self.downs[i](h)
+        return self.out(F.silu(self.norm(h)))
+
+
+class Decoder(StreamingModule):
+    """Codes ``B×K×(1+k)×h×w`` in {-1, 0, +1} (0 = dropped bit) → video
+    ``B×3×(1+f·k)×h·s×w·s``, float (nominally [-1, 1], not clamped)."""
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.dec_channels
+        p = cfg.stem_patch
+        self.inp = CausalConv3d(cfg.bits, ch[-1], (3, 3, 3) if not cfg.factorized else (1, 3, 3))
+        self.adanorms = nn.ModuleList()
+        self.levels = nn.ModuleList()
+        self.ups = nn.ModuleList()
+        for i in reversed(range(len(ch))):
+            c = ch[i]
+            self.adanorms.append(AdaptiveGroupNorm(c, cfg.bits, cfg.norm_groups))
+            self.levels.append(nn.Sequential(*[ResBlock(c, c, cfg.factorized, cfg.norm_groups)
+                                               for _ in range(cfg.dec_blocks[i])]))
+            if i > 0:
+                self.ups.append(Upsample(c, ch[i - 1], cfg.factorized,
+                                         cfg.temporal_down[i - 1], cfg.spatial_down[i - 1]))
+        self.norm = FrameGroupNorm(ch[0], cfg.norm_groups)
+        self.out = CausalConv3d(ch[0], 3 * p * p, (1, 3, 3))
+        self.started = False
+
+    def reset_stream(self) -> None:
+        self.started = False
+
+    def _condition(self, codes: torch.Tensor, tf: int, size) -> torch.Tensor:
+        """Align codes ``B×K×t×h×w`` to a feature map with ``tf``× the frames and ``size``
+        spatially: latent j covers output frames ``tf·(j-1)+1 … tf·j`` (latent 0 → frame 0)."""
+        if tf > 1:
+            t = codes.shape[2]
+            reps = torch.full((t,), tf, dtype=torch.long, device=codes.device)
+            if not self.started:
+                reps[0] = 1
+            codes = codes.repeat_interleave(reps, dim=2)
+        return F.interpolate(codes, size=(codes.shape[2],) + tuple(size), mode="nearest")
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        h = self.inp(codes)
+        nl = len(self.levels)
+        tf = 1
+        for j in range(nl):
+            i = nl - 1 - j  # level index
+            h = self.adanorms[j](h, self._condition(codes, tf, h.shape[3:]))
+            h = self.levels[j](h)
+            if j < len(self.ups):
+                h = self.ups[j](h)
+                if self.cfg.temporal_down[i - 1]:
+                    tf *= 2
+        h = self.out(F.silu(self.norm(h)))
+        if self.streaming:
+            self.started = True
+        return depth_to_space(h, self.cfg.stem_patch)
+
+
+class Tokenizer(nn.Module):
+    """Encoder + LFQ + decoder. See the module docstring for the data flow."""
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quantizer = LFQ(cfg.bits)
+        self.decoder = Decoder(cfg)
+
+    # ---- geometry -------------------------------------------------------------------------
+    def padded_size(self, height: int, width: int):
+        """(H, W) rounded up to multiples of the spatial factor."""
+        s = self.cfg.spatial_factor
+        return -(-height // s) * s, -(-width // s) * s
+
+    def padded_frames(self, frames: int) -> int:
+        """Smallest 1 + f·k >= frames."""
+        f = self.cfg.temporal_factor
+        return 1 + -(-(max(frames, 1) - 1) // f) * f
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames for ``frames`` input frames (after padding)."""
+        return 1 + (self.padded_frames(frames) - 1) // self.cfg.temporal_factor
+
+    def pad_spatial(self, video: torch.Tensor) -> torch.Tensor:
+        """Edge-pad ``B×3×T×H×W`` to the spatial factor."""
+        h, w = video.shape[-2:]
+        ph, pw = self.padded_size(h, w)
+        if (ph, pw) == (h, w):
+            return video
+        b, c, t = video.shape[:3]
+        y = F.pad(video.reshape(b, c * t, h, w), (0, pw - w, 0, ph - h), mode="replicate")
+        return y.reshape(b, c, t, ph, pw)
+
+    def pad_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Edge-pad space and repeat the last frame so T = 1 + f·k."""
+        video = self.pad_spatial(video)
+        t = video.shape[2]
+        tp = self.padded_frames(t)
+        if tp > t:
+            video = torch.cat([video, video[:, :, -1:].expand(-1, -1, tp - t, -1, -1)], dim=2)
+        return video
+
+    # ---- coding -----------------------------------------------------------------------------
+    def quantize(self, video: torch.Tensor) -> LFQOutput:
+        """Video ``B×3×T×H×W`` in [-1, 1], already padded → :class:`LFQOutput`."""
+        return self.quantizer(self.encoder(video))
+
+    @torch.no_grad()
+    def encode_latents(self, video: torch.Tensor) -> torch.Tensor:
+        """Padded video ``B×3×T×H×W`` in [-1, 1] → pre-quantization latents z
+        ``B×K×t×h×w`` (float; the codes are ``sign(z)`` with z <= 0 → -1)."""
+        return self.encoder(video)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Video ``B×3×T×H×W`` in [-1, 1] (any H, W, T; padded here) → codes
+        ``B×K×t×h×w`` in {-1, +1}."""
+        from .quantizer import sign_quantize
+        return sign_quantize(self.encoder(self.pad_video(video)))
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        """Codes ``B×K×t×h×w`` in {-1, +1} → video ``B×3×(1+f·(t-1))×h·s×w·s`` in [-1, 1]
+        (clamped). With ``bits`` = b < K only the first b bits are used (the rest read as 0)."""
+        return self.decoder(mask_bits(codes, bits)).clamp(-1, 1)
+
+    def forward(self, video: torch.Tensor, bits: int | None = None):
+        """Training pass: padded video → (reconstruction, LFQOutput)."""
+        q = self.quantize(video)
+        return self.decoder(mask_bits(q.codes, bits)), q
+
+
+def mask_bits(codes: torch.Tensor, bits: int | None) -> torch.Tensor:
+    """Zero the code channels ``>= bits`` (``B×K×…``); ``None`` keeps all."""
+    if bits is None or bits >= codes.shape[1]:
+        return codes
+    keep = (torch.arange(codes.shape[1], device=codes.device) < bits).to(codes.dtype)
+    return codes * keep.view(1, -1, *([1] * (codes.dim() - 2)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_per_pixel(model: Tokenizer, frames: int = 17, size: int = 64) -> dict:
+    """Multiply-accumulates per input pixel of the encoder and the decoder, counted with
+    forward hooks on every convolution for a ``1×3×frames×size×size`` input."""
+    counts: List[int] = [0]
+
+    def hook(mod, inp, out):
+        k = mod.weight[0].numel()  # Cin/groups × kt × kh × kw
+        counts[0] += out.numel() * k
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv3d)]
+    try:
+        x = torch.zeros(1, 3, frames, size, size)
+        with torch.no_grad():
+            counts[0] = 0
+            z = model.encoder(x)
+            enc = counts[0]
+            counts[0] = 0
+            model.decoder(torch.sign(z) + (z == 0).float())
+            dec = counts[0]
+    finally:
+        for h in hs:
+            h.remove()
+    pixels = frames * size * size
+    return {"encoder": enc / pixels, "decoder": dec / pixels}

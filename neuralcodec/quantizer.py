@@ -1,0 +1,103 @@
+"""Lookup-Free Quantization (MAGVIT-v2 §3.1).
+
+Each of the K latent channels is quantized independently to one bit:
+
+    q_k = sign(z_k),  with z_k <= 0 → -1 and z_k > 0 → +1.
+
+**Bit order (normative, see bitstream_spec.md):** channel k is bit k of the token index,
+least significant first: ``index = Σ_k 2^k · [q_k > 0]``. A dropped bit (rate selection) is
+represented by the value 0 in the code tensor and by bit value 0 in the index.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sign_quantize(z: torch.Tensor) -> torch.Tensor:
+    """``z`` any shape, float → same shape and dtype, values in {-1, +1} (z <= 0 → -1)."""
+    return torch.where(z > 0, torch.ones_like(z), -torch.ones_like(z))
+
+
+def codes_to_indices(codes: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Codes ``…×K×…`` in {-1, +1} along ``dim`` (K <= 31) → int64 indices with that dim
+    removed: ``Σ_k 2^k·[code_k > 0]``."""
+    k = codes.shape[dim]
+    if k > 62:
+        raise ValueError("at most 62 bits per index")
+    shape = [1] * codes.dim()
+    shape[dim] = k
+    weights = (2 ** torch.arange(k, device=codes.device, dtype=torch.int64)).view(shape)
+    return ((codes > 0).to(torch.int64) * weights).sum(dim=dim)
+
+
+def indices_to_codes(indices: torch.Tensor, bits: int, dim: int = 1,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverse of :func:`codes_to_indices`: int indices → codes in {-1, +1} with a new
+    dimension of size ``bits`` inserted at ``dim``."""
+    idx = indices.to(torch.int64).unsqueeze(dim)
+    shape = [1] * idx.dim()
+    shape[dim] = bits
+    masks = (2 ** torch.arange(bits, device=indices.device, dtype=torch.int64)).view(shape)
+    return torch.where((idx & masks) != 0, 1.0, -1.0).to(dtype)
+
+
+@dataclass
+class LFQOutput:
+    """Result of :meth:`LFQ.forward`."""
+
+    codes: torch.Tensor  # B×K×T×H×W, {-1, +1} values (straight-through gradient to z)
+    entropy_loss: torch.Tensor  # scalar: E[H(q(z))] - γ·H(E[q(z)])
+    commit_loss: torch.Tensor  # scalar: mean (z - sg(q))²
+    per_sample_entropy: torch.Tensor  # scalar, bits
+    codebook_entropy: torch.Tensor  # scalar, bits (sum over sub-groups)
+
+
+class LFQ(nn.Module):
+    """Lookup-free quantizer with the entropy penalty of MAGVIT-v2 eq. (5).
+
+    The soft assignment of a latent vector z to code c is ``p(c|z) ∝ exp(-‖z - c‖²/τ)``,
+    which factorizes over bits: ``p(c_k = +1 | z_k) = σ(4 z_k / τ)``. The per-sample entropy
+    is therefore a sum of binary entropies; the codebook entropy ``H(E[q(z)])`` is estimated,
+    as in the paper for 2^18 codes, over sub-groups of ``group_bits`` bits treated as
+    independent.
+    """
+
+    def __init__(self, bits: int, group_bits: int = 9, temperature: float = 1.0,
+                 diversity_gamma: float = 1.0) -> None:
+        super().__init__()
+        self.bits = bits
+        self.group_bits = min(group_bits, bits)
+        self.temperature = temperature
+        self.diversity_gamma = diversity_gamma
+
+    def forward(self, z: torch.Tensor) -> LFQOutput:
+        """``z``: ``B×K×T×H×W`` float (unbounded)."""
+        q = sign_quantize(z)
+        codes = z + (q - z).detach()
+        commit = F.mse_loss(z, q.detach())
+        if not self.training:
+            zero = z.new_zeros(())
+            return LFQOutput(codes, zero, commit, zero, zero)
+        flat = z.transpose(0, 1).reshape(self.bits, -1).t().float()  # N×K
+        logit = 4.0 * flat / self.temperature
+        p1 = torch.sigmoid(logit)
+        # per-sample entropy (bits): Σ_k h(p_k)
+        h = F.binary_cross_entropy_with_logits(logit, p1, reduction="none")
+        per_sample = h.sum(1).mean() / math.log(2)
+        # codebook entropy over sub-groups of bits
+        logp1, logp0 = F.logsigmoid(logit), F.logsigmoid(-logit)
+        cb = flat.new_zeros(())
+        for start in range(0, self.bits, self.group_bits):
+            g = min(self.group_bits, self.bits - start)
+            patt = (torch.arange(2 ** g, device=z.device).unsqueeze(1) >> torch.arange(g, device=z.device)) & 1
+            patt = patt.to(flat.dtype)  # C×g
+            logp = logp1[:, start:start + g] @ patt.t() + logp0[:, start:start + g] @ (1 - patt).t()
+            avg = logp.exp().mean(0)  # the product distribution sums to 1 over codes
+            cb = cb - (avg * torch.log(avg.clamp_min(1e-12))).sum() / math.log(2)
+        ent = per_sample - self.diversity_gamma * cb
+        return LFQOutput(codes, ent, commit, per_sample.detach(), cb.detach())

@@ -1,0 +1,1 @@
+"""Training of the tokenizer: data, losses, loop. Imports the model; nothing imports it."""

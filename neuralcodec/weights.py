@@ -1,0 +1,122 @@
+"""Model registry and weights I/O.
+
+Models are known by a stable name (never by an index). Each registry entry names a config and
+a weights file inside the package (``neuralcodec/models/NAME.safetensors``) together with the
+file's sha256, which is checked on every load. Weights are stored with safetensors (no pickle):
+tensors in float16, the config as JSON in the file's metadata.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict
+
+import torch
+
+from .configs import TokenizerConfig
+from .model import Tokenizer
+
+MODELS_DIR = Path(__file__).parent / "models"
+REGISTRY_FILE = MODELS_DIR / "registry.json"
+DEFAULT_MODEL = "mgv-default-v1"
+
+
+class WeightsError(Exception):
+    """A weights file is missing, corrupted, or does not match its registry entry."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registry entry."""
+
+    name: str  # stable model name, stored in every .mgv header
+    file: str  # weights file name inside neuralcodec/models/
+    sha256: str  # hex sha256 of the weights file
+
+    @property
+    def path(self) -> Path:
+        return MODELS_DIR / self.file
+
+
+def registry() -> Dict[str, ModelEntry]:
+    """name → :class:`ModelEntry`, read from ``models/registry.json``."""
+    if not REGISTRY_FILE.exists():
+        return {}
+    data = json.loads(REGISTRY_FILE.read_text())
+    return {n: ModelEntry(n, e["file"], e["sha256"]) for n, e in data.items()}
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_weights(model: Tokenizer, path: Path, name: str) -> str:
+    """Write ``model`` (float16 tensors, config in metadata) → returns the file's sha256."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to(torch.float16).contiguous().cpu()
+               for k, v in model.state_dict().items()}
+    meta = {"name": name, "config": json.dumps(model.cfg.to_dict()), "format": "neuralcodec-weights-1"}
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return file_sha256(path)
+
+
+def load_weights_file(path: Path, expected_sha256: str | None = None) -> Tokenizer:
+    """Load a safetensors weights file → :class:`Tokenizer` in eval mode (float32).
+
+    Raises :class:`WeightsError` if the hash does not match, the file is not safetensors,
+    or its tensors do not fit its config.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if expected_sha256 is not None:
+        got = file_sha256(path)
+        if got != expected_sha256:
+            raise WeightsError(f"sha256 mismatch for {path.name}: expected {expected_sha256[:16]}…, got {got[:16]}…")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            cfg = TokenizerConfig.from_dict(json.loads(meta["config"]))
+            state = {k: f.get_tensor(k).float() for k in f.keys()}
+    except WeightsError:
+        raise
+    except Exception as e:  # safetensors raises several types for a malformed file
+        raise WeightsError(f"cannot read weights {path.name}: {e}") from None
+    model = Tokenizer(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise WeightsError(f"weights {path.name} do not fit their config: {str(e).splitlines()[0]}") from None
+    return model.eval()
+
+
+def load_model(name: str = DEFAULT_MODEL) -> Tokenizer:
+    """Load a registered model by name (hash checked)."""
+    reg = registry()
+    if name not in reg:
+        known = ", ".join(sorted(reg)) or "none"
+        raise WeightsError(f"unknown model '{name}' (known: {known})")
+    e = reg[name]
+    model = load_weights_file(e.path, e.sha256)
+    model.name = name  # type: ignore[attr-defined]
+    model.sha256 = e.sha256  # type: ignore[attr-defined]
+    return model
+
+
+def register(name: str, file: str, sha256: str) -> None:
+    """Add or replace a registry entry (used by the export tool)."""
+    data = json.loads(REGISTRY_FILE.read_text()) if REGISTRY_FILE.exists() else {}
+    data[name] = {"file": file, "sha256": sha256}
+    REGISTRY_FILE.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
