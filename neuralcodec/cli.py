@@ -1,0 +1,289 @@
+"""The ``mgv`` command line: ``encode``, ``decode``, ``info``.
+
+The CLI only parses arguments, shows progress (tqdm, stderr), prints results (stdout) and maps
+errors to one line on stderr and an exit code (:mod:`neuralcodec.errors`; 130 for Ctrl-C).
+Outputs are written to a temporary file beside the target and renamed into place on success,
+so a failed or interrupted command leaves no partial file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import click
+
+from . import __version__
+from .errors import InputError, MGVError, OutputError
+
+EXIT_INTERRUPTED = 130
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, delivered as an exception so cleanup handlers run."""
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised by subprocess tests
+    raise Interrupted()
+
+
+def _fail(msg: str, code: int) -> None:
+    click.echo(f"mgv: error: {msg}", err=True)
+    sys.exit(code)
+
+
+def _run(fn, *args, **kw):
+    """Call ``fn`` and turn every expected failure into one stderr line and an exit code."""
+    try:
+        return fn(*args, **kw)
+    except MGVError as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, e.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED)
+    except MemoryError:
+        _fail("out of memory", 1)
+    except OSError as e:
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        _fail(f"{e.strerror or e}{where}", OutputError.exit_code)
+
+
+# ---- atomic outputs -----------------------------------------------------------------------------
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+@contextlib.contextmanager
+def atomic_output(target: Path, force: bool) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` (same extension); on success it is renamed to
+    ``target``, on any failure (Ctrl-C included) it is deleted."""
+    target = Path(target)
+    if target.exists() and not force:
+        raise OutputError(f"{target} exists (use -y to overwrite)")
+    if target.is_dir():
+        raise OutputError(f"{target} is a directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{parent}: output directory does not exist")
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".part" + target.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_pattern(pattern: str, count: int, force: bool) -> Iterator[str]:
+    """Like :func:`atomic_output` for a ``%05d.png`` pattern: frames are written into a
+    temporary directory beside the targets and moved into place on success."""
+    from .io import pattern_names
+
+    parent = Path(pattern).parent if str(Path(pattern).parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{parent}: output directory does not exist")
+    names = pattern_names(pattern, count)
+    if not force:
+        for n in names:
+            if os.path.exists(n):
+                raise OutputError(f"{n} exists (use -y to overwrite)")
+    tmpdir = tempfile.mkdtemp(dir=parent, prefix=".mgv-frames.")
+    try:
+        yield os.path.join(tmpdir, Path(pattern).name)
+        written = pattern_names(os.path.join(tmpdir, Path(pattern).name), count)
+        for src, dst in zip(written, names):
+            os.replace(src, dst)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _progress(total: Optional[int], quiet: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame", desc=desc, file=sys.stderr, disable=quiet,
+                dynamic_ncols=True, leave=False)
+
+
+def _parse_frames(spec: Optional[str]) -> Optional[Tuple[Optional[int], Optional[int]]]:
+    """"A:B" (half-open, 0-based; either side may be empty) → (A, B); "N" → (N, N + 1)."""
+    if spec is None:
+        return None
+    try:
+        if ":" in spec:
+            a, b = spec.split(":", 1)
+            r = (int(a) if a.strip() else None, int(b) if b.strip() else None)
+        else:
+            r = (int(spec), int(spec) + 1)
+    except ValueError:
+        raise InputError(f"--frames {spec!r}: expected A:B with integers") from None
+    if (r[0] is not None and r[0] < 0) or (r[1] is not None and r[1] <= (r[0] or 0)):
+        raise InputError(f"--frames {spec!r}: need 0 <= A < B")
+    return r
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MGVError("--device cuda: no CUDA device available")
+    return torch.device(name)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# ---- commands -------------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mgv")
+def main() -> None:
+    """mgv: a neural video codec (causal LFQ tokenizer, .mgv files)."""
+    with contextlib.suppress(ValueError):  # not in the main thread (e.g. some test runners)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+@main.command()
+@click.argument("input", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="output .mgv file")
+@click.option("--model", "model_name", default=None, help="registered model name [default: mgv-default-v1]")
+@click.option("--bits", type=int, default=None, help="LFQ bits stored per token (1..K) [default: K]")
+@click.option("--entropy", type=click.Choice(["none", "context"]), default="context", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--segment-frames", type=int, default=None,
+              help="frames per independently decodable segment, 1 + 4k [default: about 2 s]")
+@click.option("-y", "--force", is_flag=True, help="overwrite the output")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+def encode(input: Path, output: Path, model_name: Optional[str], bits: Optional[int], entropy: str,
+           device: str, segment_frames: Optional[int], force: bool, quiet: bool) -> None:
+    """Encode a video file (anything FFmpeg reads) into an .mgv stream."""
+    _run(_encode, input, output, model_name, bits, entropy, device, segment_frames, force, quiet)
+
+
+def _encode(input: Path, output: Path, model_name, bits, entropy, device, segment_frames,
+            force, quiet) -> None:
+    from . import codec, io, weights
+
+    if _same_file(input, output):
+        raise OutputError("input and output are the same file")
+    if output.exists() and not force:
+        raise OutputError(f"{output} exists (use -y to overwrite)")
+    meta = io.probe(input)
+    dev = _device(device)
+    try:
+        model = weights.load_model(model_name or weights.DEFAULT_MODEL)
+    except weights.WeightsError as e:
+        from .errors import ModelError
+        raise ModelError(str(e)) from None
+    model = model.to(dev)
+    t0 = time.perf_counter()
+    with atomic_output(output, force) as tmp, _progress(meta.frames, quiet, "encode") as bar:
+        with open(tmp, "wb") as fo:
+            res = codec.compress_to_file(model, input, fo, bits=bits, entropy=entropy,
+                                         segment_frames=segment_frames, progress=bar.update)
+            fo.flush()
+            os.fsync(fo.fileno())
+    dt = time.perf_counter() - t0
+    h = res.header
+    click.echo(f"{output}: {h.frames} frames {h.width}x{h.height} @ {h.fps_num}/{h.fps_den} fps, "
+               f"{res.bytes_written} bytes, {res.bpp:.4f} bpp, "
+               f"{8 * res.bytes_written / 1000 / float(h.frames / h.fps):.1f} kbps, "
+               f"{h.bits}/{h.model_bits} bits, {res.context_segments}/{res.segments} segments "
+               f"entropy coded, {dt:.2f} s ({h.frames / dt:.2f} fps)")
+
+
+@main.command()
+@click.argument("input", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True,
+              help="output video: .mkv (FFV1), .mp4 (H.264), .y4m, or a %05d.png pattern")
+@click.option("--frames", "frames", default=None, help="decode frames A:B only (0-based, B excluded)")
+@click.option("-y", "--force", is_flag=True, help="overwrite the output")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+def decode(input: Path, output: str, frames: Optional[str], force: bool, quiet: bool) -> None:
+    """Decode an .mgv stream into a video file chosen by the output's extension."""
+    _run(_decode, input, output, frames, force, quiet)
+
+
+def _decode(input: Path, output: str, frames_spec, force, quiet) -> None:
+    from . import codec, io
+
+    kind = io.output_kind(output)
+    rng = _parse_frames(frames_spec)
+    if kind != "png" and Path(output).exists() and not force:
+        raise OutputError(f"{output} exists (use -y to overwrite)")
+    if _same_file(input, Path(output)):
+        raise OutputError("input and output are the same file")
+    t0 = time.perf_counter()
+    with _open_input(input) as fo:
+        meta, it = codec.decompress_from_file(fo, frames=rng)
+        ctx = atomic_pattern(output, meta.frames, force) if kind == "png" else atomic_output(Path(output), force)
+        with ctx as tmp, _progress(meta.frames, quiet, "decode") as bar:
+            n = io.write_video(tmp, meta, it, kind=kind, progress=bar.update)
+    dt = time.perf_counter() - t0
+    if n != meta.frames:
+        raise OutputError(f"wrote {n} of {meta.frames} frames")
+    click.echo(f"{output}: {n} frames {meta.width}x{meta.height} @ {meta.fps.numerator}/"
+               f"{meta.fps.denominator} fps, {dt:.2f} s ({n / dt:.2f} fps)")
+
+
+@contextlib.contextmanager
+def _open_input(path: Path):
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory")
+    with open(path, "rb") as fo:
+        yield fo
+
+
+@main.command()
+@click.argument("input", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def info(input: Path, as_json: bool) -> None:
+    """Show the header and segment table of an .mgv stream (nothing is decoded)."""
+    _run(_info, input, as_json)
+
+
+def _info(input: Path, as_json: bool) -> None:
+    from . import codec, container
+
+    with _open_input(input) as fo:
+        d = codec.stream_info(fo)
+        fo.seek(0)
+        rows = container.Reader(fo).header.describe()
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    h = d["header"]
+    lines: List[str] = [f"{input}: .mgv version {d['version']}"]
+    lines += [f"  {name:<16} {value:<34} {doc}" for name, value, doc in rows]
+    lines.append(f"  {'fps':<16} {h['fps']} ({float(h['fps_num']) / h['fps_den']:.3f})")
+    lines.append(f"  {'duration':<16} {h['duration_s']:.3f} s")
+    if "file_bytes" in d:
+        lines.append(f"  {'size':<16} {d['file_bytes']} bytes, {d['bpp']:.4f} bpp, {d['kbps']:.1f} kbps")
+    lines.append(f"  segments: {len(d['segments'])}")
+    lines.append(f"    {'#':>5} {'first':>8} {'frames':>6} {'entropy':>8} {'bytes':>10} {'bpp':>8}")
+    for s in d["segments"]:
+        lines.append(f"    {s['index']:>5} {s['first_frame']:>8} {s['frames']:>6} {s['entropy']:>8} "
+                     f"{s['bytes']:>10} {s['bpp']:>8.4f}")
+    click.echo("\n".join(lines))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,625 @@
+"""The ``.mgv`` container: prelude, declarative header, typed CRC-checked records.
+
+``bitstream_spec.md`` is normative; this module follows it. All integers are little-endian.
+
+::
+
+    prelude  magic(8) major(u16) minor(u16) header_len(u32)              16 bytes
+    header   header_len bytes of fields (see FIELDS), then crc32(u32) over prelude + header
+    records  sync "MGVR" type(u8) flags(u8) reserved(u16) length(u32) payload crc32(u32)
+             SEGMENT* [INDEX] END
+
+The reader is strict: every length is checked against a cap before it is used, payloads are
+read in bounded chunks (a forged length cannot allocate more memory than the file holds), and
+every failure raises one :class:`~neuralcodec.errors.StreamError` subclass. The reader works on
+any binary file object; it only seeks for :meth:`Reader.index` / :meth:`Reader.segment_at`.
+"""
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass, fields as dc_fields
+from fractions import Fraction
+from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
+
+from .errors import (BadMagic, CRCMismatch, HeaderError, RecordError, Truncated,
+                     UnsupportedVersion)
+
+MAGIC = b"\x89MGV\r\n\x1a\n"  # PNG-style: non-ASCII first byte, CR-LF / ^Z / LF catch text-mode damage
+MAJOR = 1  # a reader must understand this major version exactly
+MINOR = 0  # minor versions only add skippable things (trailing header fields, optional records)
+PRELUDE = struct.Struct("<8sHHI")  # magic, major, minor, header_len
+RECORD_SYNC = b"MGVR"
+RECORD_HEAD = struct.Struct("<4sBBHI")  # sync, type, flags, reserved, payload length
+CRC = struct.Struct("<I")
+
+# ---- caps (normative, bitstream_spec.md §2) ----------------------------------------------
+MAX_HEADER_LEN = 4096  # bytes of header fields
+MAX_SIDE = 8192  # pixels, width and height each
+MAX_PIXELS = 1 << 25  # width·height (33.5 Mpx, covers 8K UHD)
+MAX_FRAMES = 1 << 24  # frames per stream
+MAX_FPS_TERM = 1_000_000  # fps numerator and denominator
+MAX_SEGMENT_FRAMES = 65537
+MAX_SEGMENTS = 1 << 20
+MAX_RECORD_PAYLOAD = 1 << 28  # 256 MiB
+READ_CHUNK = 1 << 20  # payloads are read in pieces of at most this size
+
+# ---- record types ------------------------------------------------------------------------
+REC_SEGMENT = 1
+REC_INDEX = 2
+REC_AUDIO = 3  # reserved for audio packets (a later minor version defines the payload)
+REC_END = 15
+RECORD_NAMES = {REC_SEGMENT: "SEGMENT", REC_INDEX: "INDEX", REC_AUDIO: "AUDIO", REC_END: "END"}
+FLAG_CRITICAL = 0x01  # a reader that does not know the type must stop (UnsupportedVersion)
+
+# ---- entropy modes of segment payloads ----------------------------------------------------
+ENTROPY_NONE = 0  # raw packed bits (spec §6)
+ENTROPY_CONTEXT = 1  # context-adaptive arithmetic coding (spec §7)
+ENTROPY_NAMES = {ENTROPY_NONE: "none", ENTROPY_CONTEXT: "context"}
+
+SEGMENT_HEAD = struct.Struct("<IIIHHHBB")  # index, first, frames, t, h, w, entropy, reserved
+INDEX_ENTRY = struct.Struct("<QII")  # record offset, first frame, frames
+END_PAYLOAD = struct.Struct("<Q")  # offset of the INDEX record (0: none)
+END_RECORD_SIZE = RECORD_HEAD.size + END_PAYLOAD.size + CRC.size  # 24
+
+_NAME_RE = re.compile(rb"^[A-Za-z0-9._-]+$")
+_PIXFMT_RE = re.compile(rb"^[a-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One header field: name, binary kind, allowed range and meaning.
+
+    ``kind`` is ``u8``/``u16``/``u32`` (value in ``lo..hi``), ``bytes16`` (16 raw bytes) or
+    ``str8`` (u8 length in ``lo..hi`` then that many bytes matching ``pattern``).
+    """
+
+    name: str
+    kind: str
+    lo: int
+    hi: int
+    doc: str
+    pattern: Optional[re.Pattern] = None
+
+
+_INT = {"u8": struct.Struct("<B"), "u16": struct.Struct("<H"), "u32": struct.Struct("<I")}
+
+# The header of version 1.0, in file order. Named once; used to write, read, check and print.
+FIELDS: Tuple[Field, ...] = (
+    Field("width", "u16", 1, MAX_SIDE, "frame width in pixels"),
+    Field("height", "u16", 1, MAX_SIDE, "frame height in pixels"),
+    Field("frames", "u32", 1, MAX_FRAMES, "number of frames in the stream"),
+    Field("fps_num", "u32", 1, MAX_FPS_TERM, "frame rate numerator (fps = num / den)"),
+    Field("fps_den", "u32", 1, MAX_FPS_TERM, "frame rate denominator"),
+    Field("model_bits", "u8", 1, 32, "LFQ bits per token of the model (K)"),
+    Field("bits", "u8", 1, 32, "LFQ bits stored per token (b <= K; channels >= b decode as 0)"),
+    Field("bit_order", "u8", 0, 0, "0: channel k is bit k of the token index, LSB first"),
+    Field("sign_convention", "u8", 0, 0, "0: z <= 0 -> code -1 (bit 0), z > 0 -> +1 (bit 1)"),
+    Field("temporal_factor", "u8", 1, 64, "frames per latent frame (after the first)"),
+    Field("spatial_factor", "u8", 1, 128, "pixels per token side"),
+    Field("entropy", "u8", 0, 1, "default entropy mode of segments (0 none, 1 context)"),
+    Field("reserved", "u8", 0, 0, "must be 0"),
+    Field("segment_frames", "u32", 1, MAX_SEGMENT_FRAMES, "frames per segment (1 + f·k)"),
+    Field("model_sha256", "bytes16", 16, 16, "first 16 bytes of the model weights' sha256"),
+    Field("pix_fmt", "str8", 1, 32, "source pixel format (FFmpeg name)", _PIXFMT_RE),
+    Field("model_name", "str8", 1, 64, "registered model name", _NAME_RE),
+)
+
+
+@dataclass(frozen=True)
+class Header:
+    """The decoded header (see :data:`FIELDS` for the meaning and range of each field)."""
+
+    width: int
+    height: int
+    frames: int
+    fps_num: int
+    fps_den: int
+    model_bits: int
+    bits: int
+    temporal_factor: int
+    spatial_factor: int
+    entropy: int
+    segment_frames: int
+    model_sha256: bytes
+    pix_fmt: str
+    model_name: str
+    bit_order: int = 0
+    sign_convention: int = 0
+    reserved: int = 0
+
+    # ---- derived geometry ----------------------------------------------------------------
+    @property
+    def fps(self) -> Fraction:
+        return Fraction(self.fps_num, self.fps_den)
+
+    @property
+    def latent_hw(self) -> Tuple[int, int]:
+        """Tokens per latent frame: (ceil(H / s), ceil(W / s))."""
+        s = self.spatial_factor
+        return -(-self.height // s), -(-self.width // s)
+
+    @property
+    def segment_count(self) -> int:
+        return -(-self.frames // self.segment_frames)
+
+    def segment_bounds(self, index: int) -> Tuple[int, int]:
+        """(first frame, frame count) of segment ``index``."""
+        first = index * self.segment_frames
+        return first, min(self.segment_frames, self.frames - first)
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames of a segment holding ``frames`` frames: 1 + ceil((n - 1) / f)."""
+        return 1 + -(-(frames - 1) // self.temporal_factor)
+
+    def raw_bytes(self, latent_t: int) -> int:
+        """Bytes of a raw (entropy mode 0) payload of ``latent_t`` latent frames."""
+        h, w = self.latent_hw
+        return -(-(self.bits * latent_t * h * w) // 8)
+
+    # ---- serialization -------------------------------------------------------------------
+    def check(self) -> None:
+        """Check every field range and the cross-field rules → :class:`HeaderError`."""
+        for f in FIELDS:
+            _check_field(f, getattr(self, f.name))
+        if self.bits > self.model_bits:
+            raise HeaderError(f"bits {self.bits} > model_bits {self.model_bits}")
+        if self.width * self.height > MAX_PIXELS:
+            raise HeaderError(f"{self.width}x{self.height} exceeds {MAX_PIXELS} pixels")
+        if not Fraction(1, 1000) <= self.fps <= 1000:
+            raise HeaderError(f"fps {self.fps_num}/{self.fps_den} outside 1/1000..1000")
+        if (self.segment_frames - 1) % self.temporal_factor:
+            raise HeaderError(f"segment_frames {self.segment_frames} is not 1 + "
+                              f"{self.temporal_factor}·k")
+        if self.segment_count > MAX_SEGMENTS:
+            raise HeaderError(f"{self.segment_count} segments exceed the cap {MAX_SEGMENTS}")
+        seg_raw = self.raw_bytes(self.latent_frames(self.segment_frames))
+        if seg_raw + SEGMENT_HEAD.size > MAX_RECORD_PAYLOAD:
+            raise HeaderError(f"a segment of {seg_raw} bytes exceeds the record cap")
+
+    def pack_fields(self) -> bytes:
+        self.check()
+        out = []
+        for f in FIELDS:
+            v = getattr(self, f.name)
+            if f.kind in _INT:
+                out.append(_INT[f.kind].pack(v))
+            elif f.kind == "bytes16":
+                out.append(v)
+            else:
+                b = v.encode("ascii")
+                out.append(bytes([len(b)]) + b)
+        return b"".join(out)
+
+    def to_bytes(self, minor: int = MINOR) -> bytes:
+        """Prelude + header + header CRC."""
+        body = self.pack_fields()
+        head = PRELUDE.pack(MAGIC, MAJOR, minor, len(body)) + body
+        return head + CRC.pack(zlib.crc32(head))
+
+    def to_dict(self) -> Dict[str, object]:
+        """JSON-friendly view (``fps`` as "num/den", sha as hex) plus derived values."""
+        d: Dict[str, object] = {f.name: getattr(self, f.name) for f in dc_fields(self)}
+        d["model_sha256"] = self.model_sha256.hex()
+        d["fps"] = f"{self.fps_num}/{self.fps_den}"
+        d["duration_s"] = float(self.frames / self.fps)
+        d["segments"] = self.segment_count
+        d["latent_hw"] = list(self.latent_hw)
+        return d
+
+    def describe(self) -> List[Tuple[str, str, str]]:
+        """(name, value, meaning) for every header field, in file order."""
+        rows = []
+        for f in FIELDS:
+            v = getattr(self, f.name)
+            rows.append((f.name, v.hex() if isinstance(v, bytes) else str(v), f.doc))
+        return rows
+
+
+def _check_field(f: Field, v) -> None:
+    if f.kind in _INT:
+        if not isinstance(v, int) or isinstance(v, bool) or not f.lo <= v <= f.hi:
+            raise HeaderError(f"header field {f.name}={v!r} outside {f.lo}..{f.hi}")
+    elif f.kind == "bytes16":
+        if not isinstance(v, (bytes, bytearray)) or len(v) != 16:
+            raise HeaderError(f"header field {f.name} must be 16 bytes")
+    else:
+        try:
+            b = v.encode("ascii")
+        except (AttributeError, UnicodeEncodeError):
+            raise HeaderError(f"header field {f.name}={v!r} is not an ASCII string") from None
+        if not f.lo <= len(b) <= f.hi or not f.pattern.match(b):
+            raise HeaderError(f"header field {f.name}={v!r}: length {f.lo}..{f.hi}, "
+                              f"characters {f.pattern.pattern.decode()}")
+
+
+def _parse_fields(body: bytes, minor: int) -> Header:
+    vals: Dict[str, object] = {}
+    pos = 0
+    for f in FIELDS:
+        try:
+            if f.kind in _INT:
+                (v,) = _INT[f.kind].unpack_from(body, pos)
+                pos += _INT[f.kind].size
+            elif f.kind == "bytes16":
+                if pos + 16 > len(body):
+                    raise struct.error
+                v = bytes(body[pos:pos + 16])
+                pos += 16
+            else:
+                (n,) = _INT["u8"].unpack_from(body, pos)
+                if not f.lo <= n <= f.hi or pos + 1 + n > len(body):
+                    raise HeaderError(f"header string {f.name} has bad length {n}")
+                raw = bytes(body[pos + 1:pos + 1 + n])
+                if not f.pattern.match(raw):
+                    raise HeaderError(f"header string {f.name} has invalid characters")
+                v = raw.decode("ascii")
+                pos += 1 + n
+        except struct.error:
+            raise HeaderError(f"header too short for field {f.name}") from None
+        _check_field(f, v)
+        vals[f.name] = v
+    if pos != len(body) and minor == MINOR:
+        raise HeaderError(f"{len(body) - pos} unexpected bytes after the header fields")
+    h = Header(**vals)  # type: ignore[arg-type]
+    h.check()
+    return h
+
+
+# ---- records ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Record:
+    """A record as read: type, flags, file offset of its sync word, payload bytes."""
+
+    type: int
+    flags: int
+    offset: int
+    payload: bytes
+
+    @property
+    def size(self) -> int:
+        return RECORD_HEAD.size + len(self.payload) + CRC.size
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One independently decodable segment.
+
+    ``data`` holds the LFQ bits of ``header.bits`` channels × ``latent_t`` × h × w tokens,
+    coded with ``entropy`` (0: raw packed, spec §6; 1: context coder, spec §7).
+    """
+
+    index: int
+    first_frame: int
+    frames: int
+    latent_t: int
+    latent_h: int
+    latent_w: int
+    entropy: int
+    data: bytes
+
+    def to_payload(self) -> bytes:
+        return SEGMENT_HEAD.pack(self.index, self.first_frame, self.frames, self.latent_t,
+                                 self.latent_h, self.latent_w, self.entropy, 0) + self.data
+
+    def check(self, header: Header, expected_index: Optional[int] = None) -> None:
+        """Check the segment against the header → :class:`RecordError`."""
+        if expected_index is not None and self.index != expected_index:
+            raise RecordError(f"segment {self.index} found where segment {expected_index} belongs")
+        if self.index >= header.segment_count:
+            raise RecordError(f"segment index {self.index} >= segment count {header.segment_count}")
+        first, frames = header.segment_bounds(self.index)
+        if (self.first_frame, self.frames) != (first, frames):
+            raise RecordError(f"segment {self.index} covers frames {self.first_frame}+{self.frames},"
+                              f" header implies {first}+{frames}")
+        shape = (header.latent_frames(frames),) + header.latent_hw
+        if (self.latent_t, self.latent_h, self.latent_w) != shape:
+            raise RecordError(f"segment {self.index} latent shape "
+                              f"{(self.latent_t, self.latent_h, self.latent_w)} != {shape}")
+        raw = header.raw_bytes(self.latent_t)
+        if self.entropy == ENTROPY_NONE:
+            if len(self.data) != raw:
+                raise RecordError(f"segment {self.index}: raw payload of {len(self.data)} bytes,"
+                                  f" expected {raw}")
+        elif self.entropy == ENTROPY_CONTEXT:
+            if not 1 <= len(self.data) <= raw:
+                raise RecordError(f"segment {self.index}: context payload of {len(self.data)} "
+                                  f"bytes outside 1..{raw}")
+        else:
+            raise RecordError(f"segment {self.index}: unknown entropy mode {self.entropy}")
+
+    @classmethod
+    def parse(cls, payload: bytes) -> "Segment":
+        if len(payload) < SEGMENT_HEAD.size:
+            raise RecordError(f"SEGMENT payload of {len(payload)} bytes is too short")
+        idx, first, n, t, h, w, mode, res = SEGMENT_HEAD.unpack_from(payload)
+        if res != 0:
+            raise RecordError("SEGMENT reserved byte is not 0")
+        return cls(idx, first, n, t, h, w, mode, bytes(payload[SEGMENT_HEAD.size:]))
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """INDEX entry: file offset of a SEGMENT record and the frames it covers."""
+
+    offset: int
+    first_frame: int
+    frames: int
+
+
+def _crc_ok(data: bytes, crc: int) -> bool:
+    return zlib.crc32(data) == crc
+
+
+def _read_exact(fo: BinaryIO, n: int, what: str) -> bytes:
+    """Read exactly ``n`` bytes in chunks of at most READ_CHUNK (so a forged length cannot
+    allocate more than the file holds) → :class:`Truncated` on a short read."""
+    if n <= READ_CHUNK:
+        b = fo.read(n)
+        if b is None or len(b) != n:
+            raise Truncated(f"stream ends inside {what} ({0 if b is None else len(b)} of {n} bytes)")
+        return b
+    parts = []
+    left = n
+    while left:
+        b = fo.read(min(left, READ_CHUNK))
+        if not b:
+            raise Truncated(f"stream ends inside {what} ({n - left} of {n} bytes)")
+        parts.append(b)
+        left -= len(b)
+    return b"".join(parts)
+
+
+class Reader:
+    """Strict streaming reader of a ``.mgv`` file object.
+
+    On construction the prelude and header are read and checked (:attr:`header`,
+    :attr:`version`). :meth:`records` and :meth:`segments` scan forward from the first record
+    and need no seeking; :meth:`index` and :meth:`segment_at` seek (seekable files only).
+    """
+
+    def __init__(self, fo: BinaryIO) -> None:
+        self.fo = fo
+        try:
+            self.base = fo.tell() if fo.seekable() else 0
+        except (OSError, ValueError):
+            self.base = 0
+        head = fo.read(PRELUDE.size) or b""
+        if len(head) < len(MAGIC) or head[:len(MAGIC)] != MAGIC:
+            if MAGIC.startswith(head) and len(head) < len(MAGIC):
+                raise Truncated("stream ends inside the magic") if head else Truncated("empty stream")
+            raise BadMagic("not an .mgv stream (bad magic)")
+        if len(head) < PRELUDE.size:
+            raise Truncated("stream ends inside the prelude")
+        _, major, minor, hlen = PRELUDE.unpack(head)
+        if major != MAJOR:
+            raise UnsupportedVersion(f"stream version {major}.{minor}; this reader reads {MAJOR}.x")
+        if hlen > MAX_HEADER_LEN:
+            raise HeaderError(f"header length {hlen} exceeds the cap {MAX_HEADER_LEN}")
+        body = _read_exact(fo, hlen, "the header")
+        (crc,) = CRC.unpack(_read_exact(fo, CRC.size, "the header CRC"))
+        if not _crc_ok(head + body, crc):
+            raise CRCMismatch("header CRC mismatch")
+        self.version = (major, minor)
+        self.header = _parse_fields(body, minor)
+        self.records_offset = PRELUDE.size + hlen + CRC.size  # relative to self.base
+        self._pos = self.records_offset
+
+    # ---- sequential access ------------------------------------------------------------------
+    def read_record(self) -> Record:
+        """Read the record at the current position (offset bookkeeping for non-seekable files)."""
+        offset = self._pos
+        raw = self.fo.read(RECORD_HEAD.size) or b""
+        if not raw:
+            raise Truncated("stream ends before its END record")
+        if len(raw) < RECORD_HEAD.size:
+            raise Truncated("stream ends inside a record header")
+        sync, rtype, flags, res, length = RECORD_HEAD.unpack(raw)
+        if sync != RECORD_SYNC:
+            raise RecordError(f"no record sync word at offset {offset}")
+        if length > MAX_RECORD_PAYLOAD:
+            raise RecordError(f"record length {length} at offset {offset} exceeds the cap")
+        payload = _read_exact(self.fo, length, f"{RECORD_NAMES.get(rtype, 'a')} record")
+        (crc,) = CRC.unpack(_read_exact(self.fo, CRC.size, "a record CRC"))
+        if not _crc_ok(raw + payload, crc):
+            raise CRCMismatch(f"CRC mismatch in {RECORD_NAMES.get(rtype, 'record')} at offset {offset}")
+        if res != 0 or flags & ~FLAG_CRITICAL:
+            raise RecordError(f"reserved record bits set at offset {offset}")
+        self._pos = offset + RECORD_HEAD.size + length + CRC.size
+        return Record(rtype, flags, offset, payload)
+
+    def records(self) -> Iterator[Record]:
+        """All records from the first one through END (END included). Unknown non-critical
+        types are returned too (callers skip them); unknown critical types raise
+        :class:`UnsupportedVersion`."""
+        self._seek(self.records_offset)
+        while True:
+            rec = self.read_record()
+            if rec.type not in RECORD_NAMES and rec.flags & FLAG_CRITICAL:
+                raise UnsupportedVersion(f"record type {rec.type} is required but unknown")
+            yield rec
+            if rec.type == REC_END:
+                return
+
+    def segments(self, start: int = 0) -> Iterator[Segment]:
+        """Scan records and yield every SEGMENT with index >= ``start``, checked against the
+        header, in order; raises :class:`Truncated` if segments are missing before END."""
+        expected = 0
+        for rec in self.records():
+            if rec.type == REC_SEGMENT:
+                seg = Segment.parse(rec.payload)
+                seg.check(self.header, expected)
+                expected += 1
+                if seg.index >= start:
+                    yield seg
+            elif rec.type == REC_END:
+                _parse_end(rec)
+                if expected != self.header.segment_count:
+                    raise Truncated(f"stream has {expected} of {self.header.segment_count} segments")
+
+    # ---- random access ----------------------------------------------------------------------
+    def _seek(self, rel: int) -> None:
+        if rel == self._pos:
+            return
+        try:
+            self.fo.seek(self.base + rel)
+        except (OSError, ValueError, AttributeError):
+            raise RecordError("stream is not seekable") from None
+        self._pos = rel
+
+    def seekable(self) -> bool:
+        try:
+            return bool(self.fo.seekable())
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def index(self) -> Optional[List[IndexEntry]]:
+        """Segment table from the INDEX record, found through the END record at the end of the
+        file → None if the file is not seekable or has no index (scan instead). A present but
+        inconsistent index raises."""
+        if not self.seekable():
+            return None
+        end = self.fo.seek(0, 2) - self.base
+        if end - END_RECORD_SIZE < self.records_offset:
+            raise Truncated("stream too short to hold an END record")
+        self._pos = -1
+        self._seek(end - END_RECORD_SIZE)
+        rec = self.read_record()
+        if rec.type != REC_END:
+            raise RecordError("the last record is not END")
+        off = _parse_end(rec)
+        if off == 0:
+            return None
+        if not self.records_offset <= off <= end - END_RECORD_SIZE - RECORD_HEAD.size - CRC.size:
+            raise RecordError(f"END points to offset {off} outside the records")
+        self._seek(off)
+        rec = self.read_record()
+        if rec.type != REC_INDEX:
+            raise RecordError(f"END points to a record of type {rec.type}, not INDEX")
+        if rec.offset + rec.size != end - END_RECORD_SIZE:
+            raise RecordError("INDEX is not followed by END")
+        return _parse_index(rec.payload, self.header, self.records_offset, rec.offset)
+
+    def segment_at(self, offset: int, expected_index: Optional[int] = None) -> Segment:
+        """Read and check the SEGMENT record at ``offset`` (relative to the stream start)."""
+        self._seek(offset)
+        rec = self.read_record()
+        if rec.type != REC_SEGMENT:
+            raise RecordError(f"record at offset {offset} is not a SEGMENT")
+        seg = Segment.parse(rec.payload)
+        seg.check(self.header, expected_index)
+        return seg
+
+
+def _parse_end(rec: Record) -> int:
+    if len(rec.payload) != END_PAYLOAD.size:
+        raise RecordError(f"END payload of {len(rec.payload)} bytes, expected {END_PAYLOAD.size}")
+    return END_PAYLOAD.unpack(rec.payload)[0]
+
+
+def _parse_index(payload: bytes, header: Header, lo: int, hi: int) -> List[IndexEntry]:
+    n = header.segment_count
+    if len(payload) != 4 + INDEX_ENTRY.size * n:
+        raise RecordError(f"INDEX of {len(payload)} bytes, expected {4 + INDEX_ENTRY.size * n}")
+    (count,) = struct.unpack_from("<I", payload)
+    if count != n:
+        raise RecordError(f"INDEX lists {count} segments, header implies {n}")
+    out: List[IndexEntry] = []
+    prev = lo - 1
+    for i in range(n):
+        off, first, frames = INDEX_ENTRY.unpack_from(payload, 4 + INDEX_ENTRY.size * i)
+        if (first, frames) != header.segment_bounds(i):
+            raise RecordError(f"INDEX entry {i} covers frames {first}+{frames}, header implies "
+                              f"{header.segment_bounds(i)}")
+        if not prev < off < hi:
+            raise RecordError(f"INDEX entry {i} offset {off} out of order or out of range")
+        prev = off
+        out.append(IndexEntry(off, first, frames))
+    return out
+
+
+class Writer:
+    """Write a ``.mgv`` stream: header on construction, then :meth:`write_segment` in order,
+    then :meth:`close` (INDEX + END). :meth:`rewrite_header` patches the header in place
+    (seekable outputs; the new header must have the same size, e.g. a corrected frame count).
+    """
+
+    def __init__(self, fo: BinaryIO, header: Header) -> None:
+        self.fo = fo
+        self.header = header
+        try:
+            self.base = fo.tell() if fo.seekable() else 0
+        except (OSError, ValueError):
+            self.base = 0
+        head = header.to_bytes()
+        fo.write(head)
+        self.pos = len(head)
+        self.header_size = len(head)
+        self.entries: List[IndexEntry] = []
+        self.closed = False
+
+    def write_record(self, rtype: int, payload: bytes, critical: bool) -> int:
+        """Append one record → its offset (relative to the stream start)."""
+        if len(payload) > MAX_RECORD_PAYLOAD:
+            raise RecordError(f"record payload of {len(payload)} bytes exceeds the cap")
+        head = RECORD_HEAD.pack(RECORD_SYNC, rtype, FLAG_CRITICAL if critical else 0, 0, len(payload))
+        crc = zlib.crc32(payload, zlib.crc32(head))
+        off = self.pos
+        self.fo.write(head)
+        self.fo.write(payload)
+        self.fo.write(CRC.pack(crc))
+        self.pos += len(head) + len(payload) + CRC.size
+        return off
+
+    def write_segment(self, seg: Segment) -> int:
+        """Append a SEGMENT (index must be the next one; checked against the header except for
+        the total frame count, which :meth:`rewrite_header` may still correct)."""
+        if seg.index != len(self.entries):
+            raise RecordError(f"segment {seg.index} written out of order")
+        end = seg.first_frame + seg.frames
+        if not 1 <= end <= MAX_FRAMES:
+            raise RecordError(f"segment {seg.index} ends at frame {end}, beyond the frame cap")
+        # the total may still be corrected at close(): check as if this segment were the last
+        seg.check(_replace(self.header, frames=end), len(self.entries))
+        off = self.write_record(REC_SEGMENT, seg.to_payload(), critical=True)
+        self.entries.append(IndexEntry(off, seg.first_frame, seg.frames))
+        return off
+
+    def rewrite_header(self, header: Header) -> None:
+        head = header.to_bytes()
+        if len(head) != self.header_size:
+            raise HeaderError("a rewritten header must keep its size")
+        self.fo.seek(self.base)
+        self.fo.write(head)
+        self.fo.seek(self.base + self.pos)
+        self.header = header
+
+    def close(self) -> None:
+        """Write INDEX and END. Every segment the header implies must have been written."""
+        if self.closed:
+            return
+        if len(self.entries) != self.header.segment_count:
+            raise RecordError(f"{len(self.entries)} segments written, header implies "
+                              f"{self.header.segment_count}")
+        for i, e in enumerate(self.entries):
+            if (e.first_frame, e.frames) != self.header.segment_bounds(i):
+                raise RecordError(f"segment {i} does not match the final header")
+        payload = struct.pack("<I", len(self.entries)) + b"".join(
+            INDEX_ENTRY.pack(e.offset, e.first_frame, e.frames) for e in self.entries)
+        off = self.write_record(REC_INDEX, payload, critical=False)
+        self.write_record(REC_END, END_PAYLOAD.pack(off), critical=True)
+        self.closed = True
+
+
+def _replace(h: Header, **kw) -> Header:
+    d = {f.name: getattr(h, f.name) for f in dc_fields(h)}
+    d.update(kw)
+    return Header(**d)
+
+
+def replace_header(h: Header, **kw) -> Header:
+    """A copy of ``h`` with fields replaced (checked)."""
+    out = _replace(h, **kw)
+    out.check()
+    return out

@@ -1,0 +1,248 @@
+"""Video file I/O with PyAV: probe, stream RGB frames in, write frames out.
+
+Frames are ``H×W×3`` numpy arrays, ``uint8`` RGB, yielded one at a time (memory does not grow
+with video length). Reading accepts anything FFmpeg opens: mp4, mkv, avi, y4m, raw H.264/HEVC
+elementary streams (their rate is taken from the bitstream, else 25 fps), image files (a
+1-frame video) and ``%05d.png`` patterns. Writing picks the codec from the output name:
+
+=====================  ===================================================================
+``.mkv``               FFV1 (lossless)
+``.mp4``               H.264 (libx264, CRF 12) or, without libx264, MPEG-4 part 2 at q 2
+``.y4m``               raw YUV4MPEG2
+``*%0Nd.png``          one PNG per frame (numbered from 1)
+=====================  ===================================================================
+
+The output keeps the source pixel format where the codec supports it, else the nearest one
+(:func:`choose_pix_fmt`), and the rate as an exact fraction with one frame per tick.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError, OutputError
+
+DEFAULT_FPS = Fraction(25)  # rate assumed for inputs that carry none (raw elementary streams)
+# demuxers without timestamps: their average rate is FFmpeg's guess, the codec's rate is better
+RAW_FORMATS = {"h264", "hevc", "m4v", "mpegvideo", "cavsvideo", "vc1", "obu", "rawvideo"}
+PATTERN_RE = re.compile(r"%0?\d*d")
+
+
+@dataclass(frozen=True)
+class VideoMeta:
+    """What the codec needs to know about a video."""
+
+    width: int  # pixels
+    height: int  # pixels
+    fps: Fraction  # frames per second, exact
+    frames: Optional[int]  # frame count, None if the container does not say
+    pix_fmt: str  # FFmpeg pixel format name of the source (e.g. "yuv420p")
+
+
+def _open(path) -> "av.container.InputContainer":  # noqa: F821
+    import av
+
+    p = str(path)
+    if not PATTERN_RE.search(p):
+        if not os.path.exists(p):
+            raise InputError(f"{p}: no such file")
+        if os.path.isdir(p):
+            raise InputError(f"{p}: is a directory")
+        if os.path.getsize(p) == 0:
+            raise InputError(f"{p}: empty file")
+    try:
+        c = av.open(p, "r")
+    except av.FFmpegError as e:
+        raise InputError(f"{p}: not a readable video ({_ffmsg(e)})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{p}: cannot open ({e})") from None
+    if not c.streams.video:
+        c.close()
+        raise InputError(f"{p}: no video stream")
+    return c
+
+
+def _ffmsg(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e).splitlines()[0]
+
+
+def _rate(c, s) -> Fraction:
+    rate = None
+    if c.format.name.split(",")[0] in RAW_FORMATS:
+        rate = s.guessed_rate or s.base_rate
+    rate = rate or s.average_rate or s.guessed_rate or s.base_rate
+    try:
+        rate = Fraction(rate) if rate else DEFAULT_FPS
+    except (TypeError, ValueError, ZeroDivisionError):
+        rate = DEFAULT_FPS
+    if not Fraction(1, 1000) <= rate <= 1000:
+        rate = DEFAULT_FPS
+    # keep the fraction small enough for the container header (num, den <= 10^6)
+    return rate.limit_denominator(1_000_000) if rate.denominator > 1_000_000 else rate
+
+
+def probe(path) -> VideoMeta:
+    """Metadata of the first video stream of ``path`` → :class:`VideoMeta`.
+
+    Raises :class:`InputError` for a missing, empty or unreadable file or one without video.
+    """
+    c = _open(path)
+    try:
+        s = c.streams.video[0]
+        cc = s.codec_context
+        w, h = cc.width, cc.height
+        if not w or not h:
+            raise InputError(f"{path}: video stream without a frame size")
+        pix = cc.pix_fmt or (s.format.name if s.format else None) or "rgb24"
+        frames = int(s.frames) if s.frames and s.frames > 0 else None
+        if frames is None and c.format.name.startswith("image2") and not PATTERN_RE.search(str(path)):
+            frames = 1
+        return VideoMeta(int(w), int(h), _rate(c, s), frames, str(pix))
+    finally:
+        c.close()
+
+
+def read_frames(path, meta: Optional[VideoMeta] = None) -> Iterator[np.ndarray]:
+    """Decode ``path`` → frames ``H×W×3`` uint8 RGB, one at a time, all at the size of
+    ``meta`` (the probed size by default; frames of another size are rescaled)."""
+    import av
+
+    meta = meta or probe(path)
+    c = _open(path)
+    try:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        try:
+            for frame in c.decode(s):
+                yield frame.to_ndarray(format="rgb24", width=meta.width, height=meta.height)
+        except av.FFmpegError as e:
+            raise InputError(f"{path}: decoding failed ({_ffmsg(e)})") from None
+    finally:
+        c.close()
+
+
+# ---- writing ---------------------------------------------------------------------------------
+def output_kind(path) -> str:
+    """"mkv", "mp4", "y4m" or "png" (a ``%0Nd.png`` pattern) → :class:`OutputError` otherwise."""
+    p = str(path)
+    ext = os.path.splitext(p)[1].lower()
+    if ext == ".png":
+        if not PATTERN_RE.search(os.path.basename(p)):
+            raise OutputError(f"{p}: PNG output needs a frame number pattern, e.g. out_%05d.png")
+        return "png"
+    if ext in (".mkv", ".mp4", ".y4m"):
+        return ext[1:]
+    raise OutputError(f"{p}: unsupported output extension '{ext}' (use .mkv, .mp4, .y4m or %05d.png)")
+
+
+def pattern_names(pattern, count: int, start: int = 1) -> List[str]:
+    """File names a ``%0Nd`` pattern produces for ``count`` frames numbered from ``start``."""
+    return [str(pattern) % i for i in range(start, start + count)]
+
+
+_Y4M_FORMATS = ("yuv420p", "yuv422p", "yuv444p", "yuv411p", "gray", "yuv420p10le",
+                "yuv422p10le", "yuv444p10le", "gray16le")
+
+
+def _supported(kind: str, codec: str) -> List[str]:
+    import av
+
+    if kind == "y4m":
+        return list(_Y4M_FORMATS)
+    try:
+        return [f.name for f in (av.codec.Codec(codec, "w").video_formats or [])]
+    except Exception:  # pragma: no cover - codec missing in this FFmpeg build
+        return []
+
+
+def choose_pix_fmt(source: str, supported: Sequence[str]) -> str:
+    """The source pixel format if ``supported`` has it, else the nearest: full-chroma formats
+    for RGB/GBR/alpha sources, ``gray`` for gray, ``yuv420p`` otherwise."""
+    if source in supported:
+        return source
+    s = source.lower()
+    if s.startswith(("rgb", "bgr", "gbr", "argb", "abgr", "rgba", "bgra", "yuva444", "pal8")):
+        prefs = ("gbrp", "rgb24", "bgr0", "yuv444p", "yuv420p")
+    elif s.startswith(("gray", "ya", "mono")):
+        prefs = ("gray", "yuv420p", "rgb24")
+    elif s.startswith(("yuv444", "yuvj444", "nv24")):
+        prefs = ("yuv444p", "yuv420p")
+    elif s.startswith(("yuv422", "yuvj422", "nv16", "yuyv", "uyvy")):
+        prefs = ("yuv422p", "yuv420p")
+    else:
+        prefs = ("yuv420p", "rgb24")
+    for p in prefs:
+        if p in supported:
+            return p
+    return supported[0] if supported else "yuv420p"
+
+
+def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
+                kind: Optional[str] = None,
+                progress: Optional[Callable[[int], None]] = None) -> int:
+    """Encode ``frames`` (``H×W×3`` uint8 RGB, size ``meta.width×meta.height``) into ``path``
+    at ``meta.fps`` → number of frames written. ``kind`` overrides the extension (used when
+    writing to a temporary name); :class:`OutputError` when the file cannot be written."""
+    import av
+
+    kind = kind or output_kind(path)
+    fmt = {"mkv": "matroska", "mp4": "mp4", "y4m": "yuv4mpegpipe", "png": "image2"}[kind]
+    if kind == "mp4":
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    else:
+        codec = {"mkv": "ffv1", "y4m": "rawvideo", "png": "png"}[kind]
+    options = {"libx264": {"crf": "12", "preset": "medium"},
+               "mpeg4": {"qscale": "2"}, "ffv1": {"level": "3", "slicecrc": "1"}}.get(codec, {})
+    pix = choose_pix_fmt(meta.pix_fmt, _supported(kind, codec))
+    if codec in ("libx264", "mpeg4") and pix not in ("yuv420p",) and meta.width % 2 + meta.height % 2:
+        pix = "yuv444p" if codec == "libx264" else pix  # 4:2:0 needs even sizes
+    try:
+        c = av.open(str(path), "w", format=fmt)
+    except (av.FFmpegError, OSError) as e:
+        raise OutputError(f"{path}: cannot create ({_ffmsg(e)})") from None
+    n = 0
+    try:
+        s = c.add_stream(codec, rate=meta.fps, options=options)
+        s.width, s.height, s.pix_fmt = meta.width, meta.height, pix
+        s.time_base = Fraction(1) / meta.fps
+        for arr in frames:
+            if arr.shape != (meta.height, meta.width, 3) or arr.dtype != np.uint8:
+                raise OutputError(f"frame {n} has shape {arr.shape} {arr.dtype}, expected "
+                                  f"{(meta.height, meta.width, 3)} uint8")
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+            f.pts = n
+            f.time_base = s.time_base
+            for pkt in s.encode(f):
+                c.mux(pkt)
+            n += 1
+            if progress:
+                progress(1)
+        for pkt in s.encode():
+            c.mux(pkt)
+    except av.FFmpegError as e:
+        raise OutputError(f"{path}: writing failed ({_ffmsg(e)})") from None
+    finally:
+        try:
+            c.close()
+        except (av.FFmpegError, OSError):
+            pass
+    return n
+
+
+def frames_of(source) -> Iterator[np.ndarray]:
+    """Frames of an in-memory ``T×H×W×3`` uint8 array, one at a time."""
+    for i in range(source.shape[0]):
+        yield source[i]
+
+
+def ensure_dir(path) -> Path:
+    d = Path(path).parent
+    if not d.is_dir():
+        raise OutputError(f"{d}: output directory does not exist")
+    return d
