@@ -1,4 +1,6 @@
-"""Training losses of the tokenizer (reconstruction, LFQ entropy schedule, commitment)."""
+"""Training losses of the tokenizer: reconstruction (L2 + L1), the LFQ entropy penalty with the
+paper's schedule, commitment; the weights of the perceptual (:mod:`.perceptual`) and adversarial
+(:mod:`.discriminator`) terms, which the loop adds when their weight is > 0."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +25,18 @@ class LossWeights:
     entropy_decay_steps: int = 2000
     # weight of the commitment loss (z - sg(q))²
     commit: float = 0.25
+    # weight of the LPIPS perceptual loss (0 = off; needs tools/convert_lpips.py once)
+    perceptual: float = 0.0
+    # LPIPS backbone: "vgg16" or "alexnet"
+    perceptual_net: str = "vgg16"
+    # frames per clip that LPIPS compares (evenly spaced; bounds its cost on long clips)
+    perceptual_frames: int = 3
+    # weight of the adversarial (generator hinge) loss (0 = off: no discriminator is built)
+    gan: float = 0.0
+    # step at which the discriminator and the adversarial loss start
+    gan_start: int = 0
+    # weight of the LeCAM regularizer of the discriminator
+    lecam: float = 0.001
 
 
 def entropy_weight(w: LossWeights, step: int) -> float:
@@ -40,3 +54,18 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of two tensors in [-1, 1] (peak-to-peak 2)."""
     mse = F.mse_loss(a.clamp(-1, 1).float(), b.float()).item()
     return 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))).item()
+
+
+def l1_l2(recon: torch.Tensor, target: torch.Tensor) -> tuple:
+    """(MSE, L1) of two ``B×3×T×H×W`` tensors in [-1, 1] (float32 scalars)."""
+    r, t = recon.float(), target.float()
+    return F.mse_loss(r, t), F.l1_loss(r, t)
+
+
+def frame_subset(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``B×C×T×H×W`` → ``B×C×min(n,T)×H×W``: n evenly spaced frames, always frame 0."""
+    t = x.shape[2]
+    if n <= 0 or n >= t:
+        return x
+    idx = torch.linspace(0, t - 1, n, device=x.device).round().long()
+    return x.index_select(2, idx)

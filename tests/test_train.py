@@ -1,0 +1,353 @@
+"""Training pipeline on the tiny config: data, losses, LPIPS, discriminator, loop (resume,
+nested bits, adversarial), DDP on two CPU processes, evaluation."""
+import io
+import os
+import pickle
+import socket
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neuralcodec.configs import CONFIGS
+from neuralcodec.errors import InputError
+from neuralcodec.model import Tokenizer, mask_bits
+from neuralcodec.train import data as D
+from neuralcodec.train.discriminator import (DiscriminatorConfig, LeCAM, PatchDiscriminator3D,
+                                             d_hinge_loss, g_adv_loss)
+from neuralcodec.train.evaluate import EvalClip, evaluate
+from neuralcodec.train.losses import LossWeights, entropy_weight, frame_subset
+from neuralcodec.train.loop import TrainConfig, plot_log, train
+from neuralcodec.train.perceptual import LPIPS, lpips_cache_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_video(path: Path, frames: int, h: int, w: int, seed: int) -> None:
+    import av
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (h // 4, w // 4, 3)).repeat(4, 0).repeat(4, 1).astype(np.uint8)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for t in range(frames):
+            img = np.roll(base, t, axis=1)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def _write_png(path: Path, h: int, w: int, seed: int) -> None:
+    import av
+    img = np.random.default_rng(seed).integers(0, 255, (h, w, 3)).astype(np.uint8)
+    with av.open(str(path), "w", format="image2") as c:
+        s = c.add_stream("png")
+        s.width, s.height, s.pix_fmt = w, h, "rgb24"
+        for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "train").mkdir()
+    (root / "stills").mkdir()
+    _write_video(root / "train" / "a.mp4", 12, 32, 48, 0)
+    _write_video(root / "train" / "b.mp4", 10, 40, 32, 1)
+    _write_png(root / "stills" / "s1.png", 36, 40, 2)
+    _write_png(root / "stills" / "tiny.png", 8, 8, 3)
+    (root / "train" / "notes.txt").write_text("not a video")
+    D.load_folder(root / "train", root / "cache")  # warm the cache once
+    return root
+
+
+def _tc(corpus, out, **kw):
+    base = dict(model="tiny", data=str(corpus / "train"), cache=str(corpus / "cache"), out=str(out),
+                batch=2, frames=5, crop=16, image_batch=2, image_crop=16, image_frac=0.3,
+                nested_bits=(2, 4), nested_prob=0.5, warmup=2, steps=4, log_every=2, threads=1,
+                device="cpu", lr=1e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ---- data -------------------------------------------------------------------------------------
+def test_load_folder_and_images(corpus):
+    vids = D.load_folder(corpus / "train", corpus / "cache")
+    assert [v.shape for v in vids] == [(12, 32, 48, 3), (10, 40, 32, 3)]
+    assert all(v.dtype == np.uint8 for v in vids)
+    mm = D.load_folder(corpus / "train", corpus / "cache", mmap=True)
+    assert isinstance(mm[0], np.memmap) and np.array_equal(mm[0], vids[0])
+    with pytest.warns(UserWarning):
+        st = D.load_images(corpus / "stills", corpus / "cache", min_size=16)
+    assert [s.shape for s in st] == [(1, 36, 40, 3)]
+    with pytest.raises(InputError):
+        D.load_folder(corpus / "stills", corpus / "cache")
+    with pytest.raises(InputError):
+        D.load_images(corpus / "nope", corpus / "cache")
+
+
+def test_clip_sampler_crops_flips_and_seed(corpus):
+    vids = D.load_folder(corpus / "train", corpus / "cache")
+    a = D.ClipSampler(vids, seed=3).sample(6, 5, 16)
+    b = D.ClipSampler(vids, seed=3).sample(6, 5, 16)
+    assert a.shape == (6, 3, 5, 16, 16) and torch.equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1
+    # every crop is a (possibly flipped) window of one of the videos
+    for clip in a:
+        u8 = ((clip.permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+        found = False
+        for v in vids:
+            for cand in (u8, u8[:, :, ::-1]):
+                for t0 in range(v.shape[0] - 4):
+                    win = v[t0:t0 + 5]
+                    hits = np.argwhere((win[0] == cand[0, 0, 0]).all(-1))
+                    for y, x in hits:
+                        if y + 16 <= win.shape[1] and x + 16 <= win.shape[2] and \
+                                np.array_equal(win[:, y:y + 16, x:x + 16], cand):
+                            found = True
+        assert found
+    with pytest.raises(InputError):
+        D.ClipSampler(vids).sample(1, 50, 16)
+
+
+def test_sampler_uses_stills(corpus):
+    vids = D.load_folder(corpus / "train", corpus / "cache")
+    stills = D.load_images(corpus / "stills", corpus / "cache", min_size=0)[:1]
+    s = D.ClipSampler(vids, seed=0, stills=stills, still_frac=1.0)
+    x = s.sample_images(3, 20)
+    assert x.shape == (3, 3, 1, 20, 20)  # 20 > 32? no: videos allow 20 too; check source below
+    u8 = ((x[0, :, 0].permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+    img = stills[0][0]
+    ok = any(np.array_equal(img[y:y + 20, xx:xx + 20], c) for c in (u8, u8[:, ::-1])
+             for y in range(img.shape[0] - 19) for xx in range(img.shape[1] - 19))
+    assert ok
+
+
+def test_batch_stream_workers_are_deterministic_and_ordered(corpus):
+    vids = D.load_folder(corpus / "train", corpus / "cache", mmap=True)
+    spec = D.BatchSpec(batch=2, frames=5, crop=16, image_frac=0.5, image_batch=3, image_crop=16,
+                       nested_bits=(2, 4), nested_prob=0.5)
+    loader = D.make_loader(D.BatchStream(spec, vids, seed=7, start=5), workers=2)
+    got = [b for _, b in zip(range(6), loader)]
+    assert [b["step"] for b in got] == list(range(5, 11))
+    for b in got:
+        ref = D.make_batch(spec, vids, [], 7, b["step"])
+        assert torch.equal(b["x"], ref["x"]) and b["bits"] == ref["bits"]
+    shapes = {tuple(b["x"].shape) for b in got}
+    assert shapes <= {(2, 3, 5, 16, 16), (3, 3, 1, 16, 16)}
+    # ranks share the plan (shape, rate) but not the crops
+    r0, r1 = D.make_batch(spec, vids, [], 7, 3, rank=0), D.make_batch(spec, vids, [], 7, 3, rank=1)
+    assert r0["x"].shape == r1["x"].shape and r0["bits"] == r1["bits"]
+    assert not torch.equal(r0["x"], r1["x"])
+    bits = {D.step_plan(spec, 7, i)[1] for i in range(200)}
+    assert bits == {None, 2, 4}
+
+
+# ---- losses -----------------------------------------------------------------------------------
+def test_entropy_weight_schedule():
+    w = LossWeights(entropy=0.01, entropy_start_mult=3.0, entropy_decay_steps=2000)
+    assert entropy_weight(w, 0) == pytest.approx(0.03)
+    assert entropy_weight(w, 1000) == pytest.approx(0.02)
+    assert entropy_weight(w, 2000) == pytest.approx(0.01)
+    assert entropy_weight(w, 10 ** 6) == pytest.approx(0.01)
+    vals = [entropy_weight(w, s) for s in range(0, 2001, 100)]
+    assert all(a > b for a, b in zip(vals, vals[1:]))
+
+
+def test_frame_subset():
+    x = torch.arange(9.0).view(1, 1, 9, 1, 1)
+    assert frame_subset(x, 3).flatten().tolist() == [0.0, 4.0, 8.0]
+    assert frame_subset(x, 0) is x and frame_subset(x, 20) is x
+
+
+# ---- LPIPS ------------------------------------------------------------------------------------
+def test_convert_lpips_refuses_foreign_pickles_and_transposes():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import convert_lpips as C
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+    with pytest.raises(pickle.UnpicklingError):
+        C.read_ckpt(pickle.dumps(Evil()))
+    k = np.random.default_rng(0).standard_normal((3, 3, 4, 5)).astype(np.float32)  # kh×kw×I×O
+    tree = {"AlexNet_0": {f"Conv_{i}": {"kernel": k, "bias": np.zeros(5, np.float32)} for i in range(5)}}
+    tree.update({f"NetLinLayer_{j}": {"Conv_0": {"kernel": np.ones((1, 1, 7, 1), np.float32)}} for j in range(5)})
+    out = C.convert(C.read_ckpt(pickle.dumps(tree)), "alexnet")
+    assert out["net.0.weight"].shape == (5, 4, 3, 3)
+    assert out["net.0.weight"][2, 1, 0, 2] == k[0, 2, 1, 2]
+    assert out["lin.3.weight"].shape == (1, 7, 1, 1)
+
+
+@pytest.mark.skipif(not lpips_cache_path("vgg16").exists(), reason="run tools/convert_lpips.py first")
+def test_lpips_vgg():
+    m = LPIPS("vgg16")
+    torch.manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8) * 2 - 1, size=64, mode="bilinear")
+    blur = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    noise = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
+    assert torch.allclose(m(x, x), torch.zeros(2))
+    assert (m(x, blur) < m(x, noise)).all()
+    assert torch.allclose(m(x, noise), m(noise, x), atol=1e-5)
+    v = x.unsqueeze(2).repeat(1, 1, 3, 1, 1)  # B×3×T×H×W → per frame
+    assert m(v, v).shape == (6,)
+    y = blur.clone().requires_grad_(True)
+    m(x, y).sum().backward()
+    assert y.grad.abs().sum() > 0 and all(p.grad is None for p in m.parameters())
+
+
+def test_lpips_missing_weights_is_model_error(tmp_path):
+    from neuralcodec.errors import ModelError
+    with pytest.raises(ModelError):
+        LPIPS("vgg16", path=tmp_path / "none.safetensors")
+
+
+# ---- discriminator ----------------------------------------------------------------------------
+def test_discriminator_shapes_and_losses():
+    d = PatchDiscriminator3D(DiscriminatorConfig(channels=8, layers=2, groups=4))
+    assert d(torch.zeros(2, 3, 5, 32, 32)).shape == (2, 1, 5, 6, 6)  # 32 →16 →8 →7 →6 (4×4 kernels)
+    assert d(torch.zeros(2, 3, 1, 32, 32)).shape == (2, 1, 1, 6, 6)
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    assert d_hinge_loss(real, fake).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1) / 2)
+    assert g_adv_loss(fake).item() == pytest.approx(1.0)
+    lc = LeCAM(decay=0.5)
+    lc.update(real, fake)
+    assert lc.ema_real.item() == pytest.approx(1.25) and lc.ema_fake.item() == pytest.approx(-1.0)
+    # relu(real - ema_fake)² = (3, 1.5)², relu(ema_real - fake)² = (3.25, 1.25)²
+    want = (9 + 2.25) / 2 + (3.25 ** 2 + 1.25 ** 2) / 2
+    assert lc(real, fake).item() == pytest.approx(want)
+    lc.update(torch.tensor([0.25]), torch.tensor([0.0]))
+    assert lc.ema_real.item() == pytest.approx(0.75)
+
+
+# ---- loop -------------------------------------------------------------------------------------
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_exact_resume(corpus, tmp_path, workers):
+    full = train(_tc(corpus, tmp_path / "full", workers=workers))
+    tc = _tc(corpus, tmp_path / "half", workers=workers)
+    train(tc, stop_at=2)
+    st = torch.load(tmp_path / "half" / "checkpoint.pt", weights_only=True)
+    assert st["step"] == 2
+    resumed = train(tc)
+    assert _same(full.state_dict(), resumed.state_dict())
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "half" / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4 and _same(a["model"], b["model"])
+    # the run actually trained: weights moved
+    init = Tokenizer(CONFIGS["tiny"])
+    assert not _same(init.state_dict(), a["model"])
+    log = (tmp_path / "half" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,minutes") and [r.split(",")[0] for r in log[1:]] == ["2", "4"]
+
+
+def test_old_checkpoint_keys_resume(corpus, tmp_path):
+    """A checkpoint with only the original keys (and an old log header) resumes."""
+    tc = _tc(corpus, tmp_path / "old", steps=3)
+    train(tc, stop_at=1)
+    p = tmp_path / "old" / "checkpoint.pt"
+    st = torch.load(p, weights_only=True)
+    assert set(st) == {"model", "ema", "opt", "step", "elapsed", "rng", "torch_rng"}
+    (tmp_path / "old" / "log.csv").write_text("step,minutes,lr,loss,psnr,entropy,codebook_entropy,val_psnr_ema\n")
+    train(tc)
+    assert torch.load(p, weights_only=True)["step"] == 3
+    rows = (tmp_path / "old" / "log.csv").read_text().splitlines()
+    assert all(len(r.split(",")) == 8 for r in rows)
+
+
+def test_adversarial_and_perceptual_step(corpus, tmp_path):
+    lw = LossWeights(gan=0.1, gan_start=1, lecam=0.01,
+                     perceptual=0.1 if lpips_cache_path("alexnet").exists() else 0.0,
+                     perceptual_net="alexnet")
+    tc = _tc(corpus, tmp_path / "gan", steps=3, loss=lw, disc_channels=8, disc_layers=2, log_every=1,
+             crop=32, image_crop=32, frames=5)
+    train(tc, stop_at=2)
+    st = torch.load(tmp_path / "gan" / "checkpoint.pt", weights_only=True)
+    assert {"disc", "disc_opt", "lecam"} <= set(st) and bool(st["lecam"]["started"])
+    train(tc)
+    header = (tmp_path / "gan" / "log.csv").read_text().splitlines()
+    assert "g_adv" in header[0] and header[2].split(",")[9] != ""  # step 2: adversarial on
+
+
+def test_nested_bits_step_and_per_rate_eval():
+    torch.manual_seed(0)
+    m = Tokenizer(CONFIGS["tiny"])
+    x = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    recon, q = m(x, bits=3)
+    assert (mask_bits(q.codes, 3)[:, 3:] == 0).all() and (mask_bits(q.codes, 3)[:, :3].abs() == 1).all()
+    (recon - x).pow(2).mean().backward()
+    enc_grad = m.encoder.out.weight.grad
+    assert enc_grad[:3].abs().sum() > 0 and enc_grad[3:].abs().sum() == 0  # dropped bits get no rec. grad
+    clip = EvalClip("c", torch.rand(1, 3, 5, 18, 22) * 2 - 1)
+    rows = evaluate(m, [clip], [2, 4])
+    assert [r["bits"] for r in rows] == [6, 4, 2]
+    # 5 frames → 2 latents of 5×6 tokens (18×22 padded to 20×24)
+    assert rows[0]["bpp"] == pytest.approx(6 * 2 * 5 * 6 / (5 * 18 * 22))
+    assert rows[2]["bpp"] == pytest.approx(rows[0]["bpp"] / 3)
+    assert all(np.isfinite(r["psnr"]) for r in rows)
+    assert 0 <= rows[0]["bit_usage"] <= 1 and 0 <= rows[0]["token_entropy"] <= rows[0]["bit_entropy"] + 1e-9
+    assert m.training  # evaluate restores the mode
+
+
+def test_periodic_eval_and_plot(corpus, tmp_path):
+    tc = _tc(corpus, tmp_path / "ev", steps=2, eval_dir=str(corpus / "train"), eval_every=2,
+             eval_frames=5, eval_short_side=32, eval_bits=(2,))
+    train(tc)
+    rows = (tmp_path / "ev" / "eval.csv").read_text().splitlines()
+    assert rows[0].startswith("step,bits,bpp,psnr") and [r.split(",")[1] for r in rows[1:]] == ["6", "2"]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not plot_log(tmp_path / "ev" / "log.csv", tmp_path / "p.png")
+    else:
+        assert plot_log(tmp_path / "ev" / "log.csv", tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size
+
+
+def test_cli_flags(corpus, tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import train as cli
+    out = tmp_path / "cli"
+    monkeypatch.setattr(sys, "argv", ["train.py", "--model", "tiny", "--data", str(corpus / "train"),
+                                      "--cache", str(corpus / "cache"), "--out", str(out), "--steps", "1",
+                                      "--batch", "1", "--frames", "5", "--crop", "16", "--image-crop", "16",
+                                      "--nested-bits", "2,4", "--entropy", "0.02", "--threads", "1",
+                                      "--device", "cpu", "--bf16", "false"])
+    cli.main()
+    import json
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert cfg["nested_bits"] == [2, 4] and cfg["loss"]["entropy"] == 0.02 and cfg["bf16"] is False
+    assert TrainConfig.from_dict(cfg).loss.entropy == 0.02
+
+
+# ---- DDP --------------------------------------------------------------------------------------
+def _ddp_worker(rank, world, port, tc_dict, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ema = train(TrainConfig.from_dict(tc_dict))
+    torch.save(ema.state_dict(), Path(out) / f"rank{rank}.pt")
+
+
+def test_ddp_two_cpu_processes_stay_in_sync(corpus, tmp_path):
+    from dataclasses import asdict
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tc = _tc(corpus, tmp_path / "ddp", steps=3)
+    mp.spawn(_ddp_worker, args=(2, port, asdict(tc), str(tmp_path)), nprocs=2, join=True)
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert _same(a, b)
+    assert not _same(a, Tokenizer(CONFIGS["tiny"]).state_dict())
+    ck = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 3 and ck["rng"] == ""
