@@ -101,7 +101,8 @@ def probe(path) -> VideoMeta:
             raise InputError(f"{path}: video stream without a frame size")
         pix = cc.pix_fmt or (s.format.name if s.format else None) or "rgb24"
         frames = int(s.frames) if s.frames and s.frames > 0 else None
-        if frames is None and c.format.name.startswith("image2") and not PATTERN_RE.search(str(path)):
+        single_image = c.format.name.startswith("image2") or c.format.name.endswith("_pipe")
+        if frames is None and single_image and not PATTERN_RE.search(str(path)):
             frames = 1
         return VideoMeta(int(w), int(h), _rate(c, s), frames, str(pix))
     finally:

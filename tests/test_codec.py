@@ -1,0 +1,253 @@
+"""Codec API on a tiny random model: round trips, segment/chunk streaming equals one-piece
+coding, rate selection, entropy fallback, frame ranges through the index, model identity,
+video files through PyAV (fps and frame count survive), and typed errors for bad input."""
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from neuralcodec import codec
+from neuralcodec import container as ct
+from neuralcodec import io as vio
+from neuralcodec.configs import CONFIGS
+from neuralcodec.errors import InputError, ModelError, OutputError
+from neuralcodec.model import Tokenizer
+from neuralcodec.weights import load_weights_file, save_weights
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(0)
+    m = Tokenizer(CONFIGS["tiny"])
+    with torch.no_grad():  # random init leaves AdaGN at zero; perturb so codes matter
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    sha = save_weights(m, path, "tiny-test")
+    m = load_weights_file(path, sha)
+    m.name, m.sha256 = "tiny-test", sha
+    return m
+
+
+def clip(t=23, h=30, w=42, seed=0):
+    """Smooth moving pattern plus noise, ``T×H×W×3`` uint8."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    frames = [np.stack([(x * 6 + i * 9) % 256, (y * 7 + i * 4) % 256, (x + y) * 3 % 256], -1)
+              for i in range(t)]
+    v = np.stack(frames).astype(np.int16) + rng.integers(-8, 9, (t, h, w, 3))
+    return np.clip(v, 0, 255).astype(np.uint8)
+
+
+def reference_codes(model, frames, bits):
+    """One-piece (non-streaming) sign bits of a segment: ``b×t×h×w`` uint8."""
+    x = codec.frames_to_tensor(list(frames), torch.device("cpu"))
+    z = model.encode_latents(model.pad_video(x))
+    return (z[0, :bits] > 0).to(torch.uint8).numpy()
+
+
+@pytest.mark.parametrize("entropy", ["none", "context"])
+def test_round_trip_shapes_and_metadata(model, entropy):
+    v = clip()
+    data = codec.compress(model, v, entropy=entropy, segment_frames=9, fps=Fraction(30000, 1001))
+    meta, out = codec.decompress(data, model=model)
+    assert out.shape == v.shape and out.dtype == np.uint8
+    assert meta.fps == Fraction(30000, 1001) and meta.frames == 23
+    r = ct.Reader(io.BytesIO(data))
+    assert r.header.segment_count == 3 and r.header.entropy == codec.ENTROPY_MODES[entropy]
+    modes = {s.entropy for s in r.segments()}
+    if entropy == "none":
+        assert modes == {ct.ENTROPY_NONE}
+
+
+def test_streamed_segments_equal_one_piece_coding(model):
+    """Chunked encoding with per-segment state gives the same bits as encoding each segment
+    alone in one piece; decoding gives the same frames as a one-piece decode."""
+    v = clip(t=23)
+    old = codec.CHUNK_FRAMES
+    codec.CHUNK_FRAMES = 4  # several chunks per segment
+    try:
+        data = codec.compress(model, v, entropy="none", segment_frames=13)
+    finally:
+        codec.CHUNK_FRAMES = old
+    r = ct.Reader(io.BytesIO(data))
+    segs = list(r.segments())
+    assert [(s.first_frame, s.frames, s.latent_t) for s in segs] == [(0, 13, 4), (13, 10, 4)]
+    for s in segs:
+        got = codec.decode_payload(s, r.header.bits)
+        ref = reference_codes(model, v[s.first_frame:s.first_frame + s.frames], r.header.bits)
+        np.testing.assert_array_equal(got, ref)
+        # raw payload layout: channel fastest, LSB first (spec §6), checked with numpy
+        packed = np.packbits(ref.transpose(1, 2, 3, 0).reshape(-1), bitorder="little").tobytes()
+        assert s.data == packed
+    _, out = codec.decompress(data, model=model)
+    # one-piece decode of segment 1
+    s = segs[1]
+    codes = torch.from_numpy(codec.decode_payload(s, 6)).float()[None] * 2 - 1
+    y = codec.tensor_to_frames(model.decode(codes))[: s.frames, :30, :42]
+    assert np.abs(y.astype(int) - out[13:].astype(int)).max() <= 1
+
+
+def test_encoder_sees_bounded_chunks(model):
+    """Peak activation memory does not grow with the video: the encoder never sees more than
+    CHUNK_FRAMES frames at once, whatever the segment and video lengths."""
+    seen = []
+    hook = model.encoder.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[2]))
+    try:
+        codec.compress(model, clip(t=70, h=8, w=8), segment_frames=65)
+    finally:
+        hook.remove()
+    assert max(seen) <= codec.CHUNK_FRAMES and seen[0] == 1 and len(seen) > 5
+
+
+def test_bits_selection_zero_pads_dropped_channels(model):
+    v = clip(t=9)
+    data = codec.compress(model, v, bits=3, entropy="none")
+    r = ct.Reader(io.BytesIO(data))
+    assert (r.header.bits, r.header.model_bits) == (3, 6)
+    (s,) = list(r.segments())
+    assert len(s.data) == -(-3 * 3 * 8 * 11 // 8)
+    _, out = codec.decompress(data, model=model)
+    full = reference_codes(model, v, 6).astype(np.float32) * 2 - 1
+    full[3:] = 0
+    y = codec.tensor_to_frames(model.decode(torch.from_numpy(full)[None]))[:, :30, :42]
+    assert np.abs(y.astype(int) - out.astype(int)).max() <= 1
+    for b in (0, 7):
+        with pytest.raises(InputError):
+            codec.compress(model, v, bits=b)
+
+
+def test_context_falls_back_to_raw_when_it_does_not_help(model, monkeypatch):
+    import neuralcodec.entropy as ent
+
+    monkeypatch.setattr(ent, "encode_bits", lambda bits: b"\0" * 10**6)
+    data = codec.compress(model, clip(t=9), entropy="context")
+    (s,) = list(ct.Reader(io.BytesIO(data)).segments())
+    assert s.entropy == ct.ENTROPY_NONE
+
+
+def test_context_and_raw_decode_identically(model):
+    v = clip(t=17)
+    _, a = codec.decompress(codec.compress(model, v, entropy="none"), model=model)
+    _, b = codec.decompress(codec.compress(model, v, entropy="context"), model=model)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_frame_range_decodes_only_needed_segments(model, monkeypatch):
+    v = clip(t=40, h=12, w=12)
+    data = codec.compress(model, v, segment_frames=9)
+    _, full = codec.decompress(data, model=model)
+    calls = []
+    real = codec.decode_payload
+    monkeypatch.setattr(codec, "decode_payload", lambda s, b: calls.append(s.index) or real(s, b))
+    meta, part = codec.decompress(data, model=model, frames=(20, 30))
+    assert meta.frames == 10 and calls == [2, 3]
+    np.testing.assert_array_equal(part, full[20:30])
+    _, tail = codec.decompress(data, model=model, frames=(38, None))
+    np.testing.assert_array_equal(tail, full[38:])
+    for bad in ((5, 5), (40, 50), (-1, 3)):
+        with pytest.raises(InputError):
+            codec.decompress(data, model=model, frames=bad)
+
+
+def test_model_identity_checked(model, tmp_path):
+    data = codec.compress(model, clip(t=1))
+    other = Tokenizer(CONFIGS["tiny"])
+    other.name, other.sha256 = "tiny-test", "ab" * 32
+    with pytest.raises(ModelError):
+        codec.decompress(data, model=other)
+    names = []
+    meta, _ = codec.decompress_from_file(io.BytesIO(data), model=lambda n: names.append(n) or model)
+    assert names == ["tiny-test"] and meta.frames == 1
+    with pytest.raises(ModelError):  # unknown registered name
+        codec.decompress(data)
+    anon = Tokenizer(CONFIGS["tiny"])
+    with pytest.raises(ModelError):
+        codec.compress(anon, clip(t=1))
+
+
+def test_default_segment_length():
+    assert codec.default_segment_frames(Fraction(25), 4) == 49
+    assert codec.default_segment_frames(Fraction(30000, 1001), 4) in (57, 61)
+    assert codec.default_segment_frames(Fraction(1, 10), 4) == 5
+
+
+def write_clip(path, v, rate=Fraction(30000, 1001), codec_name="ffv1", fmt=None):
+    c = av.open(str(path), "w", format=fmt)
+    s = c.add_stream(codec_name, rate=rate)
+    s.width, s.height, s.pix_fmt = v.shape[2], v.shape[1], "yuv420p"
+    for i, a in enumerate(v):
+        f = av.VideoFrame.from_ndarray(a, format="rgb24")
+        f.pts = i
+        for p in s.encode(f):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+
+
+@pytest.mark.parametrize("ext", [".mkv", ".mp4", ".y4m"])
+def test_video_file_round_trip_keeps_fps_and_count(model, tmp_path, ext):
+    v = clip(t=11, h=40, w=48)
+    src = tmp_path / "in.mkv"
+    write_clip(src, v)
+    assert vio.probe(src).frames is None  # mkv does not declare a count: header is patched
+    buf = io.BytesIO()
+    res = codec.compress_to_file(model, src, buf, segment_frames=5)
+    assert res.header.frames == 11 and res.segments == 3 and res.header.pix_fmt == "yuv420p"
+    meta, frames = codec.decompress_from_file(io.BytesIO(buf.getvalue()), model=model)
+    out = tmp_path / f"out{ext}"
+    assert vio.write_video(out, meta, frames) == 11
+    m2 = vio.probe(out)
+    assert (m2.width, m2.height, m2.fps, m2.pix_fmt) == (48, 40, Fraction(30000, 1001), "yuv420p")
+    assert sum(1 for _ in vio.read_frames(out)) == 11
+
+
+def test_png_pattern_and_image_input(model, tmp_path):
+    v = clip(t=3, h=16, w=20)
+    pattern = str(tmp_path / "f_%03d.png")
+    meta = vio.VideoMeta(20, 16, Fraction(25), 3, "rgb24")
+    assert vio.write_video(pattern, meta, iter(v)) == 3
+    back = np.stack(list(vio.read_frames(tmp_path / "f_001.png")))
+    np.testing.assert_array_equal(back[0], v[0])  # PNG is lossless
+    assert vio.probe(tmp_path / "f_001.png").frames == 1
+    data = codec.compress(model, tmp_path / "f_002.png")
+    assert codec.decompress(data, model=model)[1].shape == (1, 16, 20, 3)
+
+
+def test_raw_h264_rate(tmp_path):
+    v = clip(t=5, h=32, w=32)
+    p = tmp_path / "a.264"
+    write_clip(p, v, rate=Fraction(24), codec_name="libx264", fmt="h264")
+    m = vio.probe(p)
+    assert m.fps in (Fraction(24), Fraction(25)) and sum(1 for _ in vio.read_frames(p)) == 5
+
+
+def test_bad_inputs(model, tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    junk = tmp_path / "junk.mkv"
+    junk.write_bytes(b"this is not a video\n" * 50)
+    for p in (empty, junk, tmp_path / "missing.mp4", tmp_path):
+        with pytest.raises(InputError):
+            codec.compress(model, p)
+    with pytest.raises(InputError):
+        codec.compress(model, np.zeros((0, 8, 8, 3), np.uint8))
+    with pytest.raises(InputError):
+        codec.compress(model, clip(t=3), segment_frames=4)
+    with pytest.raises(InputError):
+        codec.compress(model, clip(t=3), entropy="zip")
+    for name in ("x.avi", "x.png", "x"):
+        with pytest.raises(OutputError):
+            vio.output_kind(name)
+
+
+def test_choose_pix_fmt():
+    assert vio.choose_pix_fmt("yuv420p", ["yuv420p", "yuv444p"]) == "yuv420p"
+    assert vio.choose_pix_fmt("rgb24", ["yuv420p", "yuv444p"]) == "yuv444p"
+    assert vio.choose_pix_fmt("rgba", ["gbrp", "yuv420p"]) == "gbrp"
+    assert vio.choose_pix_fmt("gray", ["yuv420p", "gray"]) == "gray"
+    assert vio.choose_pix_fmt("nv12", ["yuv420p", "yuv444p"]) == "yuv420p"
