@@ -337,6 +337,7 @@ def _ddp_worker(rank, world, port, tc_dict, out):
     torch.save(ema.state_dict(), Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow  # two spawned interpreters importing torch: ~30 s on 2 busy cores
 def test_ddp_two_cpu_processes_stay_in_sync(corpus, tmp_path):
     from dataclasses import asdict
     import torch.multiprocessing as mp
