@@ -64,7 +64,6 @@ _HALF = np.full(len(SENTINEL), 0.5)
 #: Motion-history quantizer: bits of a token changed from t-2 to t-1 → 0 | 1 | 2-3 | >=4.
 _HIST_EDGES = np.array([1, 2, 4])
 _N_HQ = 4
-_N_NB = 5                # 0..4 neighbours
 # context-set sizes (the bit-plane sets are multiplied by K)
 _SIZES = {
     "intra0": 1,                     # k
