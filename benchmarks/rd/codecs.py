@@ -99,6 +99,10 @@ class Codec:
         """(usable, reason when not)."""
         return True, ""
 
+    def env(self) -> Optional[Dict[str, str]]:
+        """Environment for the codec's processes (None: inherit this process's)."""
+        return None
+
     def describe(self) -> str:
         return self.name
 
@@ -257,6 +261,19 @@ class MGV(Codec):
 
     def decode_cmd(self, bitstream: Path, out: Path) -> List[str]:
         return [*self._base(), "decode", str(bitstream), "-o", str(out), "-y", "-q"]
+
+    def env(self) -> Optional[Dict[str, str]]:
+        """This process's environment with the imported neuralcodec's parent folder on PYTHONPATH,
+        so ``python -m neuralcodec`` runs the same (possibly uninstalled) package from any cwd."""
+        import os
+
+        spec = importlib.util.find_spec("neuralcodec")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        root = str(Path(list(spec.submodule_search_locations)[0]).resolve().parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        return env
 
     def model_sha256(self) -> str:
         """sha256 of the model's weights from the package registry ("none" when not registered)."""

@@ -41,8 +41,13 @@ def headline_table(results: dict) -> str:
     for c in results["codecs"]:
         sp = results["speed"].get(c, {})
         cells = ["0% (anchor)" if c == anchor else _bd(results["bd_rate"][m][c]["mean"]) for m in metrics]
-        lines.append(f"| {c} | " + " | ".join(cells) +
-                     f" | {_fmt(sp.get('encode_fps'), '.1f')} | {_fmt(sp.get('decode_fps'), '.1f')} |")
+        fps = []
+        for k in ("encode", "decode"):
+            f = _fmt(sp.get(f"{k}_fps"), ".2f")
+            if sp.get(f"{k}_fps_reported"):
+                f += f" ({sp[f'{k}_fps_reported']:.2f})"
+            fps.append(f)
+        lines.append(f"| {c} | " + " | ".join(cells) + f" | {fps[0]} | {fps[1]} |")
     return "\n".join(lines)
 
 
@@ -99,7 +104,10 @@ def markdown_report(results: dict) -> str:
     L += ["## Headline", "",
           f"Mean BD-rate over sequences against {results['anchor']} (negative = fewer bits for the same "
           "quality; n/a = curves without a common quality range; * = caveat, see per-sequence tables). "
-          "Speed: frames / wall seconds over all rate points and sequences, same machine, same run.", "",
+          "Speed: frames / wall seconds of the encoder or decoder process over all rate points and "
+          "sequences, same machine, same run; in parentheses the tool's own timing without process "
+          "start-up and model load, where it reports one. Mean 1-minute load average while measuring: "
+          + ", ".join(f"{c} {v['loadavg_1min']:.1f}" for c, v in results["speed"].items()) + ".", "",
           headline_table(results), ""]
     L += ["## Tool versions", "", "| codec | version |", "|---|---|"]
     L += [f"| {c} | {v} |" for c, v in results["versions"].items()] + [""]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -92,15 +93,21 @@ def read_raw_yuv420(path: Path, width: int, height: int, pix_fmt: str, fps) -> Y
     return YUVVideo(y, u, v, fps, depth)
 
 
-def _run_timed(cmd: List[str]) -> float:
-    """Run ``cmd`` (no shell) → wall seconds; raises RuntimeError with stderr's tail on failure."""
+def _run_timed(cmd: List[str], env: Optional[Dict[str, str]] = None) -> Tuple[float, str]:
+    """Run ``cmd`` (no shell) → (wall seconds, stdout); raises RuntimeError with stderr's tail on failure."""
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
         tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
         raise RuntimeError(f"exit {r.returncode}: {' | '.join(tail)}")
-    return dt
+    return dt, r.stdout
+
+
+def _reported_seconds(stdout: str) -> Optional[float]:
+    """The codec's own timing from its summary line (``…, 1.39 s (6.48 fps)``, as ``mgv`` prints), if any."""
+    m = re.search(r"([0-9.]+) s \([0-9.]+ fps\)", stdout)
+    return float(m.group(1)) if m else None
 
 
 def run_point(codec: Codec, src: Source, ref: YUVVideo, point, work: Path, cfg: BenchConfig,
@@ -123,8 +130,12 @@ def run_point(codec: Codec, src: Source, ref: YUVVideo, point, work: Path, cfg: 
     try:
         for p in (bs, dec_path, dec8):
             p.unlink(missing_ok=True)
-        enc_s = _run_timed(enc_cmd)
-        dec_s = _run_timed(dec_cmd)
+        enc_s, enc_out = _run_timed(enc_cmd, codec.env())
+        dec_s, dec_out = _run_timed(dec_cmd, codec.env())
+        for k, out in (("encode", enc_out), ("decode", dec_out)):
+            t = _reported_seconds(out)
+            if t:  # timing without process start-up and model load, as the tool reports it
+                res[f"{k}_fps_reported"] = src.frames / t
         if codec.decoded_pix_fmt == "y4m":
             dec = read_y4m(dec_path)
         else:
@@ -178,8 +189,18 @@ def speed_summary(entries: List[dict], codecs: List[str]) -> Dict[str, dict]:
         if es:
             fr = sum(e["frames"] for e in es)
             out[c] = {"encode_fps": fr / sum(e["encode_s"] for e in es),
-                      "decode_fps": fr / sum(e["decode_s"] for e in es), "points": len(es)}
+                      "decode_fps": fr / sum(e["decode_s"] for e in es), "points": len(es),
+                      "loadavg_1min": float(np.mean([e["loadavg_1min"] for e in es]))}
+            for k in ("encode", "decode"):
+                rep = [e for e in es if f"{k}_fps_reported" in e]
+                if len(rep) == len(es):  # the tool's own timing (no process start-up / model load)
+                    out[c][f"{k}_fps_reported"] = fr / sum(e["frames"] / e[f"{k}_fps_reported"] for e in rep)
     return out
+
+
+def _portable(cmd: List[str]) -> List[str]:
+    """A command line for a cache key: the executable by its name only (its version is keyed apart)."""
+    return [Path(cmd[0]).name, *cmd[1:]]
 
 
 def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict:
@@ -213,8 +234,9 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print
             for point in c.points:
                 label = c.point_label(point)
                 key_fields = {"source_sha256": src.sha256, "codec": c.name, "version": versions[c.name],
-                          "encode_cmd": c.encode_cmd(Path("{src}"), Path("{out}"), point, src.width, src.height),
-                          "decode_cmd": c.decode_cmd(Path("{in}"), Path("{out}")), "point": point,
+                          "encode_cmd": _portable(c.encode_cmd(Path("{src}"), Path("{out}"), point,
+                                                               src.width, src.height)),
+                          "decode_cmd": _portable(c.decode_cmd(Path("{in}"), Path("{out}"))), "point": point,
                           "metrics_version": M.METRICS_VERSION, "vmaf": use_vmaf, "lpips": lpips_ok}
                 r = cache.get(src.name, c.name, label, key_fields)
                 if r is None:
