@@ -204,14 +204,15 @@ if _HAS_TRITON:
                      s_b, s_k, s_t, s_h, s_w,
                      K: tl.constexpr, CARRIES: tl.constexpr, IDX64: tl.constexpr,
                      BF16: tl.constexpr, BLOCK: tl.constexpr):
-        """Each program writes BLOCK payload bytes; tile BLOCK×8 (byte, bit)."""
+        """Each program writes BLOCK payload bytes; each lane owns whole bytes (1-D tile), so
+        the per-byte index math is done once per byte and the 8 bits are OR-ed in registers."""
         pid = tl.program_id(0)
         if IDX64:
             pid = pid.to(tl.int64)
         j = pid * BLOCK + tl.arange(0, BLOCK)  # byte index
         p0 = j * 8  # first bit of the byte
         t0 = p0 // K  # its token (K constexpr: multiply-shift)
-        r0 = p0 - t0 * K  # its channel
+        r0 = (p0 - t0 * K).to(tl.int32)  # its channel
         # token -> (b, t, y, x), once per byte
         x0 = t0 % W
         q = t0 // W
@@ -219,32 +220,46 @@ if _HAS_TRITON:
         q = q // H
         f0 = q % T
         b0 = q // T
-        # the 8 bits of the byte: channel r0 + bit, possibly in the next token(s)
-        rb = r0[:, None] + tl.arange(0, 8)[None, :]
-        c = rb // K  # token step 0..CARRIES
-        k = rb - c * K
-        x = x0[:, None] + c
-        y = y0[:, None] + c * 0
-        f = f0[:, None] + c * 0
-        b = b0[:, None] + c * 0
-        for _ in tl.static_range(CARRIES):  # each pass carries at most one W, H, T wrap
-            cy = (x >= W).to(x.dtype)
-            x -= cy * W
-            y += cy
-            ct = (y >= H).to(x.dtype)
-            y -= ct * H
-            f += ct
-            cb = (f >= T).to(x.dtype)
-            f -= cb * T
-            b += cb
-        off = b * s_b + k * s_k + f * s_t + y * s_h + x * s_w
-        mask = (p0[:, None] + tl.arange(0, 8)[None, :]) < n_bits
-        v = tl.load(z_ptr + off, mask=mask, other=0.0)
-        if BF16:  # compare in fp32 (exact): the interpreter holds bf16 as raw uint16 bits
-            v = v.to(tl.float32)
-        bits = (v > 0).to(tl.int32) << tl.arange(0, 8)[None, :]
-        byte = tl.sum(bits, axis=1)  # distinct bits: sum == or
-        tl.store(out_ptr + j, byte.to(tl.uint8), mask=j < n_bytes)
+        base0 = b0 * s_b + f0 * s_t + y0 * s_h + x0 * s_w
+        if CARRIES == 1:  # K >= 7: a byte spans at most tokens t0 and t0 + 1
+            cy = (x0 + 1 >= W).to(x0.dtype)
+            x1 = x0 + 1 - cy * W
+            y1 = y0 + cy
+            ct = (y1 >= H).to(x0.dtype)
+            y1 -= ct * H
+            f1 = f0 + ct
+            cb = (f1 >= T).to(x0.dtype)
+            f1 -= cb * T
+            b1 = b0 + cb
+            base1 = b1 * s_b + f1 * s_t + y1 * s_h + x1 * s_w
+        acc = tl.zeros((BLOCK,), dtype=tl.int32)
+        for bit in tl.static_range(8):
+            rb = r0 + bit
+            if CARRIES == 1:
+                nxt = rb >= K
+                off = tl.where(nxt, base1, base0) + tl.where(nxt, rb - K, rb) * s_k
+            else:  # K < 7: up to CARRIES token steps, wrapped one carry pass at a time
+                c = rb // K
+                x = x0 + c
+                y = y0 + c * 0
+                f = f0 + c * 0
+                b = b0 + c * 0
+                for _ in tl.static_range(CARRIES):
+                    cy = (x >= W).to(x.dtype)
+                    x -= cy * W
+                    y += cy
+                    ct = (y >= H).to(x.dtype)
+                    y -= ct * H
+                    f += ct
+                    cb = (f >= T).to(x.dtype)
+                    f -= cb * T
+                    b += cb
+                off = b * s_b + (rb - c * K) * s_k + f * s_t + y * s_h + x * s_w
+            v = tl.load(z_ptr + off, mask=p0 + bit < n_bits, other=0.0)
+            if BF16:  # compare in fp32 (exact): the interpreter holds bf16 as raw uint16 bits
+                v = v.to(tl.float32)
+            acc = acc | ((v > 0).to(tl.int32) << bit)
+        tl.store(out_ptr + j, acc.to(tl.uint8), mask=j < n_bytes)
 
     def _unpack_kernel(in_ptr, out_ptr, S, n_sblocks,
                        K: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
@@ -314,7 +329,7 @@ def _pack_triton(z: torch.Tensor) -> torch.Tensor:
     if n_bytes == 0:
         return out
     idx64 = max(n_bits + 8 * _PACK_BLOCK, _max_offset(z) + 1) > _INT32_LIMIT
-    carries = (k + 6) // k  # most tokens a byte can step into past its first one
+    carries = (k + 6) // k  # most tokens a byte can step into past its first one (1 for K >= 7)
     grid = (triton.cdiv(n_bytes, _PACK_BLOCK),)
     _kernel("_pack_kernel")[grid](
         z, out, n_bits, n_bytes, t, h, w, *z.stride(),
