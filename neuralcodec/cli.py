@@ -192,6 +192,7 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
         from .errors import ModelError
         raise ModelError(str(e)) from None
     model = model.to(dev)
+    codec.check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
     t0 = time.perf_counter()
     with atomic_output(output, force) as tmp, _progress(meta.frames, quiet, "encode") as bar:
         with open(tmp, "wb") as fo:

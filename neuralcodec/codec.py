@@ -227,6 +227,24 @@ def _encode_segment(model, it: Iterator[np.ndarray], meta: VideoMeta, seg_frames
     return n, np.ascontiguousarray(np.concatenate(latents, axis=1))
 
 
+def check_encode_args(model: torch.nn.Module, *, bits: Optional[int] = None,
+                      entropy: str = "context", segment_frames: Optional[int] = None) -> None:
+    """Validate :func:`compress_to_file` options for ``model`` → :class:`InputError` /
+    :class:`ModelError` (lets a caller fail before it starts reading the input)."""
+    name, _ = model_identity(model)
+    if entropy not in ENTROPY_MODES:
+        raise InputError(f"unknown entropy mode {entropy!r} (use none or context)")
+    k = model.cfg.bits
+    if bits is not None and (not isinstance(bits, int) or not 1 <= bits <= k):
+        raise InputError(f"bits must be in 1..{k} for model {name}, got {bits}")
+    tf = model.cfg.temporal_factor
+    if segment_frames is not None and (not isinstance(segment_frames, int) or segment_frames < 1
+                                       or (segment_frames - 1) % tf
+                                       or segment_frames > ct.MAX_SEGMENT_FRAMES):
+        raise InputError(f"segment frames must be 1 + {tf}·k (<= {ct.MAX_SEGMENT_FRAMES}), "
+                         f"got {segment_frames}")
+
+
 def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
                      bits: Optional[int] = None, entropy: str = "context",
                      segment_frames: Optional[int] = None, progress: Progress = None,
@@ -240,19 +258,14 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
     encoded. The frame count is patched into the header at the end when the input did not
     declare it (needs a seekable ``fo``). Raises :class:`MGVError` subclasses for bad input.
     """
-    if entropy not in ENTROPY_MODES:
-        raise InputError(f"unknown entropy mode {entropy!r} (use none or context)")
+    check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
     name, prefix = model_identity(model)
     cfg = model.cfg
     k = cfg.bits
     bits = k if bits is None else bits
-    if not isinstance(bits, int) or not 1 <= bits <= k:
-        raise InputError(f"bits must be in 1..{k} for model {name}, got {bits}")
     meta, it = _source(video, fps)
     tf = cfg.temporal_factor
     seg = segment_frames or default_segment_frames(meta.fps, tf)
-    if seg < 1 or (seg - 1) % tf or seg > ct.MAX_SEGMENT_FRAMES:
-        raise InputError(f"segment frames must be 1 + {tf}·k (<= {ct.MAX_SEGMENT_FRAMES}), got {seg}")
     pix = meta.pix_fmt if ct._PIXFMT_RE.match(meta.pix_fmt.encode("ascii", "replace")) else "rgb24"
     if meta.frames is not None and meta.frames > ct.MAX_FRAMES:
         raise InputError(f"{meta.frames} frames exceed the cap of {ct.MAX_FRAMES}")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields as dc_fields
 from fractions import Fraction
 from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 
-from .errors import (BadMagic, CRCMismatch, HeaderError, RecordError, Truncated,
+from .errors import (BadMagic, CRCMismatch, HeaderError, RecordError, StreamError, Truncated,
                      UnsupportedVersion)
 
 MAGIC = b"\x89MGV\r\n\x1a\n"  # PNG-style: non-ASCII first byte, CR-LF / ^Z / LF catch text-mode damage
@@ -481,14 +481,17 @@ class Reader:
         if not self.seekable():
             return None
         end = self.fo.seek(0, 2) - self.base
-        if end - END_RECORD_SIZE < self.records_offset:
-            raise Truncated("stream too short to hold an END record")
         self._pos = -1
+        if end - END_RECORD_SIZE < self.records_offset:
+            return None
         self._seek(end - END_RECORD_SIZE)
-        rec = self.read_record()
-        if rec.type != REC_END:
-            raise RecordError("the last record is not END")
-        off = _parse_end(rec)
+        try:  # no readable END at the end (cut or damaged file): callers scan instead
+            rec = self.read_record()
+            if rec.type != REC_END:
+                return None
+            off = _parse_end(rec)
+        except StreamError:
+            return None
         if off == 0:
             return None
         if not self.records_offset <= off <= end - END_RECORD_SIZE - RECORD_HEAD.size - CRC.size:

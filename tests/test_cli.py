@@ -1,0 +1,239 @@
+"""The ``mgv`` command line, through click's CliRunner (tiny model patched in) and through a
+real ``python -m neuralcodec`` subprocess (registered default model): encode → info → decode,
+fps and frame count survive, overwrite refusal, bad inputs, truncated streams, one-line
+errors, and interrupted or failing writes that leave no file behind."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from neuralcodec import cli, codec, weights
+from neuralcodec import io as vio
+from neuralcodec.configs import CONFIGS
+from neuralcodec.model import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+RATE = Fraction(30000, 1001)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    m = Tokenizer(CONFIGS["tiny"])
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    sha = weights.save_weights(m, path, "tiny-test")
+    m = weights.load_weights_file(path, sha)
+    m.name, m.sha256 = "tiny-test", sha
+    return m
+
+
+@pytest.fixture
+def runner(tiny, monkeypatch):
+    def load(name=weights.DEFAULT_MODEL):
+        if name != "tiny-test" and name != weights.DEFAULT_MODEL:
+            raise weights.WeightsError(f"unknown model '{name}'")
+        return tiny
+
+    monkeypatch.setattr(weights, "load_model", load)
+    return CliRunner()
+
+
+def make_video(path, t=9, w=48, h=40, rate=RATE):
+    """A synthetic moving gradient, FFV1 in .mkv (no frame count in the container)."""
+    c = av.open(str(path), "w")
+    s = c.add_stream("ffv1", rate=rate)
+    s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+    y, x = np.mgrid[0:h, 0:w]
+    for i in range(t):
+        a = np.stack([(x * 5 + i * 10) % 256, (y * 6) % 256, (x + y + i) % 256], -1).astype(np.uint8)
+        f = av.VideoFrame.from_ndarray(a, format="rgb24")
+        f.pts = i
+        for p in s.encode(f):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+    return path
+
+
+def leftovers(d: Path):
+    return sorted(p.name for p in d.iterdir() if p.name.startswith("."))
+
+
+def one_error_line(result, code):
+    assert result.exit_code == code, (result.exit_code, result.output)
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mgv: error: "), result.stderr
+    assert "Traceback" not in result.output
+    return err[0]
+
+
+def test_encode_info_decode(runner, tmp_path):
+    src = make_video(tmp_path / "in.mkv")
+    mgv = tmp_path / "out.mgv"
+    r = runner.invoke(cli.main, ["encode", str(src), "-o", str(mgv), "--segment-frames", "5", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "bpp" in r.stdout and "9 frames 48x40 @ 30000/1001" in r.stdout
+    r = runner.invoke(cli.main, ["info", str(mgv), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["header"]["frames"] == 9 and d["header"]["fps"] == "30000/1001"
+    assert d["header"]["model_name"] == "tiny-test" and len(d["segments"]) == 2
+    assert d["file_bytes"] == mgv.stat().st_size
+    r = runner.invoke(cli.main, ["info", str(mgv)])
+    assert r.exit_code == 0 and "model_name" in r.stdout and "segments: 2" in r.stdout
+    out = tmp_path / "dec.mkv"
+    r = runner.invoke(cli.main, ["decode", str(mgv), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    m = vio.probe(out)
+    assert (m.width, m.height, m.fps, m.pix_fmt) == (48, 40, RATE, "yuv420p")
+    assert sum(1 for _ in vio.read_frames(out)) == 9
+    assert leftovers(tmp_path) == []
+    # a frame range, into PNG files
+    r = runner.invoke(cli.main, ["decode", str(mgv), "-o", str(tmp_path / "f_%03d.png"), "--frames", "2:5", "-q"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.glob("f_*.png")) == ["f_001.png", "f_002.png", "f_003.png"]
+    assert leftovers(tmp_path) == []
+
+
+def test_overwrite_refused_without_y(runner, tmp_path):
+    src = make_video(tmp_path / "in.mkv", t=1)
+    mgv = tmp_path / "out.mgv"
+    mgv.write_bytes(b"keep me")
+    r = runner.invoke(cli.main, ["encode", str(src), "-o", str(mgv), "-q"])
+    assert "exists" in one_error_line(r, 4)
+    assert mgv.read_bytes() == b"keep me"
+    r = runner.invoke(cli.main, ["encode", str(src), "-o", str(mgv), "-q", "-y"])
+    assert r.exit_code == 0 and mgv.read_bytes()[:4] == b"\x89MGV"
+    out = tmp_path / "o.mp4"
+    out.write_bytes(b"keep")
+    r = runner.invoke(cli.main, ["decode", str(mgv), "-o", str(out), "-q"])
+    one_error_line(r, 4)
+    assert out.read_bytes() == b"keep"
+    (tmp_path / "p_001.png").write_bytes(b"keep")
+    r = runner.invoke(cli.main, ["decode", str(mgv), "-o", str(tmp_path / "p_%03d.png"), "-q"])
+    one_error_line(r, 4)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, this is not a video\n" * 40, None])
+def test_bad_input_files(runner, tmp_path, content):
+    src = tmp_path / "bad.mp4"
+    if content is not None:
+        src.write_bytes(content)
+    r = runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "o.mgv"), "-q"])
+    one_error_line(r, 3)
+    assert not (tmp_path / "o.mgv").exists() and leftovers(tmp_path) == []
+
+
+def test_bad_streams_and_options(runner, tmp_path):
+    src = make_video(tmp_path / "in.mkv", t=5)
+    mgv = tmp_path / "a.mgv"
+    assert runner.invoke(cli.main, ["encode", str(src), "-o", str(mgv), "-q"]).exit_code == 0
+    data = mgv.read_bytes()
+    cut = tmp_path / "cut.mgv"
+    cut.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "o.mkv"
+    for cmd in (["decode", str(cut), "-o", str(out), "-q"], ["info", str(cut)]):
+        line = one_error_line(runner.invoke(cli.main, cmd), 2)
+        assert "ends" in line or "END" in line
+    assert not out.exists() and leftovers(tmp_path) == []
+    (tmp_path / "x.mgv").write_bytes(b"RIFF....")
+    assert "magic" in one_error_line(runner.invoke(cli.main, ["info", str(tmp_path / "x.mgv")]), 2)
+    one_error_line(runner.invoke(cli.main, ["decode", str(mgv), "-o", str(tmp_path / "o.avi")]), 4)
+    one_error_line(runner.invoke(cli.main, ["decode", str(mgv), "-o", str(out), "--frames", "x"]), 3)
+    one_error_line(runner.invoke(cli.main, ["decode", str(mgv), "-o", str(out), "--frames", "9:20"]), 3)
+    one_error_line(runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "b.mgv"), "--bits", "99"]), 3)
+    one_error_line(runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "b.mgv"), "--model", "nope"]), 5)
+    one_error_line(runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "b.mgv"),
+                                            "--segment-frames", "4"]), 3)
+    one_error_line(runner.invoke(cli.main, ["info", str(tmp_path / "missing.mgv")]), 3)
+    assert leftovers(tmp_path) == []
+
+
+def test_interrupted_or_failing_writes_leave_nothing(runner, tmp_path, monkeypatch):
+    src = make_video(tmp_path / "in.mkv", t=5)
+    mgv = tmp_path / "a.mgv"
+    assert runner.invoke(cli.main, ["encode", str(src), "-o", str(mgv), "-q"]).exit_code == 0
+
+    def interrupted(*a, progress=None, **kw):
+        progress(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vio, "write_video", interrupted)
+    r = runner.invoke(cli.main, ["decode", str(mgv), "-o", str(tmp_path / "o.mkv"), "-q"])
+    assert "interrupted" in one_error_line(r, 130)
+    monkeypatch.setattr(codec, "compress_to_file",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    r = runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "b.mgv"), "-q"])
+    assert "No space left" in one_error_line(r, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mgv", "in.mkv"]
+
+
+# ---- real subprocess with the registered default model ----------------------------------------
+needs_default = pytest.mark.skipif(weights.DEFAULT_MODEL not in weights.registry(),
+                                   reason="default model not registered")
+
+
+def mgv(*args, cwd, **kw):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "neuralcodec", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+@needs_default
+@pytest.mark.slow
+def test_subprocess_encode_info_decode(tmp_path):
+    make_video(tmp_path / "in.mkv")
+    r = mgv("encode", "in.mkv", "-o", "a.mgv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "9 frames 48x40 @ 30000/1001" in r.stdout and "bpp" in r.stdout
+    r = mgv("info", "a.mgv", "--json", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["header"]["model_name"] == weights.DEFAULT_MODEL
+    r = mgv("decode", "a.mgv", "-o", "out.mp4", "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = vio.probe(tmp_path / "out.mp4")
+    assert (m.fps, m.width, m.height) == (RATE, 48, 40)
+    assert sum(1 for _ in vio.read_frames(tmp_path / "out.mp4")) == 9
+    r = mgv("decode", "a.mgv", "-o", "out.mp4", "-q", cwd=tmp_path)  # exists: refused
+    assert r.returncode == 4 and r.stderr.startswith("mgv: error:") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert leftovers(tmp_path) == []
+
+
+@needs_default
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_subprocess_interrupted_encode_leaves_nothing(tmp_path, sig):
+    make_video(tmp_path / "in.mkv", t=400, w=64, h=64)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, "-m", "neuralcodec", "encode", "in.mkv", "-o", "a.mgv"],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not leftovers(tmp_path) and time.time() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert leftovers(tmp_path), "the temporary output never appeared"
+        time.sleep(0.5)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert err.decode().strip().splitlines()[-1] == "mgv: error: interrupted"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["in.mkv"]
