@@ -316,3 +316,20 @@ def test_x265_end_to_end_tiny(tmp_path):
     paths = write_report(r, cfg.out)
     assert paths["report"].read_text().startswith("# Rate-distortion benchmark")
     assert paths["plot:syn"].stat().st_size > 1000
+
+
+# ---------------------------------------------------------------- command line
+def test_cli_quick_defaults_and_bad_input(tmp_path, capsys):
+    from benchmarks.rd.cli import build_parser, config_from_args, main
+
+    argv = ["--inputs", "a.mp4", "--quick"]
+    cfg = config_from_args(build_parser().parse_args(argv), argv)
+    assert (cfg.frames, cfg.max_size, tuple(cfg.codecs)) == (9, (320, 180), C.QUICK_CODECS)
+    assert cfg.command.endswith("--inputs a.mp4 --quick")
+    argv = ["--inputs", "a.mp4", "--max-size", "native", "--frames", "17", "--codecs", "x265-medium-ra,mgv"]
+    cfg = config_from_args(build_parser().parse_args(argv), argv)
+    assert (cfg.frames, cfg.max_size, tuple(cfg.codecs)) == (17, None, ("x265-medium-ra", "mgv"))
+    rc = main(["--inputs", str(tmp_path / "missing.mp4"), "--codecs", "x265-medium-ra",
+               "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")])
+    assert rc == 2 and "missing.mp4" in capsys.readouterr().err
+    assert main(["--inputs", "x", "--codecs", "mgv"]) == 2  # the anchor must be among the codecs

@@ -28,11 +28,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from neuralcodec.errors import InputError
 
-# Rate points. CRF/QP run from high quality down to the very low rates where the neural codec
-# lives (about 0.02-0.1 bpp), so that the curves overlap.
-CRF_POINTS = (22, 27, 32, 37, 42, 47)
-QP_POINTS = (22, 27, 32, 37, 42, 47)
-QUICK_POINTS = (27, 34, 41, 48)
+# Rate points. CRF/QP run from good quality down to the very low rates where the neural codec
+# lives (about 0.01-0.1 bpp), so that the curves overlap in quality.
+CRF_POINTS = (27, 32, 37, 42, 47, 51)
+QP_POINTS = (27, 32, 37, 42, 47, 51)
+QUICK_POINTS = (27, 35, 43, 51)
 MGV_BITS = (6, 10, 14, 18)
 
 

@@ -59,8 +59,14 @@ def plot_sequence(results: dict, seq: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     metrics = [m for m in PLOT_METRICS if m != "vmaf" or results["metrics"]["vmaf"]]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    cols = 2 if len(metrics) > 2 else len(metrics)
+    rows = (len(metrics) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, metrics):
         for c in results["codecs"]:
             es = sorted((e for e in results["entries"]
                          if e["sequence"] == seq and e["codec"] == c and "error" not in e and m in e),
@@ -72,6 +78,9 @@ def plot_sequence(results: dict, seq: str, path: Path) -> None:
                 style = dict(lw=2.4, color="tab:red")
             ax.plot([e["bpp"] for e in es], [e[m] for e in es], marker="o", ms=3.5, label=c, **style)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel(PLOT_METRICS[m])
         ax.grid(True, which="both", alpha=0.3)
