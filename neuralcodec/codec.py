@@ -35,8 +35,9 @@ from .errors import InputError, MGVError, ModelError, PayloadError
 from .io import VideoMeta, frames_of, probe, read_frames
 from .layers import streaming
 
-CHUNK_FRAMES = 16  # frames per encoder chunk after the first (a multiple of the temporal factor)
-CHUNK_LATENTS = 4  # latent frames per decoder chunk after the first
+CHUNK_FRAMES = 16  # most frames per encoder chunk after the first (rounded to the temporal factor)
+CHUNK_PIXELS = 16 * 640 * 360  # pixel budget of a chunk: large frames get shorter chunks
+CHUNK_LATENTS = 4  # most latent frames per decoder chunk after the first
 SEGMENT_SECONDS = 2.0  # default segment duration
 ENTROPY_MODES = {"none": ct.ENTROPY_NONE, "context": ct.ENTROPY_CONTEXT}
 
@@ -196,6 +197,13 @@ def _model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
+def chunk_frames(pixels: int, tf: int) -> int:
+    """Frames per chunk after the first: a multiple of ``tf``, at most :data:`CHUNK_FRAMES`,
+    and within :data:`CHUNK_PIXELS` where possible (activation memory ∝ chunk pixels)."""
+    n = min(CHUNK_FRAMES, CHUNK_PIXELS // max(1, pixels))
+    return max(tf, n // tf * tf)
+
+
 def _encode_segment(model, it: Iterator[np.ndarray], meta: VideoMeta, seg_frames: int,
                     bits: int, progress: Progress) -> Tuple[int, Optional[np.ndarray]]:
     """Encode up to ``seg_frames`` frames from ``it`` with a fresh causal state →
@@ -204,7 +212,7 @@ def _encode_segment(model, it: Iterator[np.ndarray], meta: VideoMeta, seg_frames
     device = _model_device(model)
     latents: List[np.ndarray] = []
     n = 0
-    step = max(tf, CHUNK_FRAMES // tf * tf)
+    step = chunk_frames(meta.width * meta.height, tf)
     with streaming(model):
         while n < seg_frames:
             want = 1 if n == 0 else min(step, seg_frames - n)
@@ -342,10 +350,12 @@ def _decode_segment(model, header: ct.Header, seg: ct.Segment, a: int, b: int,
     codes[0, :header.bits] = torch.from_numpy(bits).float() * 2 - 1
     frame = seg.first_frame
     stop = min(b, seg.first_frame + seg.frames)
+    step = max(1, min(CHUNK_LATENTS, chunk_frames(header.width * header.height,
+                                                  header.temporal_factor) // header.temporal_factor))
     with streaming(model):
         t = 0
         while t < seg.latent_t and frame < stop:
-            n = 1 if t == 0 else CHUNK_LATENTS
+            n = 1 if t == 0 else step
             x = model.decode(codes[:, :, t:t + n].to(device), bits=header.bits)
             t += n
             out = tensor_to_frames(x[:, :, :, :header.height, :header.width])
