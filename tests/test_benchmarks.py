@@ -127,6 +127,20 @@ def test_psnr_from_mse_and_shape_check():
         M.frame_mse(np.zeros((1, 4, 4)), np.zeros((1, 4, 2)))
 
 
+def test_lpips_zero_for_identical_and_positive_for_noise():
+    if M.lpips_model() is None:
+        pytest.skip("no LPIPS weights offline")
+    yy, xx = np.mgrid[0:64, 0:64]
+    smooth = np.stack([xx * 3, yy * 3, (xx + yy) * 2], -1)[None].repeat(2, 0).astype(np.int16)
+    a = smooth.astype(np.uint8)
+    assert M.lpips_rgb(a, a) == pytest.approx(0.0, abs=1e-6)
+    rng = np.random.default_rng(0)
+    d = [M.lpips_rgb(a, np.clip(smooth + rng.integers(-k, k + 1, a.shape), 0, 255).astype(np.uint8))
+         for k in (5, 40)]
+    assert 0 < d[0] < d[1]
+    assert M.lpips_rgb(a[:, :16, :16], a[:, :16, :16]) is None  # too small for AlexNet
+
+
 def test_msssim_window_for_small_frames():
     assert M.msssim_window(360, 640) == 11
     assert M.msssim_window(96, 128) == 5
@@ -261,7 +275,7 @@ def test_pipeline_and_cache_second_run_recomputes_nothing(tmp_path):
     clip = make_synthetic_clip(tmp_path / "syn.y4m", frames=5, width=96, height=64)
     log = tmp_path / "encodes.log"
     cfg = dict(inputs=[str(clip)], out=tmp_path / "out", work=tmp_path / "work", frames=5, max_size=None,
-               anchor="copy", vmaf=False)
+               anchor="copy", vmaf=False, lpips=False)
     r1 = run_benchmark(BenchConfig(codecs=[CopyCodec("copy", log), CopyCodec("copy2", log)], **cfg),
                        log=lambda m: None)
     assert r1["cache"] == {"hits": 0, "misses": 8} and log.read_text() == "x" * 8
@@ -290,7 +304,7 @@ def test_failed_point_is_reported_not_cached(tmp_path):
     clip = make_synthetic_clip(tmp_path / "syn.y4m", frames=2, width=64, height=48)
     cfg = BenchConfig(inputs=[str(clip)], out=tmp_path / "out", work=tmp_path / "work", frames=2, max_size=None,
                       codecs=[CopyCodec("copy", tmp_path / "l"), Broken("broken", tmp_path / "l")],
-                      anchor="copy", vmaf=False)
+                      anchor="copy", vmaf=False, lpips=False)
     r = run_benchmark(cfg, log=lambda m: None)
     bad = [e for e in r["entries"] if e["codec"] == "broken"]
     assert len(bad) == 4 and all("boom" in e["error"] for e in bad)
@@ -306,7 +320,8 @@ def test_x265_end_to_end_tiny(tmp_path):
 
     clip = make_synthetic_clip(tmp_path / "syn.y4m", frames=5, width=64, height=48)
     cfg = BenchConfig(inputs=[str(clip)], out=tmp_path / "out", work=tmp_path / "work", frames=5,
-                      max_size=None, codecs=["x265-medium-ra", "x265-medium-ld"], quick=True, vmaf=False)
+                      max_size=None, codecs=["x265-medium-ra", "x265-medium-ld"], quick=True, vmaf=False,
+                      lpips=False)
     r = run_benchmark(cfg, log=lambda m: None)
     es = sorted((e for e in r["entries"] if e["codec"] == "x265-medium-ra"), key=lambda e: e["point"])
     assert all("error" not in e for e in es), es

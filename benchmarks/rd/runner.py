@@ -30,8 +30,10 @@ from .codecs import ANCHOR, DEFAULT_CODECS, QUICK_CODECS, Codec, ffmpeg_capabili
 from .source import Source, find_inputs, prepare_source
 from .y4m import YUVVideo, read_y4m, write_y4m
 
-# Quality metrics that get a BD-rate (all "higher is better"), with their display names.
-BD_METRICS = {"psnr_yuv": "PSNR-YUV", "psnr_rgb": "PSNR-RGB", "ms_ssim_db": "MS-SSIM (dB)", "vmaf": "VMAF"}
+# Quality metrics that get a BD-rate, with their display names.
+BD_METRICS = {"psnr_yuv": "PSNR-YUV", "psnr_rgb": "PSNR-RGB", "ms_ssim_db": "MS-SSIM (dB)", "vmaf": "VMAF",
+              "lpips": "LPIPS"}
+LOWER_IS_BETTER = {"lpips"}  # BD-rate integrates these negated, so that higher is better for all
 
 
 @dataclass
@@ -48,7 +50,7 @@ class BenchConfig:
     quick: bool = False  # 4 rate points per FFmpeg codec instead of 6
     use_cache: bool = True  # reuse cached results whose key matches
     vmaf: bool = True  # compute VMAF when FFmpeg has libvmaf
-    lpips: bool = False  # try LPIPS (needs the lpips package and offline weights)
+    lpips: bool = True  # compute LPIPS when its weights load offline
     keep_decoded: bool = False  # keep decoded frames in the work dir (large)
     command: str = ""  # the command line, recorded in the report
 
@@ -174,8 +176,9 @@ def compute_bd(entries: List[dict], sequences: List[str], codecs: List[str], anc
             for seq in sequences:
                 a = [e for e in ok if e["sequence"] == seq and e["codec"] == anchor and metric in e]
                 t = [e for e in ok if e["sequence"] == seq and e["codec"] == codec and metric in e]
-                per[seq] = bd_rate([e["bpp"] for e in a], [e[metric] for e in a],
-                                   [e["bpp"] for e in t], [e[metric] for e in t])
+                sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+                per[seq] = bd_rate([e["bpp"] for e in a], [sign * e[metric] for e in a],
+                                   [e["bpp"] for e in t], [sign * e[metric] for e in t])
             out[metric][codec] = {"per_sequence": {s: r.to_dict() for s, r in per.items()},
                                   "mean": mean_bd(list(per.values())).to_dict()}
     return out
@@ -221,6 +224,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print
         raise InputError(f"anchor codec {cfg.anchor} is not available: {skipped.get(cfg.anchor)}")
     use_vmaf = cfg.vmaf and "libvmaf" in cap["filters"]
     lpips_ok = bool(cfg.lpips and M.lpips_model() is not None)
+    lpips_id = M.lpips_id() if lpips_ok else "off"
     cfg.vmaf, cfg.lpips = use_vmaf, lpips_ok
     cache = ResultCache(Path(cfg.out) / "cache", enabled=cfg.use_cache)
     sources: List[Source] = []
@@ -237,7 +241,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print
                           "encode_cmd": _portable(c.encode_cmd(Path("{src}"), Path("{out}"), point,
                                                                src.width, src.height)),
                           "decode_cmd": _portable(c.decode_cmd(Path("{in}"), Path("{out}"))), "point": point,
-                          "metrics_version": M.METRICS_VERSION, "vmaf": use_vmaf, "lpips": lpips_ok}
+                          "metrics_version": M.METRICS_VERSION, "vmaf": use_vmaf, "lpips": lpips_id}
                 r = cache.get(src.name, c.name, label, key_fields)
                 if r is None:
                     r = run_point(c, src, ref, point, cfg.work, cfg, ffmpeg)
@@ -261,8 +265,9 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print
         "ffmpeg": {"path": ffmpeg, "version": cap["version"]},
         "versions": versions,
         "skipped": skipped,
-        "metrics": {"vmaf": use_vmaf, "lpips": lpips_ok,
-                    "lpips_note": "" if lpips_ok else "LPIPS skipped: not requested or not available offline"},
+        "metrics": {"vmaf": use_vmaf, "lpips": lpips_ok, "lpips_weights": lpips_id,
+                    "lpips_note": f"LPIPS computed ({lpips_id})" if lpips_ok else
+                    "LPIPS skipped: not requested or its weights are not available offline"},
         "anchor": cfg.anchor,
         "sequences": [s.to_dict() for s in sources],
         "codecs": names,
