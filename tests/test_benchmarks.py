@@ -244,6 +244,10 @@ def test_make_codec_names():
     assert C.make_codec("x265-veryslow-ld").lowdelay
     assert C.make_codec("vvenc-medium", quick=True).points == C.QUICK_POINTS
     assert C.make_codec("mgv-context").entropy == "context"
+    av1 = C.make_codec("svtav1-p8")
+    assert av1.name == "svtav1-p8" and av1.points == C.AV1_CRF_POINTS
+    dec = av1.decode_cmd(Path("x.obu"), Path("d.yuv"))
+    assert dec.index("libdav1d") < dec.index("-i")  # decoder chosen before the input
     with pytest.raises(InputError):
         C.make_codec("av2-fast")
 

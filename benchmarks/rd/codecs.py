@@ -12,6 +12,7 @@ name                what it runs
 ``x265-<p>-ld``     libx265 preset ``p``, low delay: ``bframes=0`` (P-frames only), CRF points
 ``vvenc-<p>``       libvvenc preset ``p``, ``qpa`` off, 10-bit input, default RA GOP, QP points
 ``x264-<p>``        libx264 preset ``p``, default GOP, CRF points (optional)
+``svtav1-p<n>``     libsvtav1 preset ``n``, default GOP, CRF 0..63 points (optional)
 ==================  =======================================================================
 """
 from __future__ import annotations
@@ -33,6 +34,8 @@ from neuralcodec.errors import InputError
 CRF_POINTS = (27, 32, 37, 42, 47, 51)
 QP_POINTS = (27, 32, 37, 42, 47, 51)
 QUICK_POINTS = (27, 35, 43, 51)
+AV1_CRF_POINTS = (32, 39, 46, 53, 59, 63)  # SVT-AV1's CRF scale is 0..63
+AV1_QUICK_POINTS = (32, 43, 53, 63)
 MGV_BITS = (6, 10, 14, 18)
 
 
@@ -207,6 +210,22 @@ class VVenC(FFmpegCodec):
         return ["-qpa", "0"]
 
 
+class SVTAV1(FFmpegCodec):
+    """AV1 with SVT-AV1 (numeric preset, CRF 0..63), default GOP; decoded with libdav1d (optional)."""
+
+    encoder, muxer, decoder, ext = "libsvtav1", "obu", "libdav1d", "obu"
+    version_pattern = r"SVT-AV1 Encoder Lib (\S+)"
+
+    def __init__(self, preset: str = "8", points: Sequence[int] = AV1_CRF_POINTS, ffmpeg: Optional[str] = None):
+        super().__init__(preset, points, ffmpeg)
+        self.name = f"svtav1-p{preset}"
+
+    def decode_cmd(self, bitstream: Path, out: Path) -> List[str]:
+        cmd = super().decode_cmd(bitstream, out)
+        i = cmd.index("-i")
+        return cmd[:i] + ["-c:v", "libdav1d"] + cmd[i:]
+
+
 def _neuralcodec_code_hash() -> str:
     """sha256 prefix over the neuralcodec package's Python sources (the decoder is code + weights)."""
     spec = importlib.util.find_spec("neuralcodec")
@@ -301,7 +320,7 @@ class MGV(Codec):
 
 def make_codec(name, quick: bool = False, ffmpeg: Optional[str] = None) -> Codec:
     """Codec from its name: ``mgv``, ``mgv-none``, ``mgv-context``, ``x265-<preset>-ra|ld``,
-    ``vvenc-<preset>``, ``x264-<preset>``. ``quick`` uses 4 rate points instead of 6.
+    ``vvenc-<preset>``, ``x264-<preset>``, ``svtav1-p<n>``. ``quick`` uses 4 rate points instead of 6.
     A :class:`Codec` instance is returned as is."""
     if isinstance(name, Codec):
         return name
@@ -316,6 +335,9 @@ def make_codec(name, quick: bool = False, ffmpeg: Optional[str] = None) -> Codec
     m = re.fullmatch(r"vvenc-(\w+)", name)
     if m:
         return VVenC(m.group(1), pts or QP_POINTS, ffmpeg)
+    m = re.fullmatch(r"svtav1-p(\d+)", name)
+    if m:
+        return SVTAV1(m.group(1), AV1_QUICK_POINTS if quick else AV1_CRF_POINTS, ffmpeg)
     m = re.fullmatch(r"x264-(\w+)", name)
     if m:
         return X264(m.group(1), pts or CRF_POINTS, ffmpeg)
