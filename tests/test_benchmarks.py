@@ -98,7 +98,7 @@ def test_identical_frames_psnr_capped_and_msssim_one():
         assert p[k] == M.PSNR_CAP
     rgb = yuv420_to_rgb(a)
     s = M.ms_ssim_rgb(rgb, rgb)
-    assert s["ms_ssim"] == pytest.approx(1.0, abs=1e-9) and s["ms_ssim_win"] == 11
+    assert s["ms_ssim"] == pytest.approx(1.0, abs=1e-5) and s["ms_ssim_win"] == 11
 
 
 def test_constant_error_gives_analytic_psnr():
@@ -290,7 +290,7 @@ def test_pipeline_and_cache_second_run_recomputes_nothing(tmp_path):
     r2 = run_benchmark(BenchConfig(codecs=[CopyCodec("copy", log), CopyCodec("copy2", log)], **cfg),
                        log=lambda m: None)
     assert r2["cache"] == {"hits": 8, "misses": 0} and log.read_text() == "x" * 8
-    assert r2["entries"] == r1["entries"]
+    assert all(e.pop("cached") for e in r2["entries"]) and r2["entries"] == r1["entries"]
     # a new tool version invalidates only that codec's entries
     class Copy3(CopyCodec):
         def version(self):

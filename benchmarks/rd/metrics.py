@@ -81,8 +81,8 @@ def ms_ssim_rgb(ref_rgb: np.ndarray, dec_rgb: np.ndarray, batch: int = 8) -> Dic
     vals = []
     with torch.no_grad():
         for i in range(0, ref_rgb.shape[0], batch):
-            a = torch.from_numpy(ref_rgb[i:i + batch]).permute(0, 3, 1, 2).double()
-            b = torch.from_numpy(dec_rgb[i:i + batch]).permute(0, 3, 1, 2).double()
+            a = torch.from_numpy(ref_rgb[i:i + batch]).permute(0, 3, 1, 2).float()
+            b = torch.from_numpy(dec_rgb[i:i + batch]).permute(0, 3, 1, 2).float()
             vals.append(ms_ssim(a, b, data_range=255.0, size_average=False, win_size=win))
     m = float(torch.cat(vals).mean().clamp(0.0, 1.0))
     db = PSNR_CAP if m >= 1.0 else min(PSNR_CAP, -10.0 * math.log10(1.0 - m))

@@ -110,6 +110,8 @@ def markdown_report(results: dict) -> str:
           f"area-downscaled to fit {cfg['max_size'][0]}x{cfg['max_size'][1]}" if cfg.get("max_size") else
           f"- Sequences: {len(results['sequences'])}, first {cfg['frames']} frames, native size",
           f"- Anchor for BD-rates: **{results['anchor']}**; FFmpeg: `{results['ffmpeg']['version']}`",
+          f"- Points computed in this run: {results['cache']['misses']} (the other {results['cache']['hits']} come "
+          "from the cache and keep the speed measured when they were computed; see `date` in results.json)",
           f"- {results['metrics']['lpips_note']}; VMAF "
           f"{'computed (libvmaf, vmaf_v0.6.1)' if results['metrics']['vmaf'] else 'not available'}",
           ""]

@@ -243,7 +243,9 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda m: print
                           "decode_cmd": _portable(c.decode_cmd(Path("{in}"), Path("{out}"))), "point": point,
                           "metrics_version": M.METRICS_VERSION, "vmaf": use_vmaf, "lpips": lpips_id}
                 r = cache.get(src.name, c.name, label, key_fields)
-                if r is None:
+                if r is not None:
+                    r = {**r, "cached": True}
+                else:
                     r = run_point(c, src, ref, point, cfg.work, cfg, ffmpeg)
                     if "error" in r:
                         log(f"  {c.name} {label}: FAILED {r['error']}")
