@@ -26,7 +26,7 @@ from neuralcodec.errors import InputError
 from . import metrics as M
 from .bdrate import BDResult, bd_rate, mean_bd
 from .cache import ResultCache
-from .codecs import ANCHOR, DEFAULT_CODECS, QUICK_CODECS, Codec, ffmpeg_capabilities, ffmpeg_exe, make_codec
+from .codecs import ANCHOR, DEFAULT_CODECS, Codec, ffmpeg_capabilities, ffmpeg_exe, make_codec
 from .source import Source, find_inputs, prepare_source
 from .y4m import YUVVideo, read_y4m, write_y4m
 
