@@ -16,6 +16,7 @@ from typing import Dict
 import torch
 
 from .configs import TokenizerConfig
+from .errors import ModelError
 from .model import Tokenizer
 
 MODELS_DIR = Path(__file__).parent / "models"
@@ -23,7 +24,7 @@ REGISTRY_FILE = MODELS_DIR / "registry.json"
 DEFAULT_MODEL = "mgv-default-v1"
 
 
-class WeightsError(Exception):
+class WeightsError(ModelError):
     """A weights file is missing, corrupted, or does not match its registry entry."""
 
 
