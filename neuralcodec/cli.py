@@ -39,6 +39,10 @@ def _fail(msg: str, code: int) -> None:
     sys.exit(code)
 
 
+def _warn(msg: str) -> None:
+    click.echo(f"mgv: warning: {msg}", err=True)
+
+
 def _run(fn, *args, **kw):
     """Call ``fn`` and turn every expected failure into one stderr line and an exit code."""
     try:
@@ -63,8 +67,8 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_output(target: Path, force: bool) -> Iterator[Path]:
-    """Yield a temporary path beside ``target`` (same extension); on success it is renamed to
-    ``target``, on any failure (Ctrl-C included) it is deleted."""
+    """Yield a temporary path beside ``target`` (``.NAME.XXXXXX.part``); on success it is
+    renamed to ``target``, on any failure (Ctrl-C, SIGTERM, disk full) it is deleted."""
     target = Path(target)
     if target.exists() and not force:
         raise OutputError(f"{target} exists (use -y to overwrite)")
@@ -73,7 +77,9 @@ def atomic_output(target: Path, force: bool) -> Iterator[Path]:
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{parent}: output directory does not exist")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".part" + target.suffix)
+    # hidden, and ending in ".part" (not the target's extension), so a leftover of a killed
+    # process (SIGKILL runs no cleanup) is never taken for an output
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".part")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -99,7 +105,7 @@ def atomic_pattern(pattern: str, count: int, force: bool) -> Iterator[str]:
         for n in names:
             if os.path.exists(n):
                 raise OutputError(f"{n} exists (use -y to overwrite)")
-    tmpdir = tempfile.mkdtemp(dir=parent, prefix=".mgv-frames.")
+    tmpdir = tempfile.mkdtemp(dir=parent, prefix=".mgv-frames.", suffix=".part")
     try:
         yield os.path.join(tmpdir, Path(pattern).name)
         written = pattern_names(os.path.join(tmpdir, Path(pattern).name), count)
@@ -213,16 +219,24 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
 @click.argument("input", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True,
               help="output video: .mkv (FFV1), .mp4 (H.264), .y4m, or a %05d.png pattern")
-@click.option("--frames", "frames", default=None, help="decode frames A:B only (0-based, B excluded)")
+@click.option("--frames", "frames", default=None,
+              help="decode frames A:B only (0-based, B excluded; audio is dropped)")
+@click.option("--recover", is_flag=True,
+              help="accept damaged streams: conceal lost frames, report them, exit 0")
 @click.option("-y", "--force", is_flag=True, help="overwrite the output")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def decode(input: Path, output: str, frames: Optional[str], force: bool, quiet: bool) -> None:
-    """Decode an .mgv stream into a video file chosen by the output's extension."""
-    _run(_decode, input, output, frames, force, quiet)
+def decode(input: Path, output: str, frames: Optional[str], recover: bool, force: bool,
+           quiet: bool) -> None:
+    """Decode an .mgv stream into a video file chosen by the output's extension.
+
+    Damaged or missing segments are concealed (the frame count stays exact) and reported on
+    stderr, one line per damaged range; the exit code is then 2 unless --recover is given."""
+    _run(_decode, input, output, frames, force, quiet, recover)
 
 
-def _decode(input: Path, output: str, frames_spec, force, quiet) -> None:
+def _decode(input: Path, output: str, frames_spec, force, quiet, recover=False) -> None:
     from . import codec, io
+    from .errors import StreamError
 
     kind = io.output_kind(output)
     rng = _parse_frames(frames_spec)
@@ -230,17 +244,30 @@ def _decode(input: Path, output: str, frames_spec, force, quiet) -> None:
         raise OutputError(f"{output} exists (use -y to overwrite)")
     if _same_file(input, Path(output)):
         raise OutputError("input and output are the same file")
+    damage: List = []
+
+    def on_damage(d) -> None:
+        damage.append(d)
+        click.echo(f"mgv: damaged: {d}", err=True)
+
     t0 = time.perf_counter()
+    sink = codec.AudioSink()
     with _open_input(input) as fo:
-        meta, it = codec.decompress_from_file(fo, frames=rng)
+        meta, it = codec.decompress_from_file(fo, frames=rng, on_damage=on_damage, audio=sink)
         ctx = atomic_pattern(output, meta.frames, force) if kind == "png" else atomic_output(Path(output), force)
         with ctx as tmp, _progress(meta.frames, quiet, "decode") as bar:
-            n = io.write_video(tmp, meta, it, kind=kind, progress=bar.update)
+            n = io.write_video(tmp, meta, it, kind=kind, progress=bar.update, audio=sink,
+                               warn=_warn)
     dt = time.perf_counter() - t0
     if n != meta.frames:
         raise OutputError(f"wrote {n} of {meta.frames} frames")
+    lost = sum(d.frames for d in damage)
     click.echo(f"{output}: {n} frames {meta.width}x{meta.height} @ {meta.fps.numerator}/"
-               f"{meta.fps.denominator} fps, {dt:.2f} s ({n / dt:.2f} fps)")
+               f"{meta.fps.denominator} fps, {dt:.2f} s ({n / dt:.2f} fps)"
+               + (f", {lost} frames concealed" if damage else ""))
+    if damage and not recover:
+        raise StreamError(f"damaged stream: {lost} of {n} frames concealed in {len(damage)} "
+                          f"range(s); the output was written (use --recover to accept)")
 
 
 @contextlib.contextmanager
@@ -264,13 +291,25 @@ def info(input: Path, as_json: bool) -> None:
 def _info(input: Path, as_json: bool) -> None:
     from . import codec, container
 
+    from .errors import StreamError
+
     with _open_input(input) as fo:
         d = codec.stream_info(fo)
         fo.seek(0)
         rows = container.Reader(fo).header.describe()
+    damaged = d["damaged"]
     if as_json:
         click.echo(json.dumps(d, indent=2))
-        return
+    else:
+        _print_info(input, d, rows)
+    if damaged:
+        for x in damaged:
+            click.echo(f"mgv: damaged: {x['message']}", err=True)
+        raise StreamError(f"damaged stream: {sum(x['end_frame'] - x['first_frame'] for x in damaged)}"
+                          f" frames in {len(damaged)} damaged range(s)")
+
+
+def _print_info(input: Path, d: dict, rows) -> None:
     h = d["header"]
     lines: List[str] = [f"{input}: .mgv version {d['version']}"]
     lines += [f"  {name:<16} {value:<34} {doc}" for name, value, doc in rows]
@@ -281,8 +320,17 @@ def _info(input: Path, as_json: bool) -> None:
     lines.append(f"  segments: {len(d['segments'])}")
     lines.append(f"    {'#':>5} {'first':>8} {'frames':>6} {'entropy':>8} {'bytes':>10} {'bpp':>8}")
     for s in d["segments"]:
+        if s["damaged"]:
+            lines.append(f"    {s['index']:>5} {s['first_frame']:>8} {s['frames']:>6} DAMAGED: {s['error']}")
+            continue
         lines.append(f"    {s['index']:>5} {s['first_frame']:>8} {s['frames']:>6} {s['entropy']:>8} "
                      f"{s['bytes']:>10} {s['bpp']:>8.4f}")
+    for a in d["audio"]:
+        lines.append(f"  audio track {a['track']}: {a['codec']} {a['sample_rate']} Hz "
+                     f"{a['channels']} ch, {a['packets']} packets, {a['bytes']} bytes (carried as-is)")
+    if d["damaged"]:
+        lines.append(f"  damaged: {len(d['damaged'])} range(s)")
+        lines += [f"    {x['message']}" for x in d["damaged"]]
     click.echo("\n".join(lines))
 
 

@@ -22,16 +22,17 @@ in [-1, 1] and codes ``1×K×t×h×w`` in {-1, 0, +1}.
 from __future__ import annotations
 
 import io as _io
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
 from . import container as ct
-from .errors import InputError, MGVError, ModelError, PayloadError
+from .errors import InputError, MGVError, ModelError, PayloadError, RecordError, StreamError, Truncated
 from .io import VideoMeta, frames_of, probe, read_frames
 from .layers import streaming
 
@@ -112,6 +113,157 @@ def default_segment_frames(fps: Fraction, temporal_factor: int) -> int:
     """About :data:`SEGMENT_SECONDS` of frames, rounded to 1 + f·k (e.g. 49 at 25 fps)."""
     k = max(1, round((float(fps) * SEGMENT_SECONDS - 1) / temporal_factor))
     return min(1 + k * temporal_factor, ct.MAX_SEGMENT_FRAMES - (ct.MAX_SEGMENT_FRAMES - 1) % temporal_factor)
+
+
+# ---- audio (carried through unchanged) -----------------------------------------------------
+def _packet_time(p, start: int, tb: Fraction, last: Fraction) -> Fraction:
+    t = p.pts if p.pts is not None else p.dts
+    return last if t is None else (t - start) * tb
+
+
+class AudioSource:
+    """The audio tracks of a video file, demuxed lazily (packets as-is, no decoding).
+
+    :meth:`tracks` describes each track; :meth:`take_until` returns the packets whose time
+    (relative to the first video frame) is before ``t`` seconds, so the encoder can interleave
+    them with the segments that cover the same time and memory stays bounded.
+    """
+
+    def __init__(self, path) -> None:
+        import av
+
+        from .io import _open
+
+        self._c = _open(path)
+        try:
+            v = self._c.streams.video[0]
+            vstart = (v.start_time or 0) * v.time_base if v.start_time is not None else Fraction(0)
+            self.streams = list(self._c.streams.audio)[:ct.MAX_AUDIO_TRACKS]
+            self._tracks = []
+            if self.streams:
+                firsts = _first_packets(path, len(self.streams))
+            for i, st in enumerate(self.streams):
+                cc = st.codec_context
+                tb = Fraction(st.time_base)
+                name = cc.name if ct._CODEC_RE.match(cc.name.encode("ascii", "replace")) else None
+                if name is None or firsts.get(i) is None or not cc.sample_rate:
+                    continue
+                layout = cc.layout
+                ch = max(1, min(255, layout.nb_channels if layout is not None else 1))
+                self._tracks.append(ct.AudioTrack(i, name[:32], tb, int(cc.sample_rate), ch,
+                                                  int(vstart / tb), firsts[i]))
+            keep = {t.track for t in self._tracks}
+            self._by_index = {st.index: i for i, st in enumerate(self.streams) if i in keep}
+            self._it = self._c.demux(*[self.streams[i] for i in sorted(keep)]) if keep else iter(())
+        except av.FFmpegError as e:
+            self.close()
+            raise InputError(f"{path}: cannot read its audio ({e})") from None
+        self._path = path
+        self._pending = None
+        self._last: Dict[int, Fraction] = {}
+
+    def tracks(self) -> List[ct.AudioTrack]:
+        return list(self._tracks)
+
+    def take_until(self, t: Optional[float]) -> Dict[int, List[ct.AudioPacket]]:
+        """Packets (track → list, decoding order) with time < ``t`` s (all when None)."""
+        import av
+
+        out: Dict[int, List[ct.AudioPacket]] = {}
+        info = {t_.track: t_ for t_ in self._tracks}
+        try:
+            while True:
+                p = self._pending if self._pending is not None else next(self._it, None)
+                self._pending = None
+                if p is None:
+                    return out
+                if not p.size:
+                    continue
+                k = self._by_index[p.stream.index]
+                tr = info[k]
+                when = _packet_time(p, tr.start, tr.time_base, self._last.get(k, Fraction(0)))
+                if t is not None and when >= t:
+                    self._pending = p
+                    return out
+                self._last[k] = when
+                out.setdefault(k, []).append(ct.AudioPacket(p.pts, p.dts, int(p.duration or 0),
+                                                            bool(p.is_keyframe), bytes(p)))
+        except av.FFmpegError as e:
+            raise InputError(f"{self._path}: audio demuxing failed ({e})") from None
+
+    def close(self) -> None:
+        self._c.close()
+
+
+def _first_packets(path, n: int) -> Dict[int, bytes]:
+    """Per audio track: a Matroska file with the track's codec parameters and first packet
+    (the template a decoder creates its output stream from)."""
+    import av
+
+    from .io import _open
+
+    out: Dict[int, bytes] = {}
+    c = _open(path)
+    try:
+        streams = list(c.streams.audio)[:n]
+        for i, st in enumerate(streams):
+            p0 = next((p for p in c.demux(st) if p.size), None)
+            c.seek(0) if i + 1 < len(streams) else None
+            if p0 is None:
+                continue
+            buf = _io.BytesIO()
+            t = av.open(buf, "w", format="matroska")
+            try:
+                o = t.add_stream_from_template(st)
+                p0.stream = o
+                t.mux(p0)
+            finally:
+                t.close()
+            if len(buf.getvalue()) <= ct.MAX_AUDIO_TEMPLATE:
+                out[i] = buf.getvalue()
+    except av.FFmpegError:
+        pass  # a track whose template cannot be made is not carried (reported by the caller)
+    finally:
+        c.close()
+    return out
+
+
+def _write_audio(writer: "ct.Writer", packets: Dict[int, List[ct.AudioPacket]]) -> None:
+    for track, pk in sorted(packets.items()):
+        group: List[ct.AudioPacket] = []
+        size = 0
+        for p in pk:
+            group.append(p)
+            size += len(p.data) + ct.AUDIO_PACKET.size
+            if size >= ct.AUDIO_RECORD_TARGET:
+                writer.write_record(ct.REC_AUDIO, ct.AudioPackets(track, tuple(group)).to_payload(), False)
+                group, size = [], 0
+        if group:
+            writer.write_record(ct.REC_AUDIO, ct.AudioPackets(track, tuple(group)).to_payload(), False)
+
+
+class AudioSink:
+    """Receives the AUDIO records met while a stream is decoded: :attr:`tracks` (track →
+    :class:`~neuralcodec.container.AudioTrack`, all known before the first segment) and a FIFO
+    :attr:`packets` of ``(track, AudioPacket)`` that a writer drains as it goes.
+    ``keep=False`` only counts (:attr:`stats`: track → [packets, bytes])."""
+
+    def __init__(self, keep: bool = True) -> None:
+        self.tracks: Dict[int, ct.AudioTrack] = {}
+        self.packets: deque = deque()
+        self.keep = keep
+        self.stats: Dict[int, List[int]] = {}
+
+    def add(self, item) -> None:
+        if isinstance(item, ct.AudioTrack):
+            self.tracks[item.track] = item
+        elif item.track in self.tracks:
+            st = self.stats.setdefault(item.track, [0, 0])
+            for p in item.packets:
+                st[0] += 1
+                st[1] += len(p.data)
+                if self.keep:
+                    self.packets.append((item.track, p))
 
 
 # ---- input ----------------------------------------------------------------------------------
@@ -256,7 +408,7 @@ def check_encode_args(model: torch.nn.Module, *, bits: Optional[int] = None,
 def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
                      bits: Optional[int] = None, entropy: str = "context",
                      segment_frames: Optional[int] = None, progress: Progress = None,
-                     fps: Optional[Fraction] = None) -> EncodeResult:
+                     fps: Optional[Fraction] = None, audio: bool = True) -> EncodeResult:
     """Encode ``video`` with ``model`` into the binary file object ``fo``.
 
     ``video``: a path PyAV can open, a ``T×H×W×3`` uint8 RGB array (rate ``fps``, default 25)
@@ -264,7 +416,9 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
     K). ``entropy``: "context" (entropy code where it helps) or "none". ``segment_frames``:
     1 + f·k frames per segment (default about 2 s). ``progress(n)`` is called as frames are
     encoded. The frame count is patched into the header at the end when the input did not
-    declare it (needs a seekable ``fo``). Raises :class:`MGVError` subclasses for bad input.
+    declare it (needs a seekable ``fo``). ``audio``: carry the audio tracks of a file input
+    through unchanged (AUDIO records interleaved with the segments by time, spec §8a).
+    Raises :class:`MGVError` subclasses for bad input.
     """
     check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
     name, prefix = model_identity(model)
@@ -287,7 +441,18 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
         header.check()
     except MGVError as e:
         raise InputError(f"cannot encode this input: {e}") from None
+    asrc = AudioSource(video) if audio and isinstance(video, (str, Path)) else None
+    try:
+        return _compress(model, it, meta, header, seg, bits, fo, progress, asrc)
+    finally:
+        if asrc is not None:
+            asrc.close()
+
+
+def _compress(model, it, meta, header, seg, bits, fo, progress, asrc) -> EncodeResult:
     writer = ct.Writer(fo, header)
+    for tr in (asrc.tracks() if asrc is not None else ()):
+        writer.write_record(ct.REC_AUDIO, tr.to_payload(), critical=False)
     h, w = header.latent_hw
     total = 0
     n_ctx = 0
@@ -306,10 +471,14 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
         writer.write_segment(ct.Segment(index, total, n, seg_bits.shape[1], h, w, mode, data))
         total += n
         index += 1
+        if asrc is not None:  # the audio of the same time span follows its segment
+            _write_audio(writer, asrc.take_until(float(total / meta.fps)))
         if n < seg:
             break
     if total == 0:
         raise InputError("the input has no frames")
+    if asrc is not None:
+        _write_audio(writer, asrc.take_until(None))
     if total != header.frames:
         header = ct.replace_header(header, frames=total)
         try:
@@ -340,10 +509,10 @@ def _frame_range(header: ct.Header, frames) -> Tuple[int, int]:
     return a, b
 
 
-def _decode_segment(model, header: ct.Header, seg: ct.Segment, a: int, b: int,
+def _decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray, a: int, b: int,
                     progress: Progress) -> Iterator[np.ndarray]:
-    """Frames ``a..b-1`` (absolute numbers) of ``seg`` as ``H×W×3`` uint8."""
-    bits = decode_payload(seg, header.bits)
+    """Frames ``a..b-1`` (absolute numbers) of ``seg`` (its bits ``b×t×h×w`` uint8, from
+    :func:`decode_payload`) as ``H×W×3`` uint8."""
     device = _model_device(model)
     k = header.model_bits
     codes = torch.zeros((1, k) + bits.shape[1:], dtype=torch.float32)
@@ -369,8 +538,127 @@ def _decode_segment(model, header: ct.Header, seg: ct.Segment, a: int, b: int,
                 frame += 1
 
 
+# ---- damage ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DamageReport:
+    """A damaged part of a stream met while decoding.
+
+    Frames ``first_frame .. end_frame - 1`` (absolute numbers, within the decoded range) were
+    concealed because segments ``segments`` were damaged or missing; ``first_frame ==
+    end_frame`` (and no segments) when the damage cost no frames (a damaged INDEX or AUDIO
+    record, garbage between records)."""
+
+    first_frame: int
+    end_frame: int
+    segments: Tuple[int, ...]
+    reason: str
+
+    @property
+    def frames(self) -> int:
+        return self.end_frame - self.first_frame
+
+    def __str__(self) -> str:
+        if not self.frames:
+            return f"damaged data, no frames lost ({self.reason})"
+        segs = (f"segment {self.segments[0]}" if len(self.segments) == 1
+                else f"segments {self.segments[0]}-{self.segments[-1]}")
+        return (f"frames {self.first_frame}-{self.end_frame - 1} concealed ({segs} damaged: "
+                f"{self.reason})")
+
+
+OnDamage = Optional[Callable[[DamageReport], None]]
+
+
+def _segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, use_index: bool,
+                  on_damage: OnDamage, audio: Optional[AudioSink], to_end: bool
+                  ) -> Iterator[Tuple[int, Optional[ct.Segment], str]]:
+    """``(i, segment, "")`` or ``(i, None, reason)`` for every segment ``first..last`` in
+    order. Strict (``on_damage`` None): the first damage raises. Otherwise damaged or missing
+    segments come as None and damage that costs no segment is reported through
+    ``on_damage``. ``to_end``: scan through END after ``last`` (trailing AUDIO records)."""
+    index = None
+    if use_index:
+        try:
+            index = reader.index()
+        except StreamError:
+            if on_damage is None:
+                raise
+            index = None  # an inconsistent index: scan instead
+    if index is not None:
+        for i in range(first, last + 1):
+            try:
+                yield i, reader.segment_at(index[i].offset, i), ""
+            except StreamError as e:
+                if on_damage is None:
+                    raise
+                yield i, None, str(e).splitlines()[0]
+        return
+    nxt = 0  # next segment number expected
+    lost = ""  # first error of damage not yet attributed to missing segments
+
+    def note(e: StreamError) -> None:
+        nonlocal lost
+        if on_damage is None:
+            raise e
+        lost = lost or str(e).splitlines()[0]
+
+    def flush_lost() -> None:
+        nonlocal lost
+        if lost and on_damage is not None:
+            on_damage(DamageReport(header.frames, header.frames, (), lost))
+        lost = ""
+
+    for item in reader.scan():
+        if isinstance(item, ct.Damage):
+            note(item.error)
+            continue
+        if item.type == ct.REC_SEGMENT:
+            try:
+                seg = ct.Segment.parse(item.payload)
+                if on_damage is None:
+                    seg.check(header, nxt)
+                else:
+                    seg.check(header)
+                    if seg.index < nxt:
+                        raise RecordError(f"segment {seg.index} repeated or out of order")
+            except StreamError as e:
+                note(e)
+                continue
+            if seg.index > nxt:
+                for j in range(nxt, seg.index):
+                    if first <= j <= last:
+                        yield j, None, lost or "missing"
+                lost = ""
+            flush_lost()
+            nxt = seg.index + 1
+            if first <= seg.index <= last:
+                yield seg.index, seg, ""
+            if seg.index >= last and not to_end:
+                return
+        elif item.type == ct.REC_AUDIO:
+            if audio is not None:
+                try:
+                    audio.add(ct.parse_audio(item.payload))
+                except StreamError as e:
+                    note(e)
+                    flush_lost()
+        elif item.type == ct.REC_END:
+            try:
+                ct._parse_end(item)
+            except StreamError as e:
+                note(e)
+            break
+    if nxt < header.segment_count:
+        note(Truncated(f"stream has {nxt} of {header.segment_count} segments"))
+        for j in range(max(nxt, first), last + 1):
+            yield j, None, lost
+        lost = ""
+    flush_lost()
+
+
 def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], Optional[int]]] = None,
-                         model: ModelSource = None, progress: Progress = None
+                         model: ModelSource = None, progress: Progress = None,
+                         on_damage: OnDamage = None, audio: Optional[AudioSink] = None
                          ) -> Tuple[VideoMeta, Iterator[np.ndarray]]:
     """Open a ``.mgv`` stream → (metadata of the decoded video, iterator of ``H×W×3`` uint8 RGB
     frames). The header is read and the model resolved (and checked) before this returns;
@@ -379,6 +667,16 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
     ``frames=(a, b)`` decodes frames ``a..b-1`` only (either may be None), reading only the
     segments they need through the index when ``fo`` is seekable. ``model``: see
     :func:`resolve_model`.
+
+    Damage: by default (``on_damage`` None) the first damaged or missing record raises its
+    :class:`~neuralcodec.errors.StreamError`. With ``on_damage``, every intact segment is
+    decoded, the frames of damaged or missing segments are concealed (the last good frame
+    repeated; mid-grey before the first good one) so the frame count stays exact, and each
+    damaged range is reported once through ``on_damage(DamageReport)`` (seekable streams
+    resynchronize on the record sync word after damage).
+
+    ``audio``: an :class:`AudioSink` that receives the stream's AUDIO records while the
+    frames are decoded (full-range decodes only; a frame range drops audio).
     """
     reader = ct.Reader(fo)
     header = reader.header
@@ -387,17 +685,49 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
     meta = VideoMeta(header.width, header.height, header.fps, b - a, header.pix_fmt)
     first_seg = a // header.segment_frames
     last_seg = (b - 1) // header.segment_frames
-    index = reader.index() if (a > 0 and reader.seekable()) else None
+    full = (a, b) == (0, header.frames)
+    plan = _segment_plan(reader, header, first_seg, last_seg, use_index=a > 0 and reader.seekable(),
+                         on_damage=on_damage, audio=audio if full else None, to_end=full)
 
     def gen() -> Iterator[np.ndarray]:
-        if index is not None:
-            segs = (reader.segment_at(index[i].offset, i) for i in range(first_seg, last_seg + 1))
-        else:
-            segs = reader.segments(first_seg)
-        for seg in segs:
-            if seg.index > last_seg:
-                break
-            yield from _decode_segment(m, header, seg, a, b, progress)
+        last_frame: Optional[np.ndarray] = None
+        run: Optional[list] = None  # [first, end, segments, reason] of concealed frames
+
+        def flush() -> None:
+            if run is not None and on_damage is not None:
+                on_damage(DamageReport(run[0], run[1], tuple(run[2]), run[3]))
+
+        for i, seg, reason in plan:
+            f0, n = header.segment_bounds(i)
+            lo, hi = max(a, f0), min(b, f0 + n)
+            bits = None
+            if seg is not None:
+                try:
+                    bits = decode_payload(seg, header.bits)
+                except PayloadError as e:
+                    if on_damage is None:
+                        raise
+                    seg, reason = None, str(e).splitlines()[0]
+            if seg is None:
+                if run is not None and run[1] == lo:
+                    run[1] = hi
+                    run[2].append(i)
+                else:
+                    flush()
+                    run = [lo, hi, [i], reason or "missing"]
+                fill = last_frame if last_frame is not None else np.full(
+                    (header.height, header.width, 3), 128, np.uint8)
+                for _ in range(hi - lo):
+                    if progress:
+                        progress(1)
+                    yield fill
+                continue
+            flush()
+            run = None
+            for f in _decode_segment(m, header, seg, bits, a, b, progress):
+                last_frame = f
+                yield f
+        flush()
 
     return meta, gen()
 
@@ -410,23 +740,42 @@ def decompress(data: bytes, **kw) -> Tuple[VideoMeta, np.ndarray]:
 
 # ---- inspection -----------------------------------------------------------------------------
 def stream_info(fo: BinaryIO) -> dict:
-    """Header and segment table of a ``.mgv`` stream without decoding any payload: from the
-    index (seekable files) or a scan. Returns a JSON-friendly dict."""
+    """Header, segment table, audio tracks and damage of a ``.mgv`` stream without decoding
+    any payload (a scan of every record). Returns a JSON-friendly dict; ``damaged`` lists the
+    damaged ranges (empty for an intact stream) and each segment row says ``damaged``."""
     reader = ct.Reader(fo)
     h = reader.header
-    index = reader.index() if reader.seekable() else None
+    damage: List[DamageReport] = []
+    sink = AudioSink(keep=False)
     rows = []
-    if index is not None:
-        segs = (reader.segment_at(e.offset, i) for i, e in enumerate(index))
-    else:
-        segs = reader.segments()
-    for seg in segs:
+    for i, seg, reason in _segment_plan(reader, h, 0, h.segment_count - 1, use_index=False,
+                                        on_damage=damage.append, audio=sink, to_end=True):
+        first, n = h.segment_bounds(i)
+        if seg is None:
+            rows.append({"index": i, "first_frame": first, "frames": n, "damaged": True,
+                         "error": reason or "missing"})
+            if damage and damage[-1].end_frame == first and damage[-1].segments:
+                d = damage[-1]
+                damage[-1] = DamageReport(d.first_frame, first + n, d.segments + (i,), d.reason)
+            else:
+                damage.append(DamageReport(first, first + n, (i,), reason or "missing"))
+            continue
         rows.append({"index": seg.index, "first_frame": seg.first_frame, "frames": seg.frames,
                      "latent_shape": [h.bits, seg.latent_t, seg.latent_h, seg.latent_w],
                      "entropy": ct.ENTROPY_NAMES[seg.entropy], "bytes": len(seg.data),
-                     "bpp": 8 * len(seg.data) / (seg.frames * h.width * h.height)})
+                     "bpp": 8 * len(seg.data) / (seg.frames * h.width * h.height), "damaged": False})
+    damage.sort(key=lambda d: (d.first_frame, d.end_frame))
     size = fo.seek(0, 2) - reader.base if reader.seekable() else None
-    d = {"version": "%d.%d" % reader.version, "header": h.to_dict(), "segments": rows}
+    packets = sink.stats
+    audio = [{"track": t.track, "codec": t.codec, "sample_rate": t.sample_rate,
+              "channels": t.channels, "time_base": f"{t.time_base.numerator}/{t.time_base.denominator}",
+              "packets": packets.get(t.track, [0, 0])[0], "bytes": packets.get(t.track, [0, 0])[1]}
+             for t in sink.tracks.values()]
+    d = {"version": "%d.%d" % reader.version, "header": h.to_dict(), "segments": rows,
+         "audio": audio,
+         "damaged": [{"first_frame": x.first_frame, "end_frame": x.end_frame,
+                      "segments": list(x.segments), "error": x.reason, "message": str(x)}
+                     for x in damage]}
     if size is not None:
         d["file_bytes"] = size
         d["bpp"] = 8 * size / (h.frames * h.width * h.height)

@@ -21,14 +21,15 @@ import struct
 import zlib
 from dataclasses import dataclass, fields as dc_fields
 from fractions import Fraction
-from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import (BadMagic, CRCMismatch, HeaderError, RecordError, StreamError, Truncated,
                      UnsupportedVersion)
 
 MAGIC = b"\x89MGV\r\n\x1a\n"  # PNG-style: non-ASCII first byte, CR-LF / ^Z / LF catch text-mode damage
 MAJOR = 1  # a reader must understand this major version exactly
-MINOR = 0  # minor versions only add skippable things (trailing header fields, optional records)
+MINOR = 1  # minor versions only add skippable things (trailing header fields, optional records);
+# 1.1 defines the AUDIO record payload (spec §8a)
 PRELUDE = struct.Struct("<8sHHI")  # magic, major, minor, header_len
 RECORD_SYNC = b"MGVR"
 RECORD_HEAD = struct.Struct("<4sBBHI")  # sync, type, flags, reserved, payload length
@@ -42,13 +43,16 @@ MAX_FRAMES = 1 << 24  # frames per stream
 MAX_FPS_TERM = 1_000_000  # fps numerator and denominator
 MAX_SEGMENT_FRAMES = 65537
 MAX_SEGMENTS = 1 << 20
+MAX_AUDIO_TRACKS = 16  # audio tracks per stream
+MAX_AUDIO_TEMPLATE = 1 << 20  # bytes of an audio track's codec-parameter template
+AUDIO_RECORD_TARGET = 1 << 20  # a writer starts a new AUDIO record after this many bytes
 MAX_RECORD_PAYLOAD = 1 << 28  # 256 MiB
 READ_CHUNK = 1 << 20  # payloads are read in pieces of at most this size
 
 # ---- record types ------------------------------------------------------------------------
 REC_SEGMENT = 1
 REC_INDEX = 2
-REC_AUDIO = 3  # reserved for audio packets (a later minor version defines the payload)
+REC_AUDIO = 3  # audio track descriptions and packets, stored as-is (spec §8a, version 1.1)
 REC_END = 15
 RECORD_NAMES = {REC_SEGMENT: "SEGMENT", REC_INDEX: "INDEX", REC_AUDIO: "AUDIO", REC_END: "END"}
 FLAG_CRITICAL = 0x01  # a reader that does not know the type must stop (UnsupportedVersion)
@@ -260,7 +264,7 @@ def _parse_fields(body: bytes, minor: int) -> Header:
             raise HeaderError(f"header too short for field {f.name}") from None
         _check_field(f, v)
         vals[f.name] = v
-    if pos != len(body) and minor == MINOR:
+    if pos != len(body) and minor <= MINOR:  # this reader knows every field of these versions
         raise HeaderError(f"{len(body) - pos} unexpected bytes after the header fields")
     h = Header(**vals)  # type: ignore[arg-type]
     h.check()
@@ -514,6 +518,75 @@ class Reader:
         seg.check(self.header, expected_index)
         return seg
 
+    # ---- damage-tolerant scan ------------------------------------------------------------------
+    def scan(self) -> Iterator[Union[Record, "Damage"]]:
+        """Records from the first one through END, resynchronizing after damage.
+
+        Yields every readable record (CRC checked) and, for each unreadable stretch, one
+        :class:`Damage` (its first error and the byte range skipped). After a record that does
+        not read (bad sync, CRC mismatch, length over the cap or past the end of the file) the
+        scan looks for the next ``MGVR`` sync word after the damaged record's first byte, so a
+        damaged length field costs only the records it covers. A file that ends before END
+        yields a final :class:`Damage` with a :class:`Truncated` error. Non-seekable streams
+        cannot resynchronize: the first damage ends the scan. An unknown CRITICAL record type
+        with a valid CRC still raises :class:`UnsupportedVersion` (that is not damage).
+        """
+        can_seek = self.seekable()
+        size = None
+        if can_seek:
+            size = self.fo.seek(0, 2) - self.base
+            self._pos = -1
+        pos = self.records_offset
+        while True:
+            self._seek(pos) if can_seek else None
+            try:
+                rec = self.read_record()
+            except StreamError as e:
+                if isinstance(e, Truncated) and size is not None and pos >= size:
+                    yield Damage(pos, pos, e)  # clean cut between records
+                    return
+                nxt = self._find_sync(pos + 1, size) if can_seek else None
+                yield Damage(pos, size if nxt is None else nxt, e)
+                if nxt is None:
+                    if not isinstance(e, Truncated):
+                        yield Damage(size or pos, size or pos, Truncated("stream ends before its END record"))
+                    return
+                pos = nxt
+                continue
+            if rec.type not in RECORD_NAMES and rec.flags & FLAG_CRITICAL:
+                raise UnsupportedVersion(f"record type {rec.type} is required but unknown")
+            yield rec
+            if rec.type == REC_END:
+                return
+            pos = rec.offset + rec.size
+
+    def _find_sync(self, start: int, size: Optional[int]) -> Optional[int]:
+        """Offset of the next ``MGVR`` at or after ``start`` (read in bounded chunks) or None."""
+        pos = start
+        while size is None or pos < size:
+            self._seek(pos)
+            block = self.fo.read(READ_CHUNK)
+            self._pos = -1
+            if not block:
+                return None
+            i = block.find(RECORD_SYNC)
+            if i >= 0:
+                return pos + i
+            if len(block) < len(RECORD_SYNC):
+                return None
+            pos += len(block) - len(RECORD_SYNC) + 1
+        return None
+
+
+@dataclass(frozen=True)
+class Damage:
+    """An unreadable stretch of a stream found by :meth:`Reader.scan`: bytes ``offset`` to
+    ``end`` (where reading resumed, or the file size) and the first error met there."""
+
+    offset: int
+    end: int
+    error: StreamError
+
 
 def _parse_end(rec: Record) -> int:
     if len(rec.payload) != END_PAYLOAD.size:
@@ -540,6 +613,115 @@ def _parse_index(payload: bytes, header: Header, lo: int, hi: int) -> List[Index
         prev = off
         out.append(IndexEntry(off, first, frames))
     return out
+
+
+# ---- AUDIO records (version 1.1, spec §8a) -------------------------------------------------------
+AUDIO_TRACK = 0  # AUDIO payload kind: a track description
+AUDIO_PACKETS = 1  # AUDIO payload kind: packets of one track
+AUDIO_TRACK_HEAD = struct.Struct("<BB")  # kind, track
+AUDIO_TRACK_FIXED = struct.Struct("<IIIHqI")  # tb_num, tb_den, sample_rate, channels, start, template_len
+AUDIO_PACKETS_HEAD = struct.Struct("<BBI")  # kind, track, count
+AUDIO_PACKET = struct.Struct("<qqIBI")  # pts, dts, duration, flags, size
+NO_PTS = -(1 << 63)  # pts/dts value meaning "unknown"
+_CODEC_RE = re.compile(rb"^[a-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class AudioTrack:
+    """An audio track carried through unchanged (AUDIO record of kind 0).
+
+    ``codec`` is the FFmpeg codec name, ``time_base`` the unit of the packets' pts/dts/duration,
+    ``start`` the pts (in that unit) that coincides with video frame 0, ``template`` a
+    Matroska file holding the track's full codec parameters (extradata included) and its first
+    packet: the reference writer creates the output stream from it (stream copy).
+    """
+
+    track: int
+    codec: str
+    time_base: Fraction
+    sample_rate: int
+    channels: int
+    start: int
+    template: bytes
+
+    def to_payload(self) -> bytes:
+        c = self.codec.encode("ascii")
+        return (AUDIO_TRACK_HEAD.pack(AUDIO_TRACK, self.track) + bytes([len(c)]) + c
+                + AUDIO_TRACK_FIXED.pack(self.time_base.numerator, self.time_base.denominator,
+                                         self.sample_rate, self.channels, self.start,
+                                         len(self.template)) + self.template)
+
+
+@dataclass(frozen=True)
+class AudioPacket:
+    """One compressed audio packet: bytes as demuxed, timestamps in the track's time base
+    (None: unknown), duration, and the keyframe flag."""
+
+    pts: Optional[int]
+    dts: Optional[int]
+    duration: int
+    keyframe: bool
+    data: bytes
+
+
+@dataclass(frozen=True)
+class AudioPackets:
+    """Packets of one track in decoding order (AUDIO record of kind 1)."""
+
+    track: int
+    packets: Tuple[AudioPacket, ...]
+
+    def to_payload(self) -> bytes:
+        out = [AUDIO_PACKETS_HEAD.pack(AUDIO_PACKETS, self.track, len(self.packets))]
+        for p in self.packets:
+            out.append(AUDIO_PACKET.pack(NO_PTS if p.pts is None else p.pts,
+                                         NO_PTS if p.dts is None else p.dts,
+                                         p.duration, int(p.keyframe), len(p.data)))
+            out.append(p.data)
+        return b"".join(out)
+
+
+def parse_audio(payload: bytes) -> Union[AudioTrack, AudioPackets]:
+    """AUDIO record payload → :class:`AudioTrack` or :class:`AudioPackets`
+    (:class:`RecordError` when malformed; every length is checked against the payload)."""
+    try:
+        kind, track = AUDIO_TRACK_HEAD.unpack_from(payload)
+        if track >= MAX_AUDIO_TRACKS:
+            raise RecordError(f"AUDIO track {track} >= {MAX_AUDIO_TRACKS}")
+        if kind == AUDIO_TRACK:
+            n = payload[2]
+            codec = bytes(payload[3:3 + n])
+            if not 1 <= n <= 32 or len(codec) != n or not _CODEC_RE.match(codec):
+                raise RecordError("AUDIO track has a bad codec name")
+            pos = 3 + n
+            num, den, rate, ch, start, tlen = AUDIO_TRACK_FIXED.unpack_from(payload, pos)
+            pos += AUDIO_TRACK_FIXED.size
+            if not (num and den) or not 1 <= rate <= 1_000_000 or not 1 <= ch <= 255:
+                raise RecordError("AUDIO track has a bad time base, sample rate or channel count")
+            if tlen > MAX_AUDIO_TEMPLATE or pos + tlen != len(payload):
+                raise RecordError(f"AUDIO track template of {tlen} bytes does not fit the record")
+            return AudioTrack(track, codec.decode("ascii"), Fraction(num, den), rate, ch, start,
+                              bytes(payload[pos:]))
+        if kind == AUDIO_PACKETS:
+            _, _, count = AUDIO_PACKETS_HEAD.unpack_from(payload)
+            pos = AUDIO_PACKETS_HEAD.size
+            if count > (len(payload) - pos) // AUDIO_PACKET.size:
+                raise RecordError(f"AUDIO record claims {count} packets, more than it can hold")
+            pk = []
+            for _ in range(count):
+                pts, dts, dur, flags, size = AUDIO_PACKET.unpack_from(payload, pos)
+                pos += AUDIO_PACKET.size
+                if flags & ~1 or pos + size > len(payload):
+                    raise RecordError("AUDIO packet has bad flags or runs past its record")
+                pk.append(AudioPacket(None if pts == NO_PTS else pts, None if dts == NO_PTS else dts,
+                                      dur, bool(flags & 1), bytes(payload[pos:pos + size])))
+                pos += size
+            if pos != len(payload):
+                raise RecordError(f"{len(payload) - pos} unexpected bytes after the AUDIO packets")
+            return AudioPackets(track, tuple(pk))
+        raise RecordError(f"unknown AUDIO payload kind {kind}")
+    except (struct.error, IndexError):
+        raise RecordError("AUDIO record is too short") from None
 
 
 class Writer:

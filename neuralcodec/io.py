@@ -17,6 +17,7 @@ The output keeps the source pixel format where the codec supports it, else the n
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ class VideoMeta:
     fps: Fraction  # frames per second, exact
     frames: Optional[int]  # frame count, None if the container does not say
     pix_fmt: str  # FFmpeg pixel format name of the source (e.g. "yuv420p")
+    rotation: int = 0  # display rotation applied when reading (0/90/180/270 counter-clockwise);
+    # width and height are the displayed (rotated) size
 
 
 def _open(path) -> "av.container.InputContainer":  # noqa: F821
@@ -87,6 +90,20 @@ def _rate(c, s) -> Fraction:
     return rate.limit_denominator(1_000_000) if rate.denominator > 1_000_000 else rate
 
 
+def _first_rotation(c, s) -> int:
+    """Display rotation of the first frame, rounded to a multiple of 90 degrees (counter-
+    clockwise, 0..270); 0 when there is none or the first frame does not decode."""
+    import av
+
+    try:
+        for frame in c.decode(s):
+            r = getattr(frame, "rotation", 0) or 0
+            return int(round(r / 90.0)) % 4 * 90
+    except (av.FFmpegError, ValueError):
+        return 0
+    return 0
+
+
 def probe(path) -> VideoMeta:
     """Metadata of the first video stream of ``path`` → :class:`VideoMeta`.
 
@@ -104,7 +121,10 @@ def probe(path) -> VideoMeta:
         single_image = c.format.name.startswith("image2") or c.format.name.endswith("_pipe")
         if frames is None and single_image and not PATTERN_RE.search(str(path)):
             frames = 1
-        return VideoMeta(int(w), int(h), _rate(c, s), frames, str(pix))
+        rot = _first_rotation(c, s)
+        if rot % 180:
+            w, h = h, w
+        return VideoMeta(int(w), int(h), _rate(c, s), frames, str(pix), rot)
     finally:
         c.close()
 
@@ -115,13 +135,16 @@ def read_frames(path, meta: Optional[VideoMeta] = None) -> Iterator[np.ndarray]:
     import av
 
     meta = meta or probe(path)
+    k = (meta.rotation // 90) % 4
+    w, h = (meta.height, meta.width) if k % 2 else (meta.width, meta.height)
     c = _open(path)
     try:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
         try:
             for frame in c.decode(s):
-                yield frame.to_ndarray(format="rgb24", width=meta.width, height=meta.height)
+                a = frame.to_ndarray(format="rgb24", width=w, height=h)
+                yield np.ascontiguousarray(np.rot90(a, k)) if k else a
         except av.FFmpegError as e:
             raise InputError(f"{path}: decoding failed ({_ffmsg(e)})") from None
     finally:
@@ -184,13 +207,68 @@ def choose_pix_fmt(source: str, supported: Sequence[str]) -> str:
     return supported[0] if supported else "yuv420p"
 
 
+# audio codecs the mp4 muxer takes by stream copy (mkv takes any codec FFmpeg knows)
+MP4_AUDIO = {"aac", "mp3", "mp2", "opus", "ac3", "eac3", "alac", "flac", "dts", "truehd"}
+
+
+def _add_audio(c, kind: str, audio, warn: Callable[[str], None]) -> dict:
+    """Output streams (track → (stream, AudioTrack)) for the sink's tracks that ``kind`` can
+    hold by stream copy; the others are dropped with one warning each."""
+    import io as _bio
+
+    import av
+
+    out = {}
+    for t in sorted(audio.tracks.values(), key=lambda t: t.track):
+        if kind in ("y4m", "png") or (kind == "mp4" and t.codec not in MP4_AUDIO):
+            warn(f"audio track {t.track} ({t.codec}) dropped: {kind} output cannot hold it "
+                 f"(use .mkv)")
+            continue
+        try:
+            tc = av.open(_bio.BytesIO(t.template), "r", format="matroska")
+            try:
+                out[t.track] = (c.add_stream_from_template(tc.streams.audio[0]), t)
+            finally:
+                tc.close()
+        except (av.FFmpegError, IndexError, ValueError) as e:
+            warn(f"audio track {t.track} ({t.codec}) dropped: {_ffmsg(e)}")
+    return out
+
+
+def _mux_audio(c, streams: dict, audio) -> None:
+    import av
+
+    while audio.packets:
+        track, p = audio.packets.popleft()
+        if track not in streams:
+            continue
+        s, t = streams[track]
+        pkt = av.Packet(p.data)
+        pkt.pts = None if p.pts is None else p.pts - t.start
+        pkt.dts = None if p.dts is None else p.dts - t.start
+        pkt.duration = p.duration
+        pkt.time_base = t.time_base
+        pkt.is_keyframe = p.keyframe
+        pkt.stream = s
+        c.mux(pkt)
+
+
 def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
                 kind: Optional[str] = None,
-                progress: Optional[Callable[[int], None]] = None) -> int:
+                progress: Optional[Callable[[int], None]] = None,
+                audio=None, warn: Optional[Callable[[str], None]] = None) -> int:
     """Encode ``frames`` (``H×W×3`` uint8 RGB, size ``meta.width×meta.height``) into ``path``
     at ``meta.fps`` → number of frames written. ``kind`` overrides the extension (used when
-    writing to a temporary name); :class:`OutputError` when the file cannot be written."""
+    writing to a temporary name); :class:`OutputError` when the file cannot be written.
+
+    ``audio``: a :class:`neuralcodec.codec.AudioSink` filled while ``frames`` is consumed;
+    its packets are muxed unchanged (stream copy) into outputs that can hold their codec
+    (mkv: any; mp4: :data:`MP4_AUDIO`); other tracks are dropped with a ``warn(message)``."""
     import av
+
+    warn = warn or (lambda m: None)
+    frames = iter(frames)
+    first = next(frames, None)  # decoding frame 0 reads the AUDIO track records before it
 
     kind = kind or output_kind(path)
     fmt = {"mkv": "matroska", "mp4": "mp4", "y4m": "yuv4mpegpipe", "png": "image2"}[kind]
@@ -212,7 +290,9 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
         s = c.add_stream(codec, rate=meta.fps, options=options)
         s.width, s.height, s.pix_fmt = meta.width, meta.height, pix
         s.time_base = Fraction(1) / meta.fps
-        for arr in frames:
+        astreams = _add_audio(c, kind, audio, warn) if audio is not None and first is not None else {}
+        started = False
+        for arr in (itertools.chain([first], frames) if first is not None else ()):
             if arr.shape != (meta.height, meta.width, 3) or arr.dtype != np.uint8:
                 raise OutputError(f"frame {n} has shape {arr.shape} {arr.dtype}, expected "
                                   f"{(meta.height, meta.width, 3)} uint8")
@@ -221,11 +301,16 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
             f.time_base = s.time_base
             for pkt in s.encode(f):
                 c.mux(pkt)
+                started = True
             n += 1
             if progress:
                 progress(1)
+            if astreams and started:  # the first video packet writes the header (time bases)
+                _mux_audio(c, astreams, audio)
         for pkt in s.encode():
             c.mux(pkt)
+        if astreams:
+            _mux_audio(c, astreams, audio)
     except av.FFmpegError as e:
         raise OutputError(f"{path}: writing failed ({_ffmsg(e)})") from None
     finally:

@@ -48,7 +48,7 @@ def test_golden_bytes_match_committed_file_and_spec():
     assert len(data) == 175
     # layout pinned field by field
     assert data[:8] == b"\x89MGV\r\n\x1a\n"
-    assert struct.unpack_from("<HHI", data, 8) == (1, 0, 58)
+    assert struct.unpack_from("<HHI", data, 8) == (1, ct.MINOR, 58) and ct.MINOR == 1
     assert struct.unpack_from("<HHIII", data, 16) == (8, 8, 1, 25, 1)
     assert struct.unpack_from("<I", data, 74)[0] == zlib.crc32(data[:74])
     assert data[78:82] == b"MGVR" and data[-24:-20] == b"MGVR" and data[-20] == ct.REC_END
