@@ -321,7 +321,9 @@ def _print_info(input: Path, d: dict, rows) -> None:
     lines.append(f"    {'#':>5} {'first':>8} {'frames':>6} {'entropy':>8} {'bytes':>10} {'bpp':>8}")
     for s in d["segments"]:
         if s["damaged"]:
-            lines.append(f"    {s['index']:>5} {s['first_frame']:>8} {s['frames']:>6} DAMAGED: {s['error']}")
+            last = f"-{s['last_index']}" if s["last_index"] != s["index"] else ""
+            lines.append(f"    {str(s['index']) + last:>5} {s['first_frame']:>8} {s['frames']:>6} "
+                         f"DAMAGED: {s['error']}")
             continue
         lines.append(f"    {s['index']:>5} {s['first_frame']:>8} {s['frames']:>6} {s['entropy']:>8} "
                      f"{s['bytes']:>10} {s['bpp']:>8.4f}")

@@ -747,23 +747,31 @@ def stream_info(fo: BinaryIO) -> dict:
     h = reader.header
     damage: List[DamageReport] = []
     sink = AudioSink(keep=False)
-    rows = []
+    rows: List[dict] = []
+    run: Optional[dict] = None  # the damaged row being extended (one row per damaged range)
     for i, seg, reason in _segment_plan(reader, h, 0, h.segment_count - 1, use_index=False,
                                         on_damage=damage.append, audio=sink, to_end=True):
         first, n = h.segment_bounds(i)
         if seg is None:
-            rows.append({"index": i, "first_frame": first, "frames": n, "damaged": True,
-                         "error": reason or "missing"})
-            if damage and damage[-1].end_frame == first and damage[-1].segments:
-                d = damage[-1]
-                damage[-1] = DamageReport(d.first_frame, first + n, d.segments + (i,), d.reason)
+            if run is not None and run["last_index"] == i - 1:
+                run["last_index"] = i
+                run["frames"] += n
             else:
-                damage.append(DamageReport(first, first + n, (i,), reason or "missing"))
+                run = {"index": i, "last_index": i, "first_frame": first, "frames": n,
+                       "damaged": True, "error": reason or "missing"}
+                rows.append(run)
             continue
+        run = None
         rows.append({"index": seg.index, "first_frame": seg.first_frame, "frames": seg.frames,
                      "latent_shape": [h.bits, seg.latent_t, seg.latent_h, seg.latent_w],
                      "entropy": ct.ENTROPY_NAMES[seg.entropy], "bytes": len(seg.data),
                      "bpp": 8 * len(seg.data) / (seg.frames * h.width * h.height), "damaged": False})
+    for r in rows:
+        if r["damaged"]:
+            damage.append(DamageReport(r["first_frame"], r["first_frame"] + r["frames"],
+                                       tuple(range(r["index"], r["last_index"] + 1))
+                                       if r["last_index"] - r["index"] < 2 else (r["index"], r["last_index"]),
+                                       r["error"]))
     damage.sort(key=lambda d: (d.first_frame, d.end_frame))
     size = fo.seek(0, 2) - reader.base if reader.seekable() else None
     packets = sink.stats
@@ -774,7 +782,9 @@ def stream_info(fo: BinaryIO) -> dict:
     d = {"version": "%d.%d" % reader.version, "header": h.to_dict(), "segments": rows,
          "audio": audio,
          "damaged": [{"first_frame": x.first_frame, "end_frame": x.end_frame,
-                      "segments": list(x.segments), "error": x.reason, "message": str(x)}
+                      "first_segment": x.segments[0] if x.segments else None,
+                      "last_segment": x.segments[-1] if x.segments else None,
+                      "error": x.reason, "message": str(x)}
                      for x in damage]}
     if size is not None:
         d["file_bytes"] = size

@@ -537,6 +537,9 @@ class Reader:
             size = self.fo.seek(0, 2) - self.base
             self._pos = -1
         pos = self.records_offset
+        # bytes that failed candidates may read: bounded by a multiple of the file size, so a
+        # file full of forged sync words costs linear, not quadratic, time
+        budget = 4 * (size or 0) + (1 << 20)
         while True:
             self._seek(pos) if can_seek else None
             try:
@@ -545,7 +548,13 @@ class Reader:
                 if isinstance(e, Truncated) and size is not None and pos >= size:
                     yield Damage(pos, pos, e)  # clean cut between records
                     return
-                nxt = self._find_sync(pos + 1, size) if can_seek else None
+                if can_seek:
+                    try:
+                        budget -= max(0, self.fo.tell() - self.base - pos)
+                    except (OSError, ValueError):
+                        budget = -1
+                    self._pos = -1
+                nxt = self._find_sync(pos + 1, size) if can_seek and budget > 0 else None
                 yield Damage(pos, size if nxt is None else nxt, e)
                 if nxt is None:
                     if not isinstance(e, Truncated):
