@@ -166,7 +166,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("input", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("input", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="output .mgv file")
 @click.option("--model", "model_name", default=None, help="registered model name [default: mgv-default-v1]")
 @click.option("--bits", type=int, default=None, help="LFQ bits stored per token (1..K) [default: K]")
@@ -216,7 +216,7 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
 
 
 @main.command()
-@click.argument("input", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("input", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True,
               help="output video: .mkv (FFV1), .mp4 (H.264), .y4m, or a %05d.png pattern")
 @click.option("--frames", "frames", default=None,
@@ -281,7 +281,7 @@ def _open_input(path: Path):
 
 
 @main.command()
-@click.argument("input", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("input", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def info(input: Path, as_json: bool) -> None:
     """Show the header and segment table of an .mgv stream (nothing is decoded)."""
