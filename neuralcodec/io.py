@@ -17,6 +17,7 @@ The output keeps the source pixel format where the codec supports it, else the n
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -281,11 +282,20 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
     pix = choose_pix_fmt(meta.pix_fmt, _supported(kind, codec))
     if codec in ("libx264", "mpeg4") and pix not in ("yuv420p",) and meta.width % 2 + meta.height % 2:
         pix = "yuv444p" if codec == "libx264" else pix  # 4:2:0 needs even sizes
+    # single-file outputs go through a Python file object: FFmpeg's own file protocol drops
+    # write errors (a full disk would give a truncated file and success); Python's write
+    # raises, and PyAV re-raises it from the next call (at the latest from close)
+    fobj = None
     try:
-        c = av.open(str(path), "w", format=fmt)
+        if kind != "png":
+            fobj = open(path, "wb")
+        c = av.open(fobj if fobj is not None else str(path), "w", format=fmt)
     except (av.FFmpegError, OSError) as e:
+        if fobj is not None:
+            fobj.close()
         raise OutputError(f"{path}: cannot create ({_ffmsg(e)})") from None
     n = 0
+    ok = False
     try:
         s = c.add_stream(codec, rate=meta.fps, options=options)
         s.width, s.height, s.pix_fmt = meta.width, meta.height, pix
@@ -311,13 +321,26 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
             c.mux(pkt)
         if astreams:
             _mux_audio(c, astreams, audio)
+        ok = True
     except av.FFmpegError as e:
         raise OutputError(f"{path}: writing failed ({_ffmsg(e)})") from None
+    except OSError as e:  # a Python write error, re-raised by PyAV
+        raise OutputError(f"{path}: writing failed ({e.strerror or e})") from None
     finally:
-        try:
-            c.close()
-        except (av.FFmpegError, OSError):
-            pass
+        if not ok:
+            with contextlib.suppress(av.FFmpegError, OSError):
+                c.close()
+            if fobj is not None:
+                with contextlib.suppress(OSError):
+                    fobj.close()
+    try:
+        c.close()
+        if fobj is not None:
+            fobj.close()
+    except av.FFmpegError as e:
+        raise OutputError(f"{path}: writing failed ({_ffmsg(e)})") from None
+    except OSError as e:
+        raise OutputError(f"{path}: writing failed ({e.strerror or e})") from None
     return n
 
 

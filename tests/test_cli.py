@@ -5,6 +5,7 @@ errors, and interrupted or failing writes that leave no file behind."""
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -244,3 +245,134 @@ def test_subprocess_interrupted_encode_leaves_nothing(tmp_path, sig):
     assert p.returncode == 130, err
     assert err.decode().strip().splitlines()[-1] == "mgv: error: interrupted"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["in.mkv"]
+
+
+# ---- failing runs in a real process: disk full, SIGKILL (tiny model, no registered model needed) -
+RUNNER = """
+import sys
+from neuralcodec import cli, weights
+m = weights.load_weights_file(sys.argv[1], sys.argv[2])
+m.name, m.sha256 = "tiny-test", sys.argv[2]
+weights.load_model = lambda name=None: m
+sys.argv = ["mgv"] + sys.argv[3:]
+cli.main()
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    torch.manual_seed(0)
+    m = Tokenizer(CONFIGS["tiny"])
+    path = tmp_path_factory.mktemp("wf") / "tiny.safetensors"
+    return path, weights.save_weights(m, path, "tiny-test")
+
+
+def run_tiny(tiny_file, args, cwd, fsize=None, popen=False):
+    import resource
+
+    script = cwd / "run_mgv.py"
+    script.write_text(RUNNER)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+
+    def limit():
+        if fsize is not None:  # Python ignores SIGXFSZ, so writes past the limit fail with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    cmd = [sys.executable, str(script), str(tiny_file[0]), tiny_file[1], *args]
+    if popen:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit)
+
+
+def test_disk_full_leaves_nothing(tiny_file, tmp_path):
+    make_video(tmp_path / "in.mkv", t=30, w=64, h=64)
+    r = run_tiny(tiny_file, ["encode", "in.mkv", "-o", "a.mgv", "--entropy", "none", "-q"],
+                 tmp_path, fsize=1000)
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.startswith("mgv: error: File too large") and len(r.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mkv", "run_mgv.py"]
+    # decoding into a file that outgrows the limit
+    r = run_tiny(tiny_file, ["encode", "in.mkv", "-o", "a.mgv", "-q"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run_tiny(tiny_file, ["decode", "a.mgv", "-o", "o.mkv", "-q"], tmp_path,
+                 fsize=1500)
+    assert r.returncode == 4 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("mgv: error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mgv", "in.mkv", "run_mgv.py"]
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_only_a_hidden_part_file(tiny_file, tmp_path):
+    make_video(tmp_path / "in.mkv", t=600, w=96, h=96)
+    p = run_tiny(tiny_file, ["encode", "in.mkv", "-o", "a.mgv", "--segment-frames", "5"], tmp_path, popen=True)
+    try:
+        deadline = time.time() + 120
+        while not leftovers(tmp_path) and time.time() < deadline and p.poll() is None:
+            time.sleep(0.02)
+        assert leftovers(tmp_path), "the temporary output never appeared"
+        time.sleep(0.3)
+        p.kill()  # SIGKILL: no cleanup runs
+        p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    names = sorted(x.name for x in tmp_path.iterdir())
+    assert "a.mgv" not in names
+    left = leftovers(tmp_path)
+    # hidden, ending in .part: never taken for the output (nor matched by *.mgv)
+    assert len(left) == 1 and left[0].startswith(".a.mgv.") and left[0].endswith(".part")
+    assert list(tmp_path.glob("*.mgv")) == []
+
+
+# ---- trust ---------------------------------------------------------------------------------------
+def test_tampered_weights_exit_5(tiny_file, tmp_path, monkeypatch):
+    path, sha = tiny_file
+    models = tmp_path / "models"
+    models.mkdir()
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 1  # one bit of one weight
+    (models / "t.safetensors").write_bytes(bytes(data))
+    (models / "registry.json").write_text(json.dumps({"tampered": {"file": "t.safetensors", "sha256": sha}}))
+    monkeypatch.setattr(weights, "MODELS_DIR", models)
+    monkeypatch.setattr(weights, "REGISTRY_FILE", models / "registry.json")
+    src = make_video(tmp_path / "in.mkv", t=1)
+    r = CliRunner().invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "a.mgv"), "--model", "tampered"])
+    line = one_error_line(r, 5)
+    assert "sha256 mismatch" in line
+    assert not (tmp_path / "a.mgv").exists()
+
+
+def test_no_pickle_or_shell_in_the_package():
+    bad = []
+    for p in (ROOT / "neuralcodec").rglob("*.py"):
+        text = p.read_text()
+        for needle in ("import pickle", "pickle.load", "shell=True", "allow_pickle=True"):
+            if needle in text:
+                bad.append((p.name, needle))
+        bad += [(p.name, m) for m in re.findall(r"(?<![.\w])(?:eval|exec)\(", text)]
+        for line in text.splitlines():
+            if "torch.load(" in line and "weights_only=True" not in line:
+                bad.append((p.name, line.strip()))
+    assert bad == []
+
+
+def test_bits_and_frames_identical_across_thread_counts(tiny):
+    import io as _io
+
+    rng = np.random.default_rng(0)
+    v = np.clip(rng.normal(128, 40, (9, 40, 48, 3)), 0, 255).astype(np.uint8)
+    old = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            data = codec.compress(tiny, v, segment_frames=5, entropy="context")
+            outs.append((data, codec.decompress(data, model=tiny)[1]))
+    finally:
+        torch.set_num_threads(old)
+    assert outs[0][0] == outs[1][0]  # the bits (and their entropy coding) do not depend on threads
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    # and a stream made with 2 threads decodes bit-exactly to the same bits with 1
+    r = codec.ct.Reader(_io.BytesIO(outs[1][0]))
+    assert [s.data for s in r.segments()] == [s.data for s in codec.ct.Reader(_io.BytesIO(outs[0][0])).segments()]
