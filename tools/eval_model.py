@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Measure a tokenizer on a folder of videos: PSNR (RGB, frames in [0, 255]) at each rate
-point and the raw bits per pixel (before entropy coding).
+"""Measure a model end to end through the codec on a folder of videos: for each rate point
+(``--bits``), the real ``.mgv`` size (bits per pixel of the whole stream, headers included)
+and PSNR-RGB of the decoded frames against the source (8-bit RGB, all frames pooled).
 
-    python tools/eval_model.py --model mgv-default-v1 --data ../shared/data/eval --frames 97
+    python tools/eval_model.py --data ../shared/data/eval --frames 97 [--bits 18 14 10 6] [--json out.json]
 
-Each clip is coded in independent segments of ``--segment`` frames (as the codec does) at
-native resolution, streamed chunk by chunk. Prints a markdown table and writes JSON with --json.
+Clips are coded at native resolution, in the codec's default segments, with the codec's
+bounded-memory chunking. Prints a markdown table on stdout.
 """
 import argparse
 import json
@@ -18,72 +19,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from neuralcodec.layers import streaming  # noqa: E402
-from neuralcodec.quantizer import sign_quantize  # noqa: E402
+from neuralcodec import codec  # noqa: E402
+from neuralcodec.io import probe  # noqa: E402
 from neuralcodec.train.data import VIDEO_EXTS, decode_video_rgb  # noqa: E402
-from neuralcodec.weights import load_model, load_weights_file  # noqa: E402
-
-
-def code_segment(model, seg: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """``1×3×T×H×W`` in [-1, 1] (padded) → codes ``1×K×t×h×w``, streamed."""
-    with streaming(model):
-        parts = [model.encoder(seg[:, :, :1])]
-        for s in range(1, seg.shape[2], chunk):
-            parts.append(model.encoder(seg[:, :, s:s + chunk]))
-    return sign_quantize(torch.cat(parts, dim=2))
-
-
-def decode_segment(model, codes: torch.Tensor, bits: int, chunk: int = 2) -> torch.Tensor:
-    from neuralcodec.model import mask_bits
-    codes = mask_bits(codes, bits)
-    with streaming(model):
-        parts = [model.decoder(codes[:, :, :1])]
-        for s in range(1, codes.shape[2], chunk):
-            parts.append(model.decoder(codes[:, :, s:s + chunk]))
-    return torch.cat(parts, dim=2).clamp(-1, 1)
+from neuralcodec.weights import DEFAULT_MODEL, load_model  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="mgv-default-v1")
-    ap.add_argument("--weights", help="a safetensors file instead of a registered model")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--data", default="../shared/data/eval")
     ap.add_argument("--frames", type=int, default=97)
-    ap.add_argument("--segment", type=int, default=49)
     ap.add_argument("--bits", type=int, nargs="+", default=[18, 14, 10, 6])
+    ap.add_argument("--entropy", default="context", choices=["context", "none"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    model = load_weights_file(Path(a.weights)) if a.weights else load_model(a.model)
+    model = load_model(a.model)
     rows = []
     for p in sorted(Path(a.data).iterdir()):
         if p.suffix.lower() not in VIDEO_EXTS:
             continue
-        frames = decode_video_rgb(p, max_short_side=100000, max_frames=a.frames)
-        t, h, w, _ = frames.shape
-        sse = {b: 0.0 for b in a.bits}
-        tokens = 0
-        t0 = time.time()
-        for s in range(0, t, a.segment):
-            seg = torch.from_numpy(frames[s:s + a.segment]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-            n = seg.shape[2]
-            codes = code_segment(model, model.pad_video(seg))
-            tokens += codes[0, 0].numel()
-            for b in a.bits:
-                y = decode_segment(model, codes, b)[:, :, :n, :h, :w]
-                y8 = ((y + 1) * 127.5).round().clamp(0, 255)
-                sse[b] += (y8 - (seg + 1) * 127.5).pow(2).sum().item()
-        dt = time.time() - t0
+        src = decode_video_rgb(p, max_short_side=100000, max_frames=a.frames)
+        fps = probe(p).fps
+        t, h, w, _ = src.shape
         for b in a.bits:
-            mse = sse[b] / (t * h * w * 3)
+            t0 = time.time()
+            data = codec.compress(model, src, bits=b, entropy=a.entropy, fps=fps)
+            t1 = time.time()
+            _, rec = codec.decompress(data, model=model)
+            t2 = time.time()
+            if rec.shape != src.shape:
+                raise SystemExit(f"{p.name}: decoded {rec.shape}, expected {src.shape}")
+            mse = np.mean((rec.astype(np.float64) - src.astype(np.float64)) ** 2)
             rows.append({"clip": p.name, "size": f"{w}x{h}", "frames": t, "bits": b,
-                         "psnr_rgb": 10 * np.log10(255 ** 2 / max(mse, 1e-10)),
-                         "raw_bpp": tokens * b / (t * h * w), "seconds": dt})
-        print(f"{p.name}: {t} frames {w}x{h} in {dt:.1f}s", file=sys.stderr, flush=True)
-    print("| clip | size | frames | bits | raw bpp | PSNR-RGB (dB) |\n|---|---|---|---|---|---|")
+                         "bytes": len(data), "bpp": len(data) * 8 / (t * h * w),
+                         "raw_bpp": b / model.cfg.spatial_factor ** 2 * model.latent_frames(t) / t,
+                         "psnr_rgb": float(10 * np.log10(255 ** 2 / max(mse, 1e-10))),
+                         "encode_fps": t / (t1 - t0), "decode_fps": t / (t2 - t1)})
+            r = rows[-1]
+            print(f"{p.name} bits={b}: {r['bpp']:.4f} bpp, {r['psnr_rgb']:.2f} dB, "
+                  f"enc {r['encode_fps']:.2f} fps, dec {r['decode_fps']:.2f} fps", file=sys.stderr, flush=True)
+    print("| clip | size | frames | bits | bytes | bpp (.mgv) | raw bpp | PSNR-RGB (dB) |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['clip']} | {r['size']} | {r['frames']} | {r['bits']} | {r['raw_bpp']:.4f} | {r['psnr_rgb']:.2f} |")
+        print(f"| {r['clip']} | {r['size']} | {r['frames']} | {r['bits']} | {r['bytes']} | {r['bpp']:.4f} "
+              f"| {r['raw_bpp']:.4f} | {r['psnr_rgb']:.2f} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
 
