@@ -131,3 +131,8 @@ def test_hostile_headers_refused_before_allocation(fz):
     tracemalloc.stop()
     assert info["damaged"][-1]["end_frame"] == 1 << 22 and len(info["segments"]) <= 4
     assert peak < 8 << 20, peak
+
+
+def test_corpus_is_committed():
+    # an empty corpus would silently skip the regression cases above
+    assert len(list(CORPUS.glob("*.mgv"))) >= 2
