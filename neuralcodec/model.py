@@ -28,7 +28,7 @@ from torch import nn
 from .configs import TokenizerConfig
 from .layers import (AdaptiveGroupNorm, CausalConv3d, Downsample, FrameGroupNorm, ResBlock,
                      StreamingModule, Upsample, depth_to_space, space_to_depth)
-from .quantizer import LFQ, LFQOutput
+from .quantizer import LFQ, LFQOutput, sign_quantize
 
 
 class Encoder(nn.Module):
@@ -177,7 +177,6 @@ class Tokenizer(nn.Module):
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Video ``B×3×T×H×W`` in [-1, 1] (any H, W, T; padded here) → codes
         ``B×K×t×h×w`` in {-1, +1}."""
-        from .quantizer import sign_quantize
         return sign_quantize(self.encoder(self.pad_video(video)))
 
     @torch.no_grad()
