@@ -6,3 +6,30 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+import pytest  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from neuralcodec import weights  # noqa: E402
+from neuralcodec.configs import CONFIGS  # noqa: E402
+from neuralcodec.model import Tokenizer  # noqa: E402
+
+
+# A tiny random model saved and reloaded through the real weights path, and a CLI runner that
+# resolves every model name to it (test modules may define their own variants).
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    m = Tokenizer(CONFIGS["tiny"])
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    sha = weights.save_weights(m, path, "tiny-test")
+    m = weights.load_weights_file(path, sha)
+    m.name, m.sha256 = "tiny-test", sha
+    return m
+
+
+@pytest.fixture
+def runner(tiny, monkeypatch):
+    monkeypatch.setattr(weights, "load_model", lambda name=None: tiny)
+    return CliRunner()

@@ -8,30 +8,9 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 
-from neuralcodec import cli, codec, weights
+from neuralcodec import cli, codec
 from neuralcodec import container as ct
-from neuralcodec.configs import CONFIGS
-from neuralcodec.model import Tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    m = Tokenizer(CONFIGS["tiny"])
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    sha = weights.save_weights(m, path, "tiny-test")
-    m = weights.load_weights_file(path, sha)
-    m.name, m.sha256 = "tiny-test", sha
-    return m
-
-
-@pytest.fixture
-def runner(tiny, monkeypatch):
-    monkeypatch.setattr(weights, "load_model", lambda name=None: tiny)
-    return CliRunner()
 
 
 def make_av(path, acodec="aac", frames=30, rate=25, sr=44100, w=24, h=16):
