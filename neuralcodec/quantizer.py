@@ -83,6 +83,14 @@ class LFQ(nn.Module):
         if not self.training:
             zero = z.new_zeros(())
             return LFQOutput(codes, zero, commit, zero, zero)
+        # the entropy terms are computed in float32 even under bf16 autocast (log-prob sums)
+        with torch.autocast(z.device.type, enabled=False):
+            per_sample, cb = self._entropies(z)
+        ent = per_sample - self.diversity_gamma * cb
+        return LFQOutput(codes, ent, commit, per_sample.detach(), cb.detach())
+
+    def _entropies(self, z: torch.Tensor):
+        """Per-sample entropy and codebook entropy (bits, float32) of ``z`` (``B×K×T×H×W``)."""
         flat = z.transpose(0, 1).reshape(self.bits, -1).t().float()  # N×K
         logit = 4.0 * flat / self.temperature
         p1 = torch.sigmoid(logit)
@@ -99,5 +107,4 @@ class LFQ(nn.Module):
             logp = logp1[:, start:start + g] @ patt.t() + logp0[:, start:start + g] @ (1 - patt).t()
             avg = logp.exp().mean(0)  # the product distribution sums to 1 over codes
             cb = cb - (avg * torch.log(avg.clamp_min(1e-12))).sum() / math.log(2)
-        ent = per_sample - self.diversity_gamma * cb
-        return LFQOutput(codes, ent, commit, per_sample.detach(), cb.detach())
+        return per_sample, cb

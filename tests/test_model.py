@@ -141,6 +141,19 @@ def test_lfq_losses_and_straight_through():
     assert o3.codebook_entropy < 0.01
 
 
+def test_lfq_entropies_stay_float32_under_bf16_autocast():
+    """Under CPU bf16 autocast the entropy terms equal the float32 ones (they leave autocast)."""
+    torch.manual_seed(1)
+    q = LFQ(bits=12, group_bits=6).train()
+    z = torch.randn(2, 12, 3, 4, 5)
+    ref = q(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = q(z)
+    assert got.codebook_entropy.dtype == torch.float32
+    assert torch.equal(got.codebook_entropy, ref.codebook_entropy)
+    assert torch.equal(got.entropy_loss, ref.entropy_loss)
+
+
 def test_mask_bits_nested_rates(model):
     c = model.encode(video())
     m = mask_bits(c, 2)

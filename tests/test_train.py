@@ -352,3 +352,32 @@ def test_ddp_two_cpu_processes_stay_in_sync(corpus, tmp_path):
     assert not _same(a, Tokenizer(CONFIGS["tiny"]).state_dict())
     ck = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
     assert ck["step"] == 3 and ck["rng"] == ""
+
+
+def test_warm_start_from_weights(corpus, tmp_path):
+    """--init loads a weights file into model and EMA; a config mismatch is refused."""
+    from neuralcodec.weights import save_weights
+    torch.manual_seed(3)
+    start = Tokenizer(CONFIGS["tiny"])
+    path = tmp_path / "start.safetensors"
+    save_weights(start, path, "start")
+    # fp16 round trip is what the run starts from
+    ref = {k: v.half().float() for k, v in start.state_dict().items()}
+    got = train(_tc(corpus, tmp_path / "warm", init=str(path), steps=1, lr=1e-12, warmup=1))
+    for k, v in got.state_dict().items():
+        assert torch.allclose(v, ref[k], atol=1e-5), k
+    cold = train(_tc(corpus, tmp_path / "cold", steps=1, lr=1e-12, warmup=1))
+    assert not _same(cold.state_dict(), got.state_dict())
+    with pytest.raises(InputError):
+        train(_tc(corpus, tmp_path / "bad", init=str(path), model="default", steps=1))
+
+
+def test_cpu_bf16_training_step(corpus, tmp_path):
+    """--cpu-bf16 trains under bf16 autocast on CPU: weights stay float32, finite, and move."""
+    out = train(_tc(corpus, tmp_path / "bf16", cpu_bf16=True, steps=2))
+    start = Tokenizer(CONFIGS["tiny"])
+    sd = out.state_dict()
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in sd.values())
+    assert not _same(start.state_dict(), sd)
+    loss = [float(r.split(",")[3]) for r in (tmp_path / "bf16" / "log.csv").read_text().splitlines()[1:]]
+    assert loss and all(np.isfinite(loss))

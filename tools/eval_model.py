@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Measure a model end to end through the codec on a folder of videos: for each rate point
 (``--bits``), the real ``.mgv`` size (bits per pixel of the whole stream, headers included)
-and PSNR-RGB of the decoded frames against the source (8-bit RGB, all frames pooled).
+PSNR-RGB of the decoded frames against the source (8-bit RGB, all frames pooled) and MS-SSIM
+(RGB, mean over frames; the RD benchmark's metric, ``benchmarks/rd/metrics.py``).
 
     python tools/eval_model.py --data ../shared/data/eval --frames 97 [--bits 18 14 10 6] [--json out.json]
 
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.rd.metrics import ms_ssim_rgb  # noqa: E402
 from neuralcodec import codec  # noqa: E402
 from neuralcodec.io import probe  # noqa: E402
 from neuralcodec.train.data import VIDEO_EXTS, decode_video_rgb  # noqa: E402
@@ -57,14 +59,16 @@ def main() -> None:
                          "bytes": len(data), "bpp": len(data) * 8 / (t * h * w),
                          "raw_bpp": b / model.cfg.spatial_factor ** 2 * model.latent_frames(t) / t,
                          "psnr_rgb": float(10 * np.log10(255 ** 2 / max(mse, 1e-10))),
+                         **ms_ssim_rgb(src, rec),
                          "encode_fps": t / (t1 - t0), "decode_fps": t / (t2 - t1)})
             r = rows[-1]
-            print(f"{p.name} bits={b}: {r['bpp']:.4f} bpp, {r['psnr_rgb']:.2f} dB, "
+            print(f"{p.name} bits={b}: {r['bpp']:.4f} bpp, {r['psnr_rgb']:.2f} dB, MS-SSIM {r.get('ms_ssim', float('nan')):.4f}, "
                   f"enc {r['encode_fps']:.2f} fps, dec {r['decode_fps']:.2f} fps", file=sys.stderr, flush=True)
-    print("| clip | size | frames | bits | bytes | bpp (.mgv) | raw bpp | PSNR-RGB (dB) |\n|---|---|---|---|---|---|---|---|")
+    print(f"model {a.model}\n\n| clip | size | frames | bits | bytes | bpp (.mgv) | raw bpp | PSNR-RGB (dB) | MS-SSIM |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['clip']} | {r['size']} | {r['frames']} | {r['bits']} | {r['bytes']} | {r['bpp']:.4f} "
-              f"| {r['raw_bpp']:.4f} | {r['psnr_rgb']:.2f} |")
+              f"| {r['raw_bpp']:.4f} | {r['psnr_rgb']:.2f} | {r.get('ms_ssim', float('nan')):.4f} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
 

@@ -5,7 +5,8 @@
     python tools/train.py ... --workers 4 --stills ../wallpapers --perceptual 0.1 --gan 0.1 --gan-start 20000
     torchrun --nproc_per_node 8 tools/train.py ... --workers 6          # DDP (NCCL on GPU, gloo on CPU)
 
-Resumes from ``OUT/checkpoint.pt`` when it exists. Export the result with tools/export.py.
+Resumes from ``OUT/checkpoint.pt`` when it exists; ``--init mgv-default-v1`` (or a .safetensors
+path) warm-starts a new run from shipped weights. Export the result with tools/export.py.
 """
 import argparse
 import dataclasses
@@ -33,7 +34,7 @@ def _bool(s: str) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = TrainConfig()
-    for name in ("model", "data", "out", "cache", "stills", "device", "eval_dir"):
+    for name in ("model", "data", "out", "cache", "stills", "device", "eval_dir", "init"):
         ap.add_argument(f"--{name.replace('_', '-')}", dest=name, default=getattr(d, name))
     for name in ("batch", "frames", "crop", "image_batch", "image_crop", "warmup", "threads", "seed",
                  "short_side", "log_every", "steps", "ckpt_every", "workers", "eval_every",
@@ -46,6 +47,8 @@ def main() -> None:
         ap.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_ints, default=getattr(d, name),
                         help="comma-separated bit counts")
     ap.add_argument("--bf16", type=_bool, default=d.bf16, help="bf16 autocast on CUDA (true/false)")
+    ap.add_argument("--cpu-bf16", type=_bool, default=d.cpu_bf16,
+                    help="bf16 autocast on CPU too (true/false; fast with AVX512-BF16 or AMX)")
     lw = LossWeights()
     loss_names = []
     for f in dataclasses.fields(LossWeights):

@@ -98,6 +98,8 @@ class TrainConfig:
     device: str = "auto"
     # bf16 autocast of the forward passes on CUDA (no-op on CPU)
     bf16: bool = True
+    # bf16 autocast on CPU too (≈1.55× faster steps on a CPU with AVX512-BF16; weights stay fp32)
+    cpu_bf16: bool = False
     # folder of evaluation videos ("" = no periodic evaluation)
     eval_dir: str = ""
     # evaluate the EMA model every this many steps (0 = never)
@@ -114,6 +116,9 @@ class TrainConfig:
     disc_layers: int = 3
     # discriminator learning rate (Adam)
     disc_lr: float = 1e-4
+    # warm start: a registered model name or a .safetensors path whose weights start a fresh
+    # run (model and EMA; the optimizer starts fresh); ignored when resuming ("" = random init)
+    init: str = ""
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -199,6 +204,16 @@ def _open_csv(path: Path, names):
     return fh, w
 
 
+def _init_weights(spec: str, cfg: TokenizerConfig) -> Tokenizer:
+    """Weights to warm-start from: ``spec`` is a .safetensors path or a registered model name;
+    its config must equal ``cfg`` (else InputError)."""
+    from ..weights import load_model, load_weights_file
+    start = load_weights_file(Path(spec)) if spec.endswith(".safetensors") else load_model(spec)
+    if start.cfg != cfg:
+        raise InputError(f"--init {spec}: its config differs from the run's model config")
+    return start
+
+
 def train(tc: TrainConfig, stop_at: Optional[int] = None) -> Tokenizer:
     """Train (or resume from ``OUT/checkpoint.pt``) → the EMA model (on CPU, eval mode).
     ``stop_at``: leave (after checkpointing) once this step is reached, as an interrupted run
@@ -245,6 +260,12 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
             lecam.load_state_dict(st["lecam"])
         if info.main:
             print(f"resumed at step {step}, {elapsed / 60:.1f} min", flush=True)
+    elif tc.init:
+        start = _init_weights(tc.init, cfg)
+        model.load_state_dict(start.state_dict())
+        ema.load_state_dict(start.state_dict())
+        if info.main:
+            print(f"warm start from {tc.init}", flush=True)
     model.to(dev)
     ema.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.9, 0.99))
@@ -307,8 +328,8 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
         logf, log = _open_csv(out / "log.csv", LOG_FIELDS)
         if clips:
             evf, evlog = _open_csv(out / "eval.csv", EVAL_FIELDS)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if tc.bf16 and dev.type == "cuda"
-                else nullcontext())
+    use_bf16 = (tc.bf16 and dev.type == "cuda") or (tc.cpu_bf16 and dev.type == "cpu")
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
     t_last = time.time()
     last_ckpt = elapsed
 
