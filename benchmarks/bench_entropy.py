@@ -6,7 +6,7 @@ with ``none`` and ``context``, the saving, and encode/decode throughput in Mbit 
 per second of CPU time (best of ``--reps``, one thread). Results table on stdout (Markdown),
 progress on stderr; ``--json`` also writes them with the tool versions.
 
-    nice -n 19 python3 benchmarks/bench_entropy.py --model mgv-default-v1
+    nice -n 19 python3 benchmarks/bench_entropy.py --model mgv-default-v2
     nice -n 19 python3 benchmarks/bench_entropy.py --checkpoint /work/runs/v1/checkpoint.pt
     nice -n 19 python3 benchmarks/bench_entropy.py --synthetic     # flip-rate sweep, no model
 """
@@ -56,9 +56,10 @@ def load(args):
         model = Tokenizer(CONFIGS[args.config]).eval()
         model.load_state_dict(st["ema"])
         return model, f"training checkpoint {Path(args.checkpoint).name} (EMA, step {st['step']})"
-    from neuralcodec.weights import load_model
-    model = load_model(args.model)
-    return model, f"{args.model} (sha256 {model.sha256[:12]})"
+    from neuralcodec.weights import DEFAULT_MODEL, load_model
+    name = args.model or DEFAULT_MODEL
+    model = load_model(name)
+    return model, f"{name} (sha256 {model.sha256[:12]})"
 
 
 def timed(fn, reps: int):
@@ -101,7 +102,7 @@ def sweep(reps: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="/work/shared/data/eval", help="folder of clips")
-    ap.add_argument("--model", default="mgv-default-v1", help="registered model name")
+    ap.add_argument("--model", default=None, help="registered model name [default: the default model]")
     ap.add_argument("--checkpoint", help="training checkpoint (development numbers only)")
     ap.add_argument("--config", default="default", help="config of --checkpoint")
     ap.add_argument("--frames", type=int, default=49)

@@ -168,7 +168,7 @@ def main() -> None:
 @main.command()
 @click.argument("input", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="output .mgv file")
-@click.option("--model", "model_name", default=None, help="registered model name [default: mgv-default-v1]")
+@click.option("--model", "model_name", default=None, help="registered model name [default: mgv-default-v2]")
 @click.option("--bits", type=int, default=None, help="LFQ bits stored per token (1..K) [default: K]")
 @click.option("--entropy", type=click.Choice(["none", "context"]), default="context", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

@@ -21,7 +21,7 @@ from .model import Tokenizer
 
 MODELS_DIR = Path(__file__).parent / "models"
 REGISTRY_FILE = MODELS_DIR / "registry.json"
-DEFAULT_MODEL = "mgv-default-v1"
+DEFAULT_MODEL = "mgv-default-v2"
 
 
 class WeightsError(ModelError):

@@ -376,3 +376,14 @@ def test_bits_and_frames_identical_across_thread_counts(tiny):
     # and a stream made with 2 threads decodes bit-exactly to the same bits with 1
     r = codec.ct.Reader(_io.BytesIO(outs[1][0]))
     assert [s.data for s in r.segments()] == [s.data for s in codec.ct.Reader(_io.BytesIO(outs[0][0])).segments()]
+
+
+def test_help_names_the_default_model_and_every_model_has_a_card():
+    r = CliRunner().invoke(cli.main, ["encode", "--help"])
+    assert r.exit_code == 0
+    assert f"[default: {weights.DEFAULT_MODEL}]" in " ".join(r.output.split())
+    reg = weights.registry()
+    assert weights.DEFAULT_MODEL in reg
+    for name, entry in reg.items():
+        assert entry.path.is_file(), name
+        assert (entry.path.parent / f"{name}.md").is_file(), f"no model card for {name}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Export the EMA weights of a training checkpoint into the package registry.
 
-    python tools/export.py runs/default/checkpoint.pt --name mgv-default-v1
+    python tools/export.py runs/default/checkpoint.pt --name mgv-default-v2
 
 Writes ``neuralcodec/models/NAME.safetensors`` (float16, config in metadata) and registers it
 with its sha256 in ``neuralcodec/models/registry.json``.
@@ -22,7 +22,7 @@ from neuralcodec.weights import MODELS_DIR, register, save_weights  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
-    ap.add_argument("--name", default="mgv-default-v1")
+    ap.add_argument("--name", required=True)
     ap.add_argument("--config", default="default", choices=sorted(CONFIGS))
     ap.add_argument("--key", default="ema", choices=["ema", "model"])
     a = ap.parse_args()

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Time one training step (forward, loss, backward, Adam) of a tokenizer config, float32 vs
+bf16 autocast, on this machine (CPU by default).
+
+    python3 benchmarks/bench_train_step.py [--config default] [--batch 8] [--frames 9] [--crop 64]
+
+Prints the median seconds per step for each mode (after warm-up steps) and the speed-up.
+bf16 autocast pays off on CPUs with AVX512-BF16 or AMX (``grep -o 'avx512_bf16\\|amx' /proc/cpuinfo``);
+on others it can be slower than float32.
+"""
+import argparse
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from neuralcodec.configs import CONFIGS  # noqa: E402
+from neuralcodec.model import Tokenizer  # noqa: E402
+
+
+def time_steps(model, opt, x, bf16: bool, device: str, steps: int, warmup: int) -> float:
+    """Median seconds per training step."""
+    ctx = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
+    times = []
+    for i in range(warmup + steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with ctx:
+            recon, q = model(x)
+        loss = (recon.float() - x).pow(2).mean() + 0.01 * q.entropy_loss + 0.25 * q.commit_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="default", choices=sorted(CONFIGS))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=9)
+    ap.add_argument("--crop", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = Tokenizer(CONFIGS[a.config]).to(a.device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    x = torch.rand(a.batch, 3, a.frames, a.crop, a.crop, device=a.device) * 2 - 1
+    res = {}
+    for mode in ("float32", "bf16"):
+        res[mode] = time_steps(model, opt, x, mode == "bf16", a.device, a.steps, a.warmup)
+    clips = a.batch
+    print(f"{a.config} B×C×T×H×W = {a.batch}×3×{a.frames}×{a.crop}×{a.crop}, {a.device}, {a.threads} threads")
+    for mode, s in res.items():
+        print(f"  {mode:8s} {s:.3f} s/step  {clips / s:.2f} clips/s")
+    print(f"  bf16 speed-up {res['float32'] / res['bf16']:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
