@@ -4,7 +4,7 @@
 PSNR-RGB of the decoded frames against the source (8-bit RGB, all frames pooled) and MS-SSIM
 (RGB, mean over frames; the RD benchmark's metric, ``benchmarks/rd/metrics.py``).
 
-    python tools/eval_model.py --data ../shared/data/eval --frames 97 [--bits 18 14 10 6] [--json out.json]
+    python tools/eval_model.py --data ../shared/data/eval --frames 97 [--bits 18 14 10 6 4 2] [--json out.json]
 
 Clips are coded at native resolution, in the codec's default segments, with the codec's
 bounded-memory chunking. Prints a markdown table on stdout.
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--data", default="../shared/data/eval")
     ap.add_argument("--frames", type=int, default=97)
-    ap.add_argument("--bits", type=int, nargs="+", default=[18, 14, 10, 6])
+    ap.add_argument("--bits", type=int, nargs="+", default=[18, 14, 10, 6, 4, 2])
     ap.add_argument("--entropy", default="context", choices=["context", "none"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")

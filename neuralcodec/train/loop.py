@@ -59,9 +59,9 @@ class TrainConfig:
     # crop size of image batches
     image_crop: int = 96
     # rate points trained as nested codes: with prob nested_prob a step keeps only the first b bits
-    nested_bits: Tuple[int, ...] = (6, 10, 14)
+    nested_bits: Tuple[int, ...] = (2, 4, 6, 10, 14)
     # probability that a step drops trailing bits
-    nested_prob: float = 0.25
+    nested_prob: float = 0.4
     # peak learning rate (Adam)
     lr: float = 1e-3
     # linear warm-up steps
@@ -109,7 +109,7 @@ class TrainConfig:
     # short side of the evaluation clips (area downscale)
     eval_short_side: int = 288
     # rate points (leading bits) reported by the evaluation (full rate always included)
-    eval_bits: Tuple[int, ...] = (6, 10, 14)
+    eval_bits: Tuple[int, ...] = (2, 6, 10)
     # discriminator: channels of its first layer
     disc_channels: int = 64
     # discriminator: stride-2 layers
