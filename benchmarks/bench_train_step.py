@@ -21,10 +21,12 @@ import torch  # noqa: E402
 
 from neuralcodec.configs import CONFIGS  # noqa: E402
 from neuralcodec.model import Tokenizer  # noqa: E402
+from neuralcodec.train.losses import LossWeights, reconstruction_loss  # noqa: E402
 
 
 def time_steps(model, opt, x, bf16: bool, device: str, steps: int, warmup: int) -> float:
-    """Median seconds per training step."""
+    """Median seconds per training step (the training loop's default losses, LossWeights())."""
+    w = LossWeights()
     ctx = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
     times = []
     for i in range(warmup + steps):
@@ -33,7 +35,7 @@ def time_steps(model, opt, x, bf16: bool, device: str, steps: int, warmup: int) 
         t0 = time.perf_counter()
         with ctx:
             recon, q = model(x)
-        loss = (recon.float() - x).pow(2).mean() + 0.01 * q.entropy_loss + 0.25 * q.commit_loss
+        loss = reconstruction_loss(w, recon.float(), x) + w.entropy * q.entropy_loss + w.commit * q.commit_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

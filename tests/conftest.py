@@ -16,17 +16,31 @@ from neuralcodec.configs import CONFIGS  # noqa: E402
 from neuralcodec.model import Tokenizer  # noqa: E402
 
 
-# A tiny random model saved and reloaded through the real weights path, and a CLI runner that
-# resolves every model name to it (test modules may define their own variants).
+@pytest.fixture(scope="session")
+def make_tiny(tmp_path_factory):
+    """→ ``make(perturb=0.0)``: a tiny model (seed 0, every parameter plus ``perturb``·N(0, 1)
+    noise so that AdaGN's zero init does not hide the codes) saved and reloaded through the
+    real weights path, named "tiny-test" with its sha256."""
+    def make(perturb: float = 0.0) -> Tokenizer:
+        torch.manual_seed(0)
+        m = Tokenizer(CONFIGS["tiny"])
+        if perturb:
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(perturb * torch.randn_like(p))
+        path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+        sha = weights.save_weights(m, path, "tiny-test")
+        m = weights.load_weights_file(path, sha)
+        m.name, m.sha256 = "tiny-test", sha
+        return m
+    return make
+
+
+# The unperturbed tiny model, and a CLI runner that resolves every model name to it
+# (test modules may define their own variants).
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    m = Tokenizer(CONFIGS["tiny"])
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    sha = weights.save_weights(m, path, "tiny-test")
-    m = weights.load_weights_file(path, sha)
-    m.name, m.sha256 = "tiny-test", sha
-    return m
+def tiny(make_tiny):
+    return make_tiny()
 
 
 @pytest.fixture

@@ -29,17 +29,8 @@ RATE = Fraction(30000, 1001)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    m = Tokenizer(CONFIGS["tiny"])
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    sha = weights.save_weights(m, path, "tiny-test")
-    m = weights.load_weights_file(path, sha)
-    m.name, m.sha256 = "tiny-test", sha
-    return m
+def tiny(make_tiny):
+    return make_tiny(0.05)
 
 
 @pytest.fixture

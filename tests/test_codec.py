@@ -15,21 +15,11 @@ from neuralcodec import io as vio
 from neuralcodec.configs import CONFIGS
 from neuralcodec.errors import InputError, ModelError, OutputError
 from neuralcodec.model import Tokenizer
-from neuralcodec.weights import load_weights_file, save_weights
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.manual_seed(0)
-    m = Tokenizer(CONFIGS["tiny"])
-    with torch.no_grad():  # random init leaves AdaGN at zero; perturb so codes matter
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    sha = save_weights(m, path, "tiny-test")
-    m = load_weights_file(path, sha)
-    m.name, m.sha256 = "tiny-test", sha
-    return m
+def model(make_tiny):
+    return make_tiny(0.05)
 
 
 def clip(t=23, h=30, w=42, seed=0):

@@ -10,32 +10,20 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from neuralcodec import cli, codec, weights
 from neuralcodec import container as ct
 from neuralcodec import io as vio
-from neuralcodec.configs import CONFIGS
 from neuralcodec.errors import CRCMismatch, StreamError, Truncated
-from neuralcodec.model import Tokenizer
 
 SEG = 5
 T = 18  # segments of 5, 5, 5, 3 frames
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    m = Tokenizer(CONFIGS["tiny"])
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    sha = weights.save_weights(m, path, "tiny-test")
-    m = weights.load_weights_file(path, sha)
-    m.name, m.sha256 = "tiny-test", sha
-    return m
+def tiny(make_tiny):
+    return make_tiny(0.05)
 
 
 def clip(t=T, h=16, w=24):
