@@ -381,3 +381,102 @@ def test_cpu_bf16_training_step(corpus, tmp_path):
     assert not _same(start.state_dict(), sd)
     loss = [float(r.split(",")[3]) for r in (tmp_path / "bf16" / "log.csv").read_text().splitlines()[1:]]
     assert loss and all(np.isfinite(loss))
+
+
+# ---- study features: arch overrides, CPU-time budget, image-first, bit growth, load_run -----------
+def test_arch_override_and_load_run(corpus, tmp_path):
+    """--arch overrides fields of the named config; load_run rebuilds that architecture from the
+    run folder (train_config.json + checkpoint) and returns the EMA weights."""
+    from neuralcodec.train.loop import load_run
+    out = tmp_path / "arch"
+    ema = train(_tc(corpus, out, arch='{"bits": 8}', nested_bits=(2, 6), steps=2))
+    assert ema.cfg.bits == 8 and ema.cfg == replace(CONFIGS["tiny"], bits=8)
+    back = load_run(out)
+    assert back.cfg == ema.cfg and back.step == 2
+    assert _same(back.state_dict(), ema.state_dict())
+    for bad in ('{"bitz": 8}', "[1]", "{not json", '{"bits": 99}'):
+        with pytest.raises(InputError):
+            train(_tc(corpus, tmp_path / "bad", arch=bad, steps=1))
+    with pytest.raises(InputError):
+        load_run(tmp_path / "nothing-here")
+
+
+def test_cpu_clock_budget(corpus, tmp_path):
+    """clock="cpu" budgets by this process's CPU time: the run stops once it has used the
+    minutes (a sleeping process would not use them), and elapsed is CPU time, not wall time."""
+    import time as _time
+    from neuralcodec.train.loop import make_clock
+    assert make_clock("cpu") is _time.process_time and make_clock("wall") is _time.time
+    with pytest.raises(InputError):
+        make_clock("sundial")
+    out = tmp_path / "cpu"
+    t0, c0 = _time.time(), _time.process_time()
+    train(_tc(corpus, out, steps=0, minutes=0.02, clock="cpu", log_every=1))
+    used = _time.process_time() - c0
+    st = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert 1.2 <= st["elapsed"] <= used + 0.5 and st["step"] >= 1
+    assert _time.time() - t0 >= st["elapsed"] * 0.5
+
+
+def test_image_first_curriculum(corpus, tmp_path, monkeypatch):
+    """image_first = f: the first f of the budget trains on image (1-frame) batches only."""
+    frames = []
+    orig = Tokenizer.forward
+
+    def fwd(self, video, bits=None):
+        frames.append(video.shape[2])
+        return orig(self, video, bits=bits)
+
+    monkeypatch.setattr(Tokenizer, "forward", fwd)
+    train(_tc(corpus, tmp_path / "if", steps=8, image_first=0.5, image_frac=0.0, log_every=100))
+    assert frames == [1] * 4 + [5] * 4
+    with pytest.raises(InputError):
+        train(_tc(corpus, tmp_path / "ifw", steps=2, image_first=0.5, workers=1))
+
+
+def test_grow_bits_keeps_the_old_code(corpus, tmp_path):
+    """A model grown from K to K' bits encodes the same first K bits and decodes them (with the
+    new bits present or dropped) exactly as before; --init grows automatically."""
+    from neuralcodec.train.loop import grow_bits
+    from neuralcodec.weights import save_weights
+    torch.manual_seed(1)
+    small = Tokenizer(CONFIGS["tiny"]).eval()
+    with torch.no_grad():
+        for p in small.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    big = grow_bits(small, 10).eval()
+    assert big.cfg.bits == 10
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    cs, cb = small.encode(x), big.encode(x)
+    assert torch.equal(cb[:, :6], cs)
+    assert torch.equal(big.decode(cb, bits=6), small.decode(cs))
+    assert torch.allclose(big.decode(cb), small.decode(cs), atol=1e-6)
+    assert not torch.equal(cb[:, 6:], torch.ones_like(cb[:, 6:]))  # the new bits carry something
+    with pytest.raises(InputError):
+        grow_bits(big, 6)
+    path = tmp_path / "small.safetensors"
+    save_weights(small, path, "small")
+    got = train(_tc(corpus, tmp_path / "grow", init=str(path), arch='{"bits": 10}', steps=1,
+                    nested_bits=(6,), lr=1e-12, warmup=1))
+    assert got.cfg.bits == 10
+
+
+def test_export_uses_the_run_config(corpus, tmp_path, monkeypatch):
+    """tools/export.py rebuilds the run's architecture from train_config.json (arch overrides)."""
+    import subprocess
+    out = tmp_path / "exp"
+    train(_tc(corpus, out, arch='{"bits": 7}', nested_bits=(2,), steps=1))
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "registry.json").write_text("{}")
+    code = ("import sys, runpy; from pathlib import Path; import neuralcodec.weights as w; "
+            f"w.MODELS_DIR = Path({str(models)!r}); w.REGISTRY_FILE = w.MODELS_DIR / 'registry.json'; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "tools" / "export.py"),
+                        str(out / "checkpoint.pt"), "--name", "grown-test"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from neuralcodec.weights import load_weights_file
+    m = load_weights_file(models / "grown-test.safetensors")
+    assert m.cfg.bits == 7
+    assert "grown-test" in (models / "registry.json").read_text()

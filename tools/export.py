@@ -3,6 +3,9 @@
 
     python tools/export.py runs/default/checkpoint.pt --name mgv-default-v2
 
+The architecture comes from the run's ``train_config.json`` beside the checkpoint (its config
+name and ``arch`` overrides); ``--config`` names one for a bare checkpoint.
+
 Writes ``neuralcodec/models/NAME.safetensors`` (float16, config in metadata) and registers it
 with its sha256 in ``neuralcodec/models/registry.json``.
 """
@@ -16,6 +19,7 @@ import torch  # noqa: E402
 
 from neuralcodec.configs import CONFIGS  # noqa: E402
 from neuralcodec.model import Tokenizer  # noqa: E402
+from neuralcodec.train.loop import load_run  # noqa: E402
 from neuralcodec.weights import MODELS_DIR, register, save_weights  # noqa: E402
 
 
@@ -23,12 +27,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
     ap.add_argument("--name", required=True)
-    ap.add_argument("--config", default="default", choices=sorted(CONFIGS))
+    ap.add_argument("--config", default=None, choices=sorted(CONFIGS),
+                    help="config of a checkpoint without train_config.json beside it")
     ap.add_argument("--key", default="ema", choices=["ema", "model"])
     a = ap.parse_args()
-    st = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
-    model = Tokenizer(CONFIGS[a.config])
-    model.load_state_dict(st[a.key])
+    run = Path(a.checkpoint).parent
+    if a.config is None and (run / "train_config.json").exists():
+        model = load_run(run, a.key)
+        st = {"step": model.step, "elapsed": model.elapsed}
+    else:
+        st = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
+        model = Tokenizer(CONFIGS[a.config or "default"])
+        model.load_state_dict(st[a.key])
     file = f"{a.name}.safetensors"
     sha = save_weights(model, MODELS_DIR / file, a.name)
     register(a.name, file, sha)

@@ -34,14 +34,14 @@ def _bool(s: str) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = TrainConfig()
-    for name in ("model", "data", "out", "cache", "stills", "device", "eval_dir", "init"):
+    for name in ("model", "data", "out", "cache", "stills", "device", "eval_dir", "init", "arch", "clock"):
         ap.add_argument(f"--{name.replace('_', '-')}", dest=name, default=getattr(d, name))
     for name in ("batch", "frames", "crop", "image_batch", "image_crop", "warmup", "threads", "seed",
                  "short_side", "log_every", "steps", "ckpt_every", "workers", "eval_every",
                  "eval_frames", "eval_short_side", "disc_channels", "disc_layers"):
         ap.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=getattr(d, name))
     for name in ("lr", "minutes", "image_frac", "nested_prob", "ema", "ckpt_minutes", "lr_floor", "clip",
-                 "still_frac", "disc_lr"):
+                 "still_frac", "disc_lr", "image_first", "adam_beta2"):
         ap.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, default=getattr(d, name))
     for name in ("nested_bits", "eval_bits"):
         ap.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_ints, default=getattr(d, name),

@@ -38,6 +38,9 @@ class TrainConfig:
 
     # tokenizer config name (see neuralcodec.configs.CONFIGS)
     model: str = "default"
+    # JSON object of TokenizerConfig fields that override the named config, e.g. '{"bits": 32}'
+    # ("" = the named config as it is)
+    arch: str = ""
     # folder of training videos
     data: str = "../shared/data/train"
     # output folder: checkpoint, log, exported weights
@@ -54,6 +57,9 @@ class TrainConfig:
     crop: int = 64
     # fraction of steps that are image (single-frame) batches
     image_frac: float = 0.3
+    # image-first curriculum: this fraction of the budget trains on image batches only, then
+    # the mixed schedule (image_frac) takes over (in-RAM sampler only)
+    image_first: float = 0.0
     # images per image batch
     image_batch: int = 16
     # crop size of image batches
@@ -64,10 +70,15 @@ class TrainConfig:
     nested_prob: float = 0.4
     # peak learning rate (Adam)
     lr: float = 1e-3
+    # Adam's second-moment decay (beta1 is 0.9)
+    adam_beta2: float = 0.99
     # linear warm-up steps
     warmup: int = 200
     # training budget in minutes (cosine schedule over elapsed time); ignored when steps > 0
     minutes: float = 60.0
+    # what the minutes count: "wall" (elapsed wall-clock time) or "cpu" (CPU time of this
+    # process, all threads summed: a budget that other load on the machine does not eat)
+    clock: str = "wall"
     # final learning rate as a fraction of the peak
     lr_floor: float = 0.05
     # EMA decay of the weights
@@ -132,6 +143,35 @@ class TrainConfig:
             kw["loss"] = LossWeights(**kw["loss"])
         return cls(**kw)
 
+    def tokenizer_config(self) -> TokenizerConfig:
+        """The named config with the ``arch`` overrides applied (InputError when invalid)."""
+        if self.model not in CONFIGS:
+            raise InputError(f"unknown model config {self.model!r} (known: {', '.join(CONFIGS)})")
+        cfg = CONFIGS[self.model]
+        if not self.arch:
+            return cfg
+        try:
+            over = json.loads(self.arch)
+            if not isinstance(over, dict):
+                raise ValueError("not a JSON object")
+            d = cfg.to_dict()
+            unknown = set(over) - set(d)
+            if unknown:
+                raise ValueError(f"unknown config fields {sorted(unknown)}")
+            d.update(over)
+            return TokenizerConfig.from_dict(d)
+        except (ValueError, TypeError) as e:
+            raise InputError(f"--arch {self.arch!r}: {e}") from None
+
+
+def make_clock(kind: str):
+    """``"wall"`` → wall-clock seconds; ``"cpu"`` → CPU seconds of this process (all threads)."""
+    if kind == "wall":
+        return time.time
+    if kind == "cpu":
+        return time.process_time
+    raise InputError(f"clock must be wall or cpu, got {kind!r}")
+
 
 def lr_at(tc: TrainConfig, step: int, frac: float) -> float:
     """Linear warm-up over ``tc.warmup`` steps times a cosine from 1 to ``tc.lr_floor``
@@ -188,7 +228,7 @@ def plot_log(log_csv: Path, png: Path) -> bool:
 
 LOG_FIELDS = ["step", "minutes", "lr", "loss", "psnr", "entropy", "codebook_entropy", "val_psnr_ema",
               "lpips", "g_adv", "d_loss"]
-EVAL_FIELDS = ["step", "bits", "bpp", "psnr", "ms_ssim", "bit_usage", "token_entropy", "bit_entropy"]
+EVAL_FIELDS = ["step", "minutes", "bits", "bpp", "psnr", "ms_ssim", "bit_usage", "token_entropy", "bit_entropy"]
 
 
 def _open_csv(path: Path, names):
@@ -204,14 +244,63 @@ def _open_csv(path: Path, names):
     return fh, w
 
 
+def grow_bits(start: Tokenizer, bits: int) -> Tokenizer:
+    """A copy of ``start`` with ``bits`` > K LFQ bits per token, coding exactly as ``start`` on
+    its K bits: the encoder's output projection keeps its K rows and gets fresh random rows for
+    the new bits; every layer that reads the codes (the decoder's input convolution and the
+    AdaGN projections) keeps its weights for the first K code channels and gets zero weights for
+    the new ones, so decoding the first K bits (the rest dropped or not) is unchanged until
+    training teaches the decoder to use the new bits (nested-rate training keeps the old ones
+    meaningful)."""
+    import dataclasses
+
+    k = start.cfg.bits
+    if bits <= k:
+        raise InputError(f"cannot grow a {k}-bit model to {bits} bits")
+    grown = Tokenizer(dataclasses.replace(start.cfg, bits=bits))
+    old = start.state_dict()
+    new = grown.state_dict()
+    with torch.no_grad():
+        for name, t in new.items():
+            o = old[name]
+            if o.shape == t.shape:
+                t.copy_(o)
+                continue
+            if t.dim() >= 2 and t.shape[1] != o.shape[1]:  # reads the codes: new inputs are zero
+                t.zero_()
+            t[tuple(slice(0, n) for n in o.shape)].copy_(o)
+    return grown
+
+
 def _init_weights(spec: str, cfg: TokenizerConfig) -> Tokenizer:
     """Weights to warm-start from: ``spec`` is a .safetensors path or a registered model name;
-    its config must equal ``cfg`` (else InputError)."""
+    its config must equal ``cfg``, or differ only in having fewer bits (then it is grown with
+    :func:`grow_bits`); else InputError."""
+    import dataclasses
+
     from ..weights import load_model, load_weights_file
     start = load_weights_file(Path(spec)) if spec.endswith(".safetensors") else load_model(spec)
-    if start.cfg != cfg:
-        raise InputError(f"--init {spec}: its config differs from the run's model config")
-    return start
+    if start.cfg == cfg:
+        return start
+    if dataclasses.replace(start.cfg, bits=cfg.bits) == cfg and cfg.bits > start.cfg.bits:
+        return grow_bits(start, cfg.bits)
+    raise InputError(f"--init {spec}: its config differs from the run's model config")
+
+
+def load_run(out: Path, key: str = "ema") -> Tokenizer:
+    """The model of a run folder: its ``train_config.json`` gives the architecture (``model``
+    + ``arch``), ``checkpoint.pt`` the weights (``key`` = "ema" or "model") → Tokenizer on the
+    CPU in eval mode, with ``step`` and ``elapsed`` (s) of the checkpoint as attributes."""
+    out = Path(out)
+    try:
+        tc = TrainConfig.from_dict(json.loads((out / "train_config.json").read_text()))
+        st = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{out}: not a finished training run ({e})") from None
+    model = Tokenizer(tc.tokenizer_config())
+    model.load_state_dict(st[key])
+    model.step, model.elapsed = int(st["step"]), float(st["elapsed"])  # type: ignore[attr-defined]
+    return model.eval()
 
 
 def train(tc: TrainConfig, stop_at: Optional[int] = None) -> Tokenizer:
@@ -233,7 +322,10 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
     dev = info.device
     out = Path(tc.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg: TokenizerConfig = CONFIGS[tc.model]
+    cfg: TokenizerConfig = tc.tokenizer_config()
+    clock = make_clock(tc.clock)
+    if tc.image_first > 0 and (tc.workers > 0 or info.active):
+        raise InputError("image_first needs the in-RAM sampler (workers 0, one process)")
     model = Tokenizer(cfg)
     ema = copy.deepcopy(model).eval()
     w = tc.loss
@@ -265,10 +357,10 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
         model.load_state_dict(start.state_dict())
         ema.load_state_dict(start.state_dict())
         if info.main:
-            print(f"warm start from {tc.init}", flush=True)
+            print(f"warm start from {tc.init} ({cfg.bits} bits)", flush=True)
     model.to(dev)
     ema.to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.9, 0.99))
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.9, tc.adam_beta2))
     if use_gan:
         disc.to(dev)
         lecam.to(dev)
@@ -308,7 +400,9 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
         if batches is not None:
             b = next(batches)
             return b["x"], (None if b["bits"] < 0 else int(b["bits"]))
-        if sampler.rng.random() < tc.image_frac:
+        image_only = tc.image_first > 0 and (
+            step / tc.steps if tc.steps > 0 else elapsed / (tc.minutes * 60)) < tc.image_first
+        if image_only or sampler.rng.random() < tc.image_frac:
             x = sampler.sample_images(tc.image_batch, tc.image_crop)
         else:
             x = sampler.sample(tc.batch, tc.frames, tc.crop)
@@ -330,7 +424,7 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
             evf, evlog = _open_csv(out / "eval.csv", EVAL_FIELDS)
     use_bf16 = (tc.bf16 and dev.type == "cuda") or (tc.cpu_bf16 and dev.type == "cpu")
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    t_last = time.time()
+    t_last = clock()
     last_ckpt = elapsed
 
     def done(s: int, el: float) -> bool:
@@ -396,7 +490,7 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.lerp_(pm, 1 - d)
             step += 1
-            now = time.time()
+            now = clock()
             elapsed = broadcast_float(elapsed + now - t_last, info)
             t_last = now
             if info.main and step % tc.log_every == 0:
@@ -415,7 +509,7 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
                 from .evaluate import evaluate
                 rates = sorted(set(tc.eval_bits) | {cfg.bits})
                 for row in evaluate(ema, clips, rates):
-                    evlog.writerow({"step": step, **{k: (f"{v:.4f}" if isinstance(v, float) else v)
+                    evlog.writerow({"step": step, "minutes": f"{elapsed / 60:.2f}", **{k: (f"{v:.4f}" if isinstance(v, float) else v)
                                                      for k, v in row.items()}})
                 evf.flush()
             if (elapsed - last_ckpt > tc.ckpt_minutes * 60 or done(step, elapsed)
@@ -423,6 +517,7 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
                     or (stop_at is not None and step >= stop_at)):
                 checkpoint()
                 last_ckpt = elapsed
+            t_last = clock()  # logging, evaluation and checkpoints do not count against the budget
     finally:
         for fh in (logf, evf):
             if fh is not None:
