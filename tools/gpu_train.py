@@ -541,7 +541,7 @@ def model_card(name: str, man: dict, sha: str, size: int, params: int, src: Path
 | | |
 |---|---|
 | name | `{name}` (imported {_now()} with `tools/gpu_train.py import`) |
-| weights | `{name}.safetensors`, float16, {size / 1e6:.1f} MB, sha256 `{sha}` (EMA weights; as transferred: `{man['sha256']}`) |
+| weights | `{name}.safetensors`, float16, {size / 1e6:.1f} MB, sha256 `{sha}` (EMA weights{'' if sha == man['sha256'] else '; as transferred: `' + man['sha256'] + '`'}) |
 | config | `{man['config']}` in `neuralcodec/configs.py`, {params:,} parameters |
 | hardware | {man['hardware']}, {man['versions']}, device `{man['device']}` |
 | training | {man['step']:,} steps, {man['train_minutes']:.1f} min of training steps, {man['wall_minutes']:.1f} min from launch to export (setup and export included), finished {man['finished']}; ended: {man['ended']} |
