@@ -257,10 +257,11 @@ def _mux_audio(c, streams: dict, audio) -> None:
 def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
                 kind: Optional[str] = None,
                 progress: Optional[Callable[[int], None]] = None,
-                audio=None, warn: Optional[Callable[[str], None]] = None) -> int:
+                audio=None, warn: Optional[Callable[[str], None]] = None, crf: int = 12) -> int:
     """Encode ``frames`` (``H×W×3`` uint8 RGB, size ``meta.width×meta.height``) into ``path``
     at ``meta.fps`` → number of frames written. ``kind`` overrides the extension (used when
     writing to a temporary name); :class:`OutputError` when the file cannot be written.
+    ``crf``: libx264's constant rate factor for ``.mp4`` (0 = best, 51 = worst).
 
     ``audio``: a :class:`neuralcodec.codec.AudioSink` filled while ``frames`` is consumed;
     its packets are muxed unchanged (stream copy) into outputs that can hold their codec
@@ -277,7 +278,7 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     else:
         codec = {"mkv": "ffv1", "y4m": "rawvideo", "png": "png"}[kind]
-    options = {"libx264": {"crf": "12", "preset": "medium"},
+    options = {"libx264": {"crf": str(int(crf)), "preset": "medium"},
                "mpeg4": {"qscale": "2"}, "ffv1": {"level": "3", "slicecrc": "1"}}.get(codec, {})
     pix = choose_pix_fmt(meta.pix_fmt, _supported(kind, codec))
     if codec in ("libx264", "mpeg4") and pix not in ("yuv420p",) and meta.width % 2 + meta.height % 2:
@@ -307,8 +308,8 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
                 raise OutputError(f"frame {n} has shape {arr.shape} {arr.dtype}, expected "
                                   f"{(meta.height, meta.width, 3)} uint8")
             f = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
-            f.pts = n
-            f.time_base = s.time_base
+            f.pts = n  # in the codec's time base (1/fps); a frame time_base made libx264
+            # packets with pts < dts on some real clips (PyAV 18: 'Invalid argument' at mux)
             for pkt in s.encode(f):
                 c.mux(pkt)
                 started = True

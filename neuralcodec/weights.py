@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -33,20 +33,28 @@ class ModelEntry:
     """One registry entry."""
 
     name: str  # stable model name, stored in every .mgv header
-    file: str  # weights file name inside neuralcodec/models/
+    file: str  # weights file name inside the models folder
     sha256: str  # hex sha256 of the weights file
+    folder: Optional[Path] = None  # models folder holding file and registry.json (None: the package's)
 
     @property
     def path(self) -> Path:
-        return MODELS_DIR / self.file
+        return (self.folder or MODELS_DIR) / self.file
 
 
-def registry() -> Dict[str, ModelEntry]:
-    """name → :class:`ModelEntry`, read from ``models/registry.json``."""
-    if not REGISTRY_FILE.exists():
+def _registry_file(models_dir: Optional[Path]) -> Path:
+    return REGISTRY_FILE if models_dir is None else Path(models_dir) / "registry.json"
+
+
+def registry(models_dir: Optional[Path] = None) -> Dict[str, ModelEntry]:
+    """name → :class:`ModelEntry`, read from ``registry.json`` in ``models_dir`` (default the
+    package's ``neuralcodec/models``; another folder lets tools and tests register elsewhere)."""
+    reg_file = _registry_file(models_dir)
+    if not reg_file.exists():
         return {}
-    data = json.loads(REGISTRY_FILE.read_text())
-    return {n: ModelEntry(n, e["file"], e["sha256"]) for n, e in data.items()}
+    data = json.loads(reg_file.read_text())
+    folder = None if models_dir is None else Path(models_dir)
+    return {n: ModelEntry(n, e["file"], e["sha256"], folder) for n, e in data.items()}
 
 
 def file_sha256(path: Path) -> str:
@@ -103,9 +111,10 @@ def load_weights_file(path: Path, expected_sha256: str | None = None) -> Tokeniz
     return model.eval()
 
 
-def load_model(name: str = DEFAULT_MODEL) -> Tokenizer:
-    """Load a registered model by name (hash checked)."""
-    reg = registry()
+def load_model(name: str = DEFAULT_MODEL, models_dir: Optional[Path] = None) -> Tokenizer:
+    """Load a registered model by name (hash checked) from ``models_dir`` (default: the
+    package's models folder)."""
+    reg = registry(models_dir)
     if name not in reg:
         known = ", ".join(sorted(reg)) or "none"
         raise WeightsError(f"unknown model '{name}' (known: {known})")
@@ -116,8 +125,10 @@ def load_model(name: str = DEFAULT_MODEL) -> Tokenizer:
     return model
 
 
-def register(name: str, file: str, sha256: str) -> None:
-    """Add or replace a registry entry (used by the export tool)."""
-    data = json.loads(REGISTRY_FILE.read_text()) if REGISTRY_FILE.exists() else {}
+def register(name: str, file: str, sha256: str, models_dir: Optional[Path] = None) -> None:
+    """Add or replace a registry entry (used by the export and import tools) in
+    ``models_dir`` (default: the package's models folder)."""
+    reg_file = _registry_file(models_dir)
+    data = json.loads(reg_file.read_text()) if reg_file.exists() else {}
     data[name] = {"file": file, "sha256": sha256}
-    REGISTRY_FILE.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    reg_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,7 +1,7 @@
 """Training data: random crops of a folder of videos (and still images).
 
 Videos are decoded once with PyAV (to RGB, area-downscaled so the short side is at most
-``max_short_side``) and cached as ``.npy`` files (uint8, T×H×W×3) in a cache folder; the first
+``max_short_side``; with OpenCV where PyAV is not installed, as on a bare GPU machine) and cached as ``.npy`` files (uint8, T×H×W×3) in a cache folder; the first
 decode of a folder runs in a process pool. Still images (any format PyAV reads: PNG, JPEG,
 WebP, …) are cached the same way as 1-frame videos. Batches are random crops of ``1 + 4k``
 consecutive frames, or single frames for image (first-frame) mode, with random horizontal flips.
@@ -38,10 +38,20 @@ VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".264", ".h264", ".265", 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
 
+def _scaled_size(w: int, h: int, max_short_side: int) -> Tuple[int, int]:
+    """(width, height) area-downscaled so that min(w, h) <= max_short_side, rounded to even."""
+    scale = min(1.0, max_short_side / min(w, h))
+    return int(round(w * scale / 2)) * 2, int(round(h * scale / 2)) * 2
+
+
 def decode_video_rgb(path: Path, max_short_side: int, max_frames: int = 100000) -> np.ndarray:
     """Decode ``path`` → uint8 array ``T×H×W×3`` (RGB), area-downscaled so that
-    min(H, W) <= max_short_side (even sizes)."""
-    import av
+    min(H, W) <= max_short_side (even sizes). Uses PyAV; where PyAV is not installed, OpenCV
+    (:func:`decode_video_rgb_cv2`)."""
+    try:
+        import av
+    except ImportError:
+        return decode_video_rgb_cv2(path, max_short_side, max_frames)
 
     frames = []
     try:
@@ -52,13 +62,41 @@ def decode_video_rgb(path: Path, max_short_side: int, max_frames: int = 100000) 
         s = c.streams.video[0]
         s.thread_type = "AUTO"
         for fr in c.decode(s):
-            w, h = fr.width, fr.height
-            scale = min(1.0, max_short_side / min(w, h))
-            tw, th = int(round(w * scale / 2)) * 2, int(round(h * scale / 2)) * 2
+            tw, th = _scaled_size(fr.width, fr.height, max_short_side)
             frames.append(fr.reformat(width=tw, height=th, format="rgb24",
                                       interpolation="AREA").to_ndarray())
             if len(frames) >= max_frames:
                 break
+    if not frames:
+        raise InputError(f"{path}: no frames")
+    return np.stack(frames)
+
+
+def decode_video_rgb_cv2(path: Path, max_short_side: int, max_frames: int = 100000) -> np.ndarray:
+    """:func:`decode_video_rgb` with OpenCV (``cv2.VideoCapture``, its bundled FFmpeg; area
+    downscale ``cv2.INTER_AREA``) → uint8 ``T×H×W×3`` RGB. For machines without PyAV (a bare
+    GPU machine has opencv-python-headless); its YUV→RGB conversion may differ from PyAV's
+    by a code value or two."""
+    try:
+        import cv2
+    except ImportError:
+        raise InputError(f"{path}: cannot decode: neither PyAV nor OpenCV is installed") from None
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    try:
+        if not cap.isOpened():
+            raise InputError(f"{path}: cannot open with OpenCV")
+        while len(frames) < max_frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            h, w = bgr.shape[:2]
+            tw, th = _scaled_size(w, h, max_short_side)
+            if (tw, th) != (w, h):
+                bgr = cv2.resize(bgr, (tw, th), interpolation=cv2.INTER_AREA)
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    finally:
+        cap.release()
     if not frames:
         raise InputError(f"{path}: no frames")
     return np.stack(frames)

@@ -320,6 +320,8 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
     torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     dev = info.device
+    if dev.type == "cuda":  # two batch shapes (video, image): pick the fastest conv algorithms once
+        torch.backends.cudnn.benchmark = True
     out = Path(tc.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg: TokenizerConfig = tc.tokenizer_config()
