@@ -241,3 +241,25 @@ def test_choose_pix_fmt():
     assert vio.choose_pix_fmt("rgba", ["gbrp", "yuv420p"]) == "gbrp"
     assert vio.choose_pix_fmt("gray", ["yuv420p", "gray"]) == "gray"
     assert vio.choose_pix_fmt("nv12", ["yuv420p", "yuv444p"]) == "yuv420p"
+
+
+@pytest.mark.parametrize("entropy", ["none", "context"])
+def test_32_bit_model_round_trip(entropy):
+    """K = 32 (the format's largest model, what --init grows a model to): every rate point
+    round-trips through the container and both payload modes with the encoder's exact bits."""
+    from dataclasses import replace
+    torch.manual_seed(0)
+    m = Tokenizer(replace(CONFIGS["tiny"], bits=32)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    m.name, m.sha256 = "tiny-32", "ab" * 32
+    v = clip(t=9)
+    for bits in (32, 24, 5):
+        data = codec.compress(m, v, entropy=entropy, bits=bits, segment_frames=9)
+        r = ct.Reader(io.BytesIO(data))
+        assert (r.header.model_bits, r.header.bits) == (32, bits)
+        seg = next(iter(r.segments()))
+        assert np.array_equal(codec.decode_payload(seg, bits), reference_codes(m, v, bits))
+        _, out = codec.decompress(data, model=m)
+        assert out.shape == v.shape
