@@ -66,6 +66,8 @@ COMMON = {"cpu-bf16": "true", "threads": "1", "clock": "cpu", "warmup": "50", "s
 VARIANTS: Dict[str, dict] = {
     "control": {"desc": "current recipe: lr 1e-3, 8×9×64² clips, 30% image batches, nested "
                         "2..14, L2+0.1·L1, entropy 0.01, EMA 0.999, β2 0.99", "args": {}},
+    "control-seed1": {"desc": "the control with seed 1 (run-to-run noise of this study)",
+                      "args": {"seed": "1"}},
     "lr2e-3": {"desc": "peak LR 2e-3", "args": {"lr": "2e-3"}},
     "batch4": {"desc": "batch 4 clips / 8 images (twice the steps)",
                "args": {"batch": "4", "image-batch": "8"}},
@@ -141,6 +143,17 @@ def _bits_of(codes: torch.Tensor, b: int) -> np.ndarray:
 
 
 @torch.no_grad()
+def decode_fps(model, clip, reps: int = 2) -> float:
+    """CPU decode speed (frames/s) of ``model`` on ``clip`` at full rate, after one warm-up."""
+    codes = model.encode(clip.video)
+    model.decode(codes)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        model.decode(codes)
+    return reps * clip.video.shape[2] / (time.perf_counter() - t0)
+
+
+@torch.no_grad()
 def measure(name: str, run: Path, clips, threads: int) -> dict:
     """Final measurements of one finished run (EMA weights)."""
     torch.set_num_threads(threads)
@@ -157,14 +170,7 @@ def measure(name: str, run: Path, clips, threads: int) -> dict:
         for b in rates:
             _, payload = encode_payload(_bits_of(codes, b), ct.ENTROPY_CONTEXT)
             coded[b] += 8 * len(payload)
-    # CPU decode speed on the first clip (full rate, after one warm-up)
-    codes = model.encode(clips[0].video)
-    model.decode(codes)
-    t0 = time.perf_counter()
-    reps = 2
-    for _ in range(reps):
-        model.decode(codes)
-    fps = reps * clips[0].video.shape[2] / (time.perf_counter() - t0)
+    fps = decode_fps(model, clips[0])
     with open(run / "log.csv", newline="") as f:
         log = list(csv.DictReader(f))
     steps = int(log[-1]["step"]) if log else model.step
@@ -274,6 +280,8 @@ def main() -> None:
     ap.add_argument("--report", default="benchmarks/results/recipes", help="PREFIX of .md/.png ('' = none)")
     ap.add_argument("--notes", default="", help="markdown appended to the report (a file path)")
     ap.add_argument("--report-only", action="store_true", help="no training: measure finished runs")
+    ap.add_argument("--refresh-fps", action="store_true",
+                    help="measure decode fps again for runs measured before (e.g. on a quiet machine)")
     a = ap.parse_args()
     names = [v for v in a.variants.split(",") if v] or list(VARIANTS)
     unknown = [v for v in names if v not in VARIANTS]
@@ -300,6 +308,11 @@ def main() -> None:
             continue
         stamp = (run / "checkpoint.pt").stat().st_mtime
         if n in old and old[n].get("stamp") == stamp:
+            if a.refresh_fps:
+                torch.set_num_threads(a.threads)
+                old[n]["decode_fps"] = decode_fps(load_run(run), clips[0])
+                print(f"[{n}] decode {old[n]['decode_fps']:.1f} fps", flush=True)
+                res_file.write_text(json.dumps(list(old.values()), indent=1))
             results.append(old[n])
             continue
         r = measure(n, run, clips, a.threads)

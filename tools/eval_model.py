@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--data", default="../shared/data/eval")
     ap.add_argument("--frames", type=int, default=97)
+    ap.add_argument("--max-short-side", type=int, default=0,
+                    help="area-downscale clips to this short side first (0 = native size)")
     ap.add_argument("--bits", type=int, nargs="+", default=[18, 14, 10, 6, 4, 2])
     ap.add_argument("--entropy", default="context", choices=["context", "none"])
     ap.add_argument("--threads", type=int, default=2)
@@ -43,7 +45,7 @@ def main() -> None:
     for p in sorted(Path(a.data).iterdir()):
         if p.suffix.lower() not in VIDEO_EXTS:
             continue
-        src = decode_video_rgb(p, max_short_side=100000, max_frames=a.frames)
+        src = decode_video_rgb(p, max_short_side=a.max_short_side or 100000, max_frames=a.frames)
         fps = probe(p).fps
         t, h, w, _ = src.shape
         for b in a.bits:
