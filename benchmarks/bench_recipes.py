@@ -217,7 +217,7 @@ def write_report(results: List[dict], prefix: Path, a) -> None:
         f"weights measured on the first 17 frames of those clips at short side {a.val_short_side} px "
         "(never `eval/`). PSNR-RGB over all pixels; MS-SSIM mean over frames; bpp = bits of the "
         "context-coded segment payload (the codec's entropy coder) per pixel; decode fps = "
-        f"`model.decode` at full rate on the first clip, {a.threads} threads. Command: "
+        f"`model.decode` at full rate on the first clip ({a.val_short_side}-px short side, 17 frames), {a.threads} thread(s), measured with nothing else running on that core. Command: "
         f"`python3 benchmarks/bench_recipes.py --cpu-minutes {a.cpu_minutes:g} --parallel {a.parallel}`.",
         "",
         "| variant | change | steps | steps/CPU-min | dec MAC/px | dec fps | PSNR@2 | PSNR@6 | PSNR@10 "
@@ -251,11 +251,14 @@ def write_report(results: List[dict], prefix: Path, a) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(8, 5))
-    for r in results:
+    colors = plt.cm.tab20.colors  # distinct colours for up to 20 variants
+    for i, r in enumerate(results):
         c = r["curve"]
         if c:
-            ax.plot([p[0] for p in c], [p[1] for p in c], "o-" if r["variant"] == "control" else ".-",
-                    label=r["variant"], lw=2.5 if r["variant"] == "control" else 1)
+            ctrl_run = r["variant"] == "control"
+            ax.plot([p[0] for p in c], [p[1] for p in c], "o-" if ctrl_run else ".-",
+                    label=r["variant"], lw=2.5 if ctrl_run else 1,
+                    color="black" if ctrl_run else colors[i % len(colors)])
     ax.set_xlabel("training CPU-minutes (1 thread)")
     ax.set_ylabel("validation PSNR-RGB at full rate (dB, EMA)")
     ax.set_title("Recipe study: validation PSNR vs compute")

@@ -41,14 +41,17 @@ from gpu_lease import (COMMAND_LIMIT_S, OUT_MAX_FILES, PIECE_BYTES, ROOT, ToolEr
 
 PROG = "gpu_train"
 # The GPU recipe: tools/train.py flags (--data, --out, --cache and --device are added on the
-# machine). Warm start from the shipped model, the v2 recipe's rate points and learning rate,
-# GPU-sized batches (4× the CPU recipe's clips, 2× the frames, 4× the crop area) in bf16
-# autocast, 8 loader processes of the machine's 16 cores, a checkpoint every 2 minutes.
+# machine). The best measured: the recipe that made mgv-default-v2 (warm start from it, its
+# rate points and learning rate) with Adam β2 0.95 (the recipe study's best optimiser setting,
+# benchmarks/results/recipes.md), GPU-sized batches (4× the CPU recipe's clips, 2× the frames,
+# 4× the crop area) in bf16 autocast, 8 loader processes of the machine's 16 cores, a
+# checkpoint every 2 minutes. (Growing to 32 bits, --arch '{"bits": 32}', lost quality in a
+# one-hour CPU run: not in the recipe until a longer run shows the new bits pay.)
 GPU_RECIPE = (
     "--model", "default", "--init", "mgv-default-v2",
     "--batch", "32", "--frames", "17", "--crop", "128",
     "--image-frac", "0.3", "--image-batch", "64", "--image-crop", "192",
-    "--lr", "5e-4", "--warmup", "200", "--lr-floor", "0.05",
+    "--lr", "5e-4", "--warmup", "200", "--lr-floor", "0.05", "--adam-beta2", "0.95",
     "--nested-bits", "2,4,6,10,14", "--nested-prob", "0.4",
     "--bf16", "true", "--workers", "8", "--threads", "4",
     "--short-side", "360", "--ckpt-minutes", "2", "--log-every", "25",
@@ -113,21 +116,20 @@ def check_recipe(args: List[str], clips: Optional[List[dict]] = None):
     """Check a recipe on the CPU before the lease: flags, warm-start config, the export's
     pieces against the files that come back and (given ``clips``) crop sizes against the
     staged clips → TrainConfig."""
-    from neuralcodec.configs import CONFIGS
+    from neuralcodec.errors import InputError
     from neuralcodec.model import Tokenizer, count_parameters
-    from neuralcodec.weights import load_model, load_weights_file
+    from neuralcodec.train.loop import init_weights
 
     for a in args:
         if a.split("=")[0] in MACHINE_ARGS:
             raise ToolError(f"{a} is set on the machine; leave it out of the recipe")
     tc = train_config(args)
-    if tc.model not in CONFIGS:
-        raise ToolError(f"unknown model config {tc.model!r} (known: {', '.join(sorted(CONFIGS))})")
-    cfg = CONFIGS[tc.model]
-    if tc.init:
-        start = load_weights_file(Path(tc.init)) if tc.init.endswith(".safetensors") else load_model(tc.init)
-        if start.cfg != cfg:
-            raise ToolError(f"--init {tc.init} has another config than --model {tc.model} (use --init '')")
+    try:
+        cfg = tc.tokenizer_config()
+        if tc.init:
+            init_weights(tc.init, cfg)  # same config, or fewer bits (grown on the machine)
+    except InputError as e:
+        raise ToolError(f"{e} (use --init '' for a fresh model)") from None
     if (tc.frames - 1) % cfg.temporal_factor:
         raise ToolError(f"--frames {tc.frames} is not 1 + {cfg.temporal_factor}k")
     if clips is not None and not any(c["frames"] >= tc.frames and min(c["width"], c["height"]) >= tc.crop
@@ -414,11 +416,7 @@ def remote_finish(a) -> int:
     """Wait for the training's end (or stop it at the deadline), export the EMA weights of
     the last checkpoint (fp16 safetensors, as tools/export.py) in pieces, with a manifest and
     the logs, into $OUT."""
-    import torch
-
-    from neuralcodec.configs import CONFIGS
-    from neuralcodec.model import Tokenizer
-    from neuralcodec.train.loop import TrainConfig, plot_log
+    from neuralcodec.train.loop import TrainConfig, load_run, plot_log
     from neuralcodec.weights import save_weights
 
     run, out = Path(a.run), out_dir(a.out)
@@ -439,9 +437,8 @@ def remote_finish(a) -> int:
     if not ckpt.exists():
         raise ToolError(f"no checkpoint in {train_dir}: nothing to export (see train.log)")
     tc = TrainConfig.from_dict(json.loads((train_dir / "train_config.json").read_text()))
-    st = torch.load(ckpt, map_location="cpu", weights_only=True)
-    model = Tokenizer(CONFIGS[tc.model])
-    model.load_state_dict(st["ema"])
+    model = load_run(train_dir)  # the EMA weights, in the run's architecture (--arch included)
+    st = {"step": model.step, "elapsed": model.elapsed}
     export = run / "export"
     export.mkdir(exist_ok=True)
     wfile = export / f"{state['name']}.safetensors"
@@ -451,6 +448,7 @@ def remote_finish(a) -> int:
     stage = read_json(run / "stage.json", "stage manifest")
     manifest = {
         "format": "neuralcodec-gpu-run-1", "name": state["name"], "config": tc.model,
+        "arch": tc.arch, "config_dict": model.cfg.to_dict(),
         "file": wfile.name, "size": wfile.stat().st_size, "sha256": sha, "pieces": pieces,
         "step": int(st["step"]), "train_minutes": float(st["elapsed"]) / 60,
         "wall_minutes": (time.time() - state["launched"]) / 60, "ended": how,
@@ -502,8 +500,9 @@ def do_import(a) -> int:
     with tempfile.TemporaryDirectory() as td:
         whole = join_pieces(src, man["pieces"], Path(td) / man["file"], man["sha256"], man["size"])
         model = weights.load_weights_file(whole, man["sha256"])
-        if model.cfg != CONFIGS.get(man["config"]):
-            raise ToolError(f"the weights' config is not config {man['config']!r} of the manifest")
+        want = man.get("config_dict")
+        if (model.cfg.to_dict() != want) if want is not None else (model.cfg != CONFIGS.get(man["config"])):
+            raise ToolError(f"the weights' config is not the manifest's ({man['config']!r} {man.get('arch', '')})")
         if name == man["name"]:  # its metadata already names it: keep the file as trained
             shutil.copyfile(whole, folder / file)
             sha = man["sha256"]
@@ -542,7 +541,7 @@ def model_card(name: str, man: dict, sha: str, size: int, params: int, src: Path
 |---|---|
 | name | `{name}` (imported {_now()} with `tools/gpu_train.py import`) |
 | weights | `{name}.safetensors`, float16, {size / 1e6:.1f} MB, sha256 `{sha}` (EMA weights{'' if sha == man['sha256'] else '; as transferred: `' + man['sha256'] + '`'}) |
-| config | `{man['config']}` in `neuralcodec/configs.py`, {params:,} parameters |
+| config | `{man['config']}` in `neuralcodec/configs.py`{(' with ' + man['arch']) if man.get('arch') else ''}, {params:,} parameters |
 | hardware | {man['hardware']}, {man['versions']}, device `{man['device']}` |
 | training | {man['step']:,} steps, {man['train_minutes']:.1f} min of training steps, {man['wall_minutes']:.1f} min from launch to export (setup and export included), finished {man['finished']}; ended: {man['ended']} |
 | recipe | `python3 tools/train.py {args}` (plus `--data`, `--out`, `--cache`, `--device` on the machine) |

@@ -272,7 +272,7 @@ def grow_bits(start: Tokenizer, bits: int) -> Tokenizer:
     return grown
 
 
-def _init_weights(spec: str, cfg: TokenizerConfig) -> Tokenizer:
+def init_weights(spec: str, cfg: TokenizerConfig) -> Tokenizer:
     """Weights to warm-start from: ``spec`` is a .safetensors path or a registered model name;
     its config must equal ``cfg``, or differ only in having fewer bits (then it is grown with
     :func:`grow_bits`); else InputError."""
@@ -355,7 +355,7 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
         if info.main:
             print(f"resumed at step {step}, {elapsed / 60:.1f} min", flush=True)
     elif tc.init:
-        start = _init_weights(tc.init, cfg)
+        start = init_weights(tc.init, cfg)
         model.load_state_dict(start.state_dict())
         ema.load_state_dict(start.state_dict())
         if info.main:
