@@ -303,7 +303,7 @@ def test_periodic_eval_and_plot(corpus, tmp_path):
              eval_frames=5, eval_short_side=32, eval_bits=(2,))
     train(tc)
     rows = (tmp_path / "ev" / "eval.csv").read_text().splitlines()
-    assert rows[0].startswith("step,bits,bpp,psnr") and [r.split(",")[1] for r in rows[1:]] == ["6", "2"]
+    assert rows[0].startswith("step,minutes,bits,bpp,psnr") and [r.split(",")[2] for r in rows[1:]] == ["6", "2"]
     try:
         import matplotlib  # noqa: F401
     except ImportError:

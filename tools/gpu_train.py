@@ -481,7 +481,7 @@ def do_import(a) -> int:
     """Reassemble the pieces, check the sha256s, load the weights with the package loader,
     write NAME.safetensors + registry entry + model card into the models folder."""
     from neuralcodec import weights
-    from neuralcodec.configs import CONFIGS
+    from neuralcodec.configs import CONFIGS, TokenizerConfig
     from neuralcodec.model import count_parameters
 
     src = Path(a.src)
@@ -501,7 +501,8 @@ def do_import(a) -> int:
         whole = join_pieces(src, man["pieces"], Path(td) / man["file"], man["sha256"], man["size"])
         model = weights.load_weights_file(whole, man["sha256"])
         want = man.get("config_dict")
-        if (model.cfg.to_dict() != want) if want is not None else (model.cfg != CONFIGS.get(man["config"])):
+        want = TokenizerConfig.from_dict(want) if want is not None else CONFIGS.get(man["config"])
+        if model.cfg != want:
             raise ToolError(f"the weights' config is not the manifest's ({man['config']!r} {man.get('arch', '')})")
         if name == man["name"]:  # its metadata already names it: keep the file as trained
             shutil.copyfile(whole, folder / file)
