@@ -17,7 +17,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -154,12 +154,7 @@ class TrainConfig:
             over = json.loads(self.arch)
             if not isinstance(over, dict):
                 raise ValueError("not a JSON object")
-            d = cfg.to_dict()
-            unknown = set(over) - set(d)
-            if unknown:
-                raise ValueError(f"unknown config fields {sorted(unknown)}")
-            d.update(over)
-            return TokenizerConfig.from_dict(d)
+            return TokenizerConfig.from_dict({**cfg.to_dict(), **over})  # unknown keys: ValueError
         except (ValueError, TypeError) as e:
             raise InputError(f"--arch {self.arch!r}: {e}") from None
 
@@ -252,12 +247,10 @@ def grow_bits(start: Tokenizer, bits: int) -> Tokenizer:
     the new ones, so decoding the first K bits (the rest dropped or not) is unchanged until
     training teaches the decoder to use the new bits (nested-rate training keeps the old ones
     meaningful)."""
-    import dataclasses
-
     k = start.cfg.bits
     if bits <= k:
         raise InputError(f"cannot grow a {k}-bit model to {bits} bits")
-    grown = Tokenizer(dataclasses.replace(start.cfg, bits=bits))
+    grown = Tokenizer(replace(start.cfg, bits=bits))
     old = start.state_dict()
     new = grown.state_dict()
     with torch.no_grad():
@@ -276,13 +269,11 @@ def init_weights(spec: str, cfg: TokenizerConfig) -> Tokenizer:
     """Weights to warm-start from: ``spec`` is a .safetensors path or a registered model name;
     its config must equal ``cfg``, or differ only in having fewer bits (then it is grown with
     :func:`grow_bits`); else InputError."""
-    import dataclasses
-
     from ..weights import load_model, load_weights_file
     start = load_weights_file(Path(spec)) if spec.endswith(".safetensors") else load_model(spec)
     if start.cfg == cfg:
         return start
-    if dataclasses.replace(start.cfg, bits=cfg.bits) == cfg and cfg.bits > start.cfg.bits:
+    if replace(start.cfg, bits=cfg.bits) == cfg and cfg.bits > start.cfg.bits:
         return grow_bits(start, cfg.bits)
     raise InputError(f"--init {spec}: its config differs from the run's model config")
 
@@ -402,8 +393,7 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
         if batches is not None:
             b = next(batches)
             return b["x"], (None if b["bits"] < 0 else int(b["bits"]))
-        image_only = tc.image_first > 0 and (
-            step / tc.steps if tc.steps > 0 else elapsed / (tc.minutes * 60)) < tc.image_first
+        image_only = budget_frac(step, elapsed) < tc.image_first
         if image_only or sampler.rng.random() < tc.image_frac:
             x = sampler.sample_images(tc.image_batch, tc.image_crop)
         else:
@@ -429,6 +419,10 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
     t_last = clock()
     last_ckpt = elapsed
 
+    def budget_frac(s: int, el: float) -> float:
+        """Fraction of the budget spent after ``s`` steps and ``el`` seconds of training."""
+        return s / tc.steps if tc.steps > 0 else el / (tc.minutes * 60)
+
     def done(s: int, el: float) -> bool:
         return s >= tc.steps if tc.steps > 0 else el >= tc.minutes * 60
 
@@ -446,7 +440,7 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
     model.train()
     try:
         while not done(step, elapsed) and (stop_at is None or step < stop_at):
-            frac = step / tc.steps if tc.steps > 0 else elapsed / (tc.minutes * 60)
+            frac = budget_frac(step, elapsed)
             lr = lr_at(tc, step, frac)
             for g in opt.param_groups:
                 g["lr"] = lr
