@@ -480,3 +480,27 @@ def test_export_uses_the_run_config(corpus, tmp_path, monkeypatch):
     m = load_weights_file(models / "grown-test.safetensors")
     assert m.cfg.bits == 7
     assert "grown-test" in (models / "registry.json").read_text()
+
+
+def test_partial_warm_start_keeps_matching_tensors(tmp_path):
+    """--init-partial: encoder and quantizer of a model come over under a wider decoder; the
+    decoder's changed tensors keep their random init; nothing matching is refused."""
+    from neuralcodec.train.loop import init_weights
+    from neuralcodec.weights import save_weights
+    torch.manual_seed(5)
+    start = Tokenizer(CONFIGS["tiny"])
+    path = tmp_path / "start.safetensors"
+    save_weights(start, path, "start")
+    wide = replace(CONFIGS["tiny"], dec_channels=(8, 12, 16))
+    with pytest.raises(InputError):
+        init_weights(str(path), wide)
+    got = init_weights(str(path), wide, partial=True)
+    src = start.state_dict()
+    enc = [k for k in src if k.startswith("encoder.")]
+    assert enc and all(torch.allclose(got.state_dict()[k], src[k].half().float()) for k in enc)
+    assert got.copied >= len(enc) and got.fresh > 0
+    changed = [k for k, v in got.state_dict().items() if k in src and v.shape != src[k].shape]
+    assert changed and all(k.startswith("decoder.") for k in changed)
+    other = replace(CONFIGS["tiny"], enc_channels=(4, 4, 4), dec_channels=(4, 4, 4), stem_patch=1)
+    with pytest.raises(InputError):
+        init_weights(str(path), replace(other, bits=2, norm_groups=2), partial=True)

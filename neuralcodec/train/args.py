@@ -49,6 +49,8 @@ def build_parser(**kw) -> argparse.ArgumentParser:
     ap.add_argument("--bf16", type=_bool, default=d.bf16, help="bf16 autocast on CUDA (true/false)")
     ap.add_argument("--cpu-bf16", type=_bool, default=d.cpu_bf16,
                     help="bf16 autocast on CPU too (true/false; fast with AVX512-BF16 or AMX)")
+    ap.add_argument("--init-partial", type=_bool, default=d.init_partial,
+                    help="with --init: copy only tensors whose name and shape match (true/false)")
     lw = LossWeights()
     for f in dataclasses.fields(LossWeights):
         ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f"loss_{f.name}", type=type(getattr(lw, f.name)),

@@ -130,6 +130,9 @@ class TrainConfig:
     # warm start: a registered model name or a .safetensors path whose weights start a fresh
     # run (model and EMA; the optimizer starts fresh); ignored when resuming ("" = random init)
     init: str = ""
+    # warm start takes only the tensors whose name and shape match the run's model (e.g. an
+    # old encoder and quantizer under a new decoder); the others keep their random init
+    init_partial: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -265,12 +268,23 @@ def grow_bits(start: Tokenizer, bits: int) -> Tokenizer:
     return grown
 
 
-def init_weights(spec: str, cfg: TokenizerConfig) -> Tokenizer:
+def init_weights(spec: str, cfg: TokenizerConfig, partial: bool = False) -> Tokenizer:
     """Weights to warm-start from: ``spec`` is a .safetensors path or a registered model name;
     its config must equal ``cfg``, or differ only in having fewer bits (then it is grown with
-    :func:`grow_bits`); else InputError."""
+    :func:`grow_bits`); else InputError. ``partial``: any config; a model of ``cfg`` (seeded
+    random init) receives every tensor of ``spec`` whose name and shape match, the rest stay
+    random (``copied`` / ``fresh`` attributes count the tensors)."""
     from ..weights import load_model, load_weights_file
     start = load_weights_file(Path(spec)) if spec.endswith(".safetensors") else load_model(spec)
+    if partial:
+        model = Tokenizer(cfg)
+        own, src = model.state_dict(), start.state_dict()
+        take = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+        if not take:
+            raise InputError(f"--init {spec}: no tensor matches the run's model")
+        model.load_state_dict(take, strict=False)
+        model.copied, model.fresh = len(take), len(own) - len(take)  # type: ignore[attr-defined]
+        return model
     if start.cfg == cfg:
         return start
     if replace(start.cfg, bits=cfg.bits) == cfg and cfg.bits > start.cfg.bits:
@@ -346,11 +360,13 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
         if info.main:
             print(f"resumed at step {step}, {elapsed / 60:.1f} min", flush=True)
     elif tc.init:
-        start = init_weights(tc.init, cfg)
+        start = init_weights(tc.init, cfg, tc.init_partial)
         model.load_state_dict(start.state_dict())
         ema.load_state_dict(start.state_dict())
         if info.main:
-            print(f"warm start from {tc.init} ({cfg.bits} bits)", flush=True)
+            part = (f", {start.copied} tensors copied, {start.fresh} fresh"  # type: ignore[attr-defined]
+                    if tc.init_partial else "")
+            print(f"warm start from {tc.init} ({cfg.bits} bits{part})", flush=True)
     model.to(dev)
     ema.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.9, tc.adam_beta2))
