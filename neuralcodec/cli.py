@@ -172,18 +172,23 @@ def main() -> None:
 @click.option("--bits", type=int, default=None, help="LFQ bits stored per token (1..K) [default: K]")
 @click.option("--entropy", type=click.Choice(["none", "context"]), default="context", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
+              metavar="P", help="auto, float32 or bfloat16 [default: auto = bfloat16 where the "
+                                "CPU/GPU computes it natively]")
 @click.option("--segment-frames", type=int, default=None,
               help="frames per independently decodable segment, 1 + 4k [default: about 2 s]")
 @click.option("-y", "--force", is_flag=True, help="overwrite the output")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 def encode(input: Path, output: Path, model_name: Optional[str], bits: Optional[int], entropy: str,
-           device: str, segment_frames: Optional[int], force: bool, quiet: bool) -> None:
+           device: str, precision: str, segment_frames: Optional[int], force: bool,
+           quiet: bool) -> None:
     """Encode a video file (anything FFmpeg reads) into an .mgv stream."""
-    _run(_encode, input, output, model_name, bits, entropy, device, segment_frames, force, quiet)
+    _run(_encode, input, output, model_name, bits, entropy, device, segment_frames, force, quiet,
+         precision)
 
 
 def _encode(input: Path, output: Path, model_name, bits, entropy, device, segment_frames,
-            force, quiet) -> None:
+            force, quiet, precision="auto") -> None:
     from . import codec, io, weights
 
     if _same_file(input, output):
@@ -197,7 +202,7 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
     except weights.WeightsError as e:
         from .errors import ModelError
         raise ModelError(str(e)) from None
-    model = model.to(dev)
+    model = codec.for_inference(model, dev, precision)
     codec.check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
     t0 = time.perf_counter()
     with atomic_output(output, force) as tmp, _progress(meta.frames, quiet, "encode") as bar:
@@ -223,18 +228,22 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
               help="decode frames A:B only (0-based, B excluded; audio is dropped)")
 @click.option("--recover", is_flag=True,
               help="accept damaged streams: conceal lost frames, report them, exit 0")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
+              metavar="P", help="auto, float32 or bfloat16 [default: auto = bfloat16 where the "
+                                "CPU computes it natively]")
 @click.option("-y", "--force", is_flag=True, help="overwrite the output")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def decode(input: Path, output: str, frames: Optional[str], recover: bool, force: bool,
-           quiet: bool) -> None:
+def decode(input: Path, output: str, frames: Optional[str], recover: bool, precision: str,
+           force: bool, quiet: bool) -> None:
     """Decode an .mgv stream into a video file chosen by the output's extension.
 
     Damaged or missing segments are concealed (the frame count stays exact) and reported on
     stderr, one line per damaged range; the exit code is then 2 unless --recover is given."""
-    _run(_decode, input, output, frames, force, quiet, recover)
+    _run(_decode, input, output, frames, force, quiet, recover, precision)
 
 
-def _decode(input: Path, output: str, frames_spec, force, quiet, recover=False) -> None:
+def _decode(input: Path, output: str, frames_spec, force, quiet, recover=False,
+            precision="auto") -> None:
     from . import codec, io
     from .errors import StreamError
 
@@ -253,7 +262,8 @@ def _decode(input: Path, output: str, frames_spec, force, quiet, recover=False) 
     t0 = time.perf_counter()
     sink = codec.AudioSink()
     with _open_input(input) as fo:
-        meta, it = codec.decompress_from_file(fo, frames=rng, on_damage=on_damage, audio=sink)
+        meta, it = codec.decompress_from_file(fo, frames=rng, on_damage=on_damage, audio=sink,
+                                              precision=precision)
         ctx = atomic_pattern(output, meta.frames, force) if kind == "png" else atomic_output(Path(output), force)
         with ctx as tmp, _progress(meta.frames, quiet, "decode") as bar:
             n = io.write_video(tmp, meta, it, kind=kind, progress=bar.update, audio=sink,

@@ -35,6 +35,7 @@ from . import container as ct
 from .errors import InputError, MGVError, ModelError, PayloadError, RecordError, StreamError, Truncated
 from .io import VideoMeta, frames_of, probe, read_frames
 from .layers import streaming
+from .model import PRECISIONS, for_inference
 
 CHUNK_FRAMES = 16  # most frames per encoder chunk after the first (rounded to the temporal factor)
 CHUNK_PIXELS = 16 * 640 * 360  # pixel budget of a chunk: large frames get shorter chunks
@@ -658,11 +659,15 @@ def _segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, u
 
 def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], Optional[int]]] = None,
                          model: ModelSource = None, progress: Progress = None,
-                         on_damage: OnDamage = None, audio: Optional[AudioSink] = None
-                         ) -> Tuple[VideoMeta, Iterator[np.ndarray]]:
+                         on_damage: OnDamage = None, audio: Optional[AudioSink] = None,
+                         precision: str = "auto") -> Tuple[VideoMeta, Iterator[np.ndarray]]:
     """Open a ``.mgv`` stream → (metadata of the decoded video, iterator of ``H×W×3`` uint8 RGB
     frames). The header is read and the model resolved (and checked) before this returns;
     frames are decoded lazily, segment by segment.
+
+    ``precision`` (:data:`~neuralcodec.model.PRECISIONS`): the floating type a model loaded
+    here by name runs in (default: bfloat16 where the CPU computes it natively); a model
+    given as an object runs as it is.
 
     ``frames=(a, b)`` decodes frames ``a..b-1`` only (either may be None), reading only the
     segments they need through the index when ``fo`` is seekable. ``model``: see
@@ -681,7 +686,11 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
     reader = ct.Reader(fo)
     header = reader.header
     a, b = _frame_range(header, frames)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     m = resolve_model(header, model).eval()
+    if model is None:
+        for_inference(m, "cpu", precision)
     meta = VideoMeta(header.width, header.height, header.fps, b - a, header.pix_fmt)
     first_seg = a // header.segment_frames
     last_seg = (b - 1) // header.segment_frames
