@@ -205,7 +205,8 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
     model = codec.for_inference(model, dev, precision)
     codec.check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
     t0 = time.perf_counter()
-    with atomic_output(output, force) as tmp, _progress(meta.frames, quiet, "encode") as bar:
+    total = meta.frames if meta.frames is not None else io.count_frames(input)
+    with atomic_output(output, force) as tmp, _progress(total, quiet, "encode") as bar:
         with open(tmp, "wb") as fo:
             res = codec.compress_to_file(model, input, fo, bits=bits, entropy=entropy,
                                          segment_frames=segment_frames, progress=bar.update)

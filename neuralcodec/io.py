@@ -130,6 +130,25 @@ def probe(path) -> VideoMeta:
         c.close()
 
 
+def count_frames(path) -> Optional[int]:
+    """Frames of the first video stream of ``path`` counted by demuxing its packets (no
+    decoding; fast) → count, or None where the file cannot be read that way. For inputs that
+    do not declare a frame count (raw ``.264``/``.265``, some ``.webm``), so that progress
+    shows a total."""
+    try:
+        c = _open(path)
+    except InputError:
+        return None
+    try:
+        s = c.streams.video[0]
+        n = sum(1 for p in c.demux(s) if p.size)
+        return n or None
+    except Exception:  # a damaged file: no total, the decode itself reports the error
+        return None
+    finally:
+        c.close()
+
+
 def read_frames(path, meta: Optional[VideoMeta] = None) -> Iterator[np.ndarray]:
     """Decode ``path`` → frames ``H×W×3`` uint8 RGB, one at a time, all at the size of
     ``meta`` (the probed size by default; frames of another size are rescaled)."""
