@@ -19,7 +19,7 @@ tested against.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,43 @@ def conv3d_fast(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
         y = F.conv2d(x.reshape(b, c, t, h * wd), _cl(w[:, :, :, :, 0]), conv.bias, stride=(st, 1))
         return y.reshape(b, y.shape[1], y.shape[2], h, wd)
     return conv(x)
+
+
+def temporal_conv(head: List[torch.Tensor], x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+    """A kt×1×1, stride-1 ``conv`` over the frames ``[*head, x]`` (``head``: the kt-1 frames
+    before ``x``, each ``B×C×H×W``; ``x`` ``B×C×T×H×W`` channels-last) → ``B×Cout×T×H×W``
+    channels-last, as kt matrix products accumulated in place (no concatenated copy of the
+    input: on a CPU the copies cost as much as the products)."""
+    kt = conv.kernel_size[0]
+    b, c, n, h, w = x.shape
+    cout = conv.out_channels
+    wt = conv.weight[:, :, :, 0, 0].permute(2, 1, 0)  # kt × Cin × Cout
+    y = torch.empty((b, cout, n, h, w), dtype=x.dtype, device=x.device,
+                    memory_format=torch.channels_last_3d)
+    for i in range(b):
+        xs = x[i].permute(1, 2, 3, 0).reshape(n, h * w, c)  # frames × pixels × C, a view
+        ys = y[i].permute(1, 2, 3, 0).reshape(n, h * w, cout)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(y[0, :, 0, 0, 0])
+        torch.addmm(bias, xs.reshape(-1, c), wt[kt - 1], out=ys.view(-1, cout))
+        for tap in range(kt - 1):  # output j reads frame j + tap of [head, x]
+            shift = kt - 1 - tap
+            if n > shift:
+                ys[shift:].view(-1, cout).addmm_(xs[:n - shift].reshape(-1, c), wt[tap])
+            for j in range(min(shift, n)):
+                ys[j].addmm_(head[j + tap][i].permute(1, 2, 0).reshape(h * w, c), wt[tap])
+    return y
+
+
+def cat_frames(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([a, b], dim=2)`` for ``B×C×T×H×W`` into a channels-last result (where each
+    frame is one contiguous block: two block copies; ``torch.cat`` takes a slow strided path
+    when a one-frame input's format is ambiguous)."""
+    ta = a.shape[2]
+    out = torch.empty(a.shape[:2] + (ta + b.shape[2],) + a.shape[3:], dtype=a.dtype,
+                      device=a.device, memory_format=torch.channels_last_3d)
+    out[:, :, :ta].copy_(a)
+    out[:, :, ta:].copy_(b)
+    return out
 
 
 def _cl(w: torch.Tensor) -> torch.Tensor:
@@ -115,7 +152,9 @@ class CausalConv3d(StreamingModule):
         kt, kh, kw = kernel
         self.kt, self.st = kt, stride[0]
         self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=(0, kh // 2, kw // 2))
-        self.buffer: Optional[torch.Tensor] = None
+        # the stream state: the kt-1 input frames before the next chunk (a tensor, or on the
+        # fast path a list of B×C×H×W frames)
+        self.buffer: Union[None, torch.Tensor, List[torch.Tensor]] = None
 
     def reset_stream(self) -> None:
         self.buffer = None
@@ -128,12 +167,26 @@ class CausalConv3d(StreamingModule):
             head = x[:, :, :1].expand(-1, -1, self.kt - 1, -1, -1)
         else:
             head = self.buffer
-        if head.shape[2] and fast_path():  # keep the concatenation channels-last
-            head = channels_last(head)
-        xin = torch.cat([head, x], dim=2) if head.shape[2] else x
+        if fast_path() and self.st == 1 and self.conv.kernel_size[1:] == (1, 1):
+            x = channels_last(x)
+            frames = ([head[:, :, j] for j in range(head.shape[2])] if torch.is_tensor(head)
+                      else list(head)) + [x[:, :, j] for j in range(x.shape[2])]
+            if self.streaming:  # the last kt-1 frames as views (a list), not a copy
+                self.buffer = frames[len(frames) - (self.kt - 1):]
+            return temporal_conv(frames[:self.kt - 1], x, self.conv)
+        if isinstance(head, list):  # left by the fast path (autograd switched on mid-stream)
+            head = torch.stack(head, dim=2)
+        if not head.shape[2]:
+            xin = x
+        elif fast_path():
+            xin = cat_frames(head, x)
+        else:
+            xin = torch.cat([head, x], dim=2)
         n_out = (xin.shape[2] - self.kt) // self.st + 1 if xin.shape[2] >= self.kt else 0
         if self.streaming:
-            self.buffer = xin[:, :, self.st * n_out:].detach()
+            tail = xin[:, :, self.st * n_out:].detach()
+            # a compact copy on the fast path: the view would keep all of xin alive
+            self.buffer = channels_last(tail) if fast_path() else tail
         if n_out == 0:
             raise ValueError("chunk too short for a causal strided convolution")
         xin = xin[:, :, : self.st * (n_out - 1) + self.kt]

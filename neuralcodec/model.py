@@ -65,6 +65,11 @@ class Encoder(nn.Module):
         return pointwise(self.out, F.silu(self.norm(h)))
 
 
+# Most output pixels (frames × H × W) the decoder's full-frame-rate stages process at once while
+# streaming: 1080p runs them one frame at a time, 360p up to 9 frames.
+TAIL_PIXELS = 1920 * 1088
+
+
 class Decoder(StreamingModule):
     """Codes ``B×K×(1+k)×h×w`` in {-1, 0, +1} (0 = dropped bit) → video
     ``B×3×(1+f·k)×h·s×w·s``, float (nominally [-1, 1], not clamped)."""
@@ -105,21 +110,48 @@ class Decoder(StreamingModule):
         cond = F.interpolate(codes, size=(codes.shape[2],) + tuple(size), mode="nearest")
         return channels_last(cond) if fast_path() else cond
 
+    def _level(self, j: int, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Decoder stage ``j`` (AdaGN with ``cond``, residual blocks, upsampling if any)."""
+        h = self.adanorms[j](h, cond)
+        h = self.levels[j](h)
+        return self.ups[j](h) if j < len(self.ups) else h
+
+    def _tail(self, h: torch.Tensor, codes: torch.Tensor, j0: int) -> torch.Tensor:
+        """Stages ``j0…`` and the output layer on ``h`` (already at the full frame rate) a
+        few frames at a time (:data:`TAIL_PIXELS`): these stages work per frame but for their
+        causal convolutions, whose stream state carries across the pieces, so the values are
+        those of one piece while activation memory shrinks with the piece."""
+        full = self._condition(codes, self.cfg.temporal_factor, codes.shape[3:])
+        s = self.cfg.spatial_factor
+        n = max(1, TAIL_PIXELS // (codes.shape[3] * codes.shape[4] * s * s))
+        outs = []
+        for t in range(0, h.shape[2], n):
+            x, c = h[:, :, t:t + n], full[:, :, t:t + n]
+            for j in range(j0, len(self.levels)):
+                x = self._level(j, x, channels_last(F.interpolate(
+                    c, size=(c.shape[2],) + tuple(x.shape[3:]), mode="nearest")))
+            outs.append(self.out(F.silu(self.norm(x), inplace=True)))
+        return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        if fast_path():
+        fast = fast_path()
+        if fast:
             codes = channels_last(codes)
         h = self.inp(codes)
         nl = len(self.levels)
         tf = 1
         for j in range(nl):
+            if (fast and self.streaming and j > 0 and tf == self.cfg.temporal_factor
+                    and h.shape[2] * codes.shape[3] * codes.shape[4] * self.cfg.spatial_factor ** 2
+                    > TAIL_PIXELS):
+                h = self._tail(h, codes, j)
+                break
             i = nl - 1 - j  # level index
-            h = self.adanorms[j](h, self._condition(codes, tf, h.shape[3:]))
-            h = self.levels[j](h)
-            if j < len(self.ups):
-                h = self.ups[j](h)
-                if self.cfg.temporal_down[i - 1]:
-                    tf *= 2
-        h = self.out(F.silu(self.norm(h)))
+            h = self._level(j, h, self._condition(codes, tf, h.shape[3:]))
+            if j < len(self.ups) and self.cfg.temporal_down[i - 1]:
+                tf *= 2
+        else:
+            h = self.out(F.silu(self.norm(h)))
         if self.streaming:
             self.started = True
         return depth_to_space(h, self.cfg.stem_patch)
