@@ -267,7 +267,9 @@ class AudioSink:
 
 
 # ---- input ----------------------------------------------------------------------------------
-def _source(video: VideoInput, fps: Optional[Fraction]) -> Tuple[VideoMeta, Iterator[np.ndarray]]:
+def open_video(video: VideoInput, fps: Optional[Fraction] = None) -> Tuple[VideoMeta, Iterator[np.ndarray]]:
+    """A video input (path, ``T×H×W×3`` uint8 array at ``fps`` (default 25), or ``(VideoMeta,
+    frames)``) → (metadata, iterator of ``H×W×3`` uint8 RGB frames) → :class:`InputError`."""
     if isinstance(video, (str, Path)):
         meta = probe(video)
         return meta, read_frames(video, meta)
@@ -356,7 +358,7 @@ def chunk_frames(pixels: int, tf: int) -> int:
     return max(tf, n // tf * tf)
 
 
-def _encode_segment(model, it: Iterator[np.ndarray], meta: VideoMeta, seg_frames: int,
+def encode_segment(model, it: Iterator[np.ndarray], meta: VideoMeta, seg_frames: int,
                     bits: int, progress: Progress) -> Tuple[int, Optional[np.ndarray]]:
     """Encode up to ``seg_frames`` frames from ``it`` with a fresh causal state →
     (frames read, bits ``b×t×h×w`` uint8) or (0, None) at the end of the input."""
@@ -405,6 +407,32 @@ def check_encode_args(model: torch.nn.Module, *, bits: Optional[int] = None,
                          f"got {segment_frames}")
 
 
+def stream_header(model: torch.nn.Module, meta: VideoMeta, *, bits: Optional[int] = None,
+                  entropy: str = "context", segment_frames: Optional[int] = None) -> ct.Header:
+    """The header :func:`compress_to_file` starts a stream of ``meta`` with (``frames`` is 1
+    when ``meta`` does not know the count; the writer corrects it at the end) →
+    :class:`InputError` when the input cannot be coded (size or rate out of range)."""
+    check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
+    name, prefix = model_identity(model)
+    cfg = model.cfg
+    tf = cfg.temporal_factor
+    seg = segment_frames or default_segment_frames(meta.fps, tf)
+    pix = meta.pix_fmt if ct._PIXFMT_RE.match(meta.pix_fmt.encode("ascii", "replace")) else "rgb24"
+    if meta.frames is not None and meta.frames > ct.MAX_FRAMES:
+        raise InputError(f"{meta.frames} frames exceed the cap of {ct.MAX_FRAMES}")
+    try:
+        header = ct.Header(width=meta.width, height=meta.height, frames=max(1, meta.frames or 1),
+                           fps_num=meta.fps.numerator, fps_den=meta.fps.denominator,
+                           model_bits=cfg.bits, bits=cfg.bits if bits is None else bits,
+                           temporal_factor=tf, spatial_factor=cfg.spatial_factor,
+                           entropy=ENTROPY_MODES[entropy], segment_frames=seg,
+                           model_sha256=prefix, pix_fmt=pix[:32], model_name=name)
+        header.check()
+    except MGVError as e:
+        raise InputError(f"cannot encode this input: {e}") from None
+    return header
+
+
 def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
                      bits: Optional[int] = None, entropy: str = "context",
                      segment_frames: Optional[int] = None, progress: Progress = None,
@@ -421,26 +449,9 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
     Raises :class:`MGVError` subclasses for bad input.
     """
     check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
-    name, prefix = model_identity(model)
-    cfg = model.cfg
-    k = cfg.bits
-    bits = k if bits is None else bits
-    meta, it = _source(video, fps)
-    tf = cfg.temporal_factor
-    seg = segment_frames or default_segment_frames(meta.fps, tf)
-    pix = meta.pix_fmt if ct._PIXFMT_RE.match(meta.pix_fmt.encode("ascii", "replace")) else "rgb24"
-    if meta.frames is not None and meta.frames > ct.MAX_FRAMES:
-        raise InputError(f"{meta.frames} frames exceed the cap of {ct.MAX_FRAMES}")
-    try:
-        header = ct.Header(width=meta.width, height=meta.height, frames=max(1, meta.frames or 1),
-                           fps_num=meta.fps.numerator, fps_den=meta.fps.denominator,
-                           model_bits=k, bits=bits, temporal_factor=tf,
-                           spatial_factor=cfg.spatial_factor, entropy=ENTROPY_MODES[entropy],
-                           segment_frames=seg, model_sha256=prefix, pix_fmt=pix[:32],
-                           model_name=name)
-        header.check()
-    except MGVError as e:
-        raise InputError(f"cannot encode this input: {e}") from None
+    meta, it = open_video(video, fps)
+    header = stream_header(model, meta, bits=bits, entropy=entropy, segment_frames=segment_frames)
+    bits, seg = header.bits, header.segment_frames
     asrc = AudioSource(video) if audio and isinstance(video, (str, Path)) else None
     try:
         return _compress(model, it, meta, header, seg, bits, fo, progress, asrc)
@@ -459,7 +470,7 @@ def _compress(model, it, meta, header, seg, bits, fo, progress, asrc) -> EncodeR
     index = 0
     model.eval()
     while True:
-        n, seg_bits = _encode_segment(model, it, meta, seg, bits, progress)
+        n, seg_bits = encode_segment(model, it, meta, seg, bits, progress)
         if n == 0:
             break
         if total + n > ct.MAX_FRAMES:
@@ -509,14 +520,16 @@ def _frame_range(header: ct.Header, frames) -> Tuple[int, int]:
     return a, b
 
 
-def _decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray, a: int, b: int,
-                    progress: Progress) -> Iterator[np.ndarray]:
-    """Frames ``a..b-1`` (absolute numbers) of ``seg`` (its bits ``b×t×h×w`` uint8, from
-    :func:`decode_payload`) as ``H×W×3`` uint8."""
+def decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray, a: int, b: int,
+                   progress: Progress = None) -> Iterator[np.ndarray]:
+    """Frames ``a..b-1`` (absolute numbers) of ``seg`` (its bits ``b×t×h×w`` uint8 {0,1}, from
+    :func:`decode_payload`; b may be below ``header.bits``, the rest read as 0) as ``H×W×3``
+    uint8. Only ``seg``'s first frame, frame count and latent_t are used (its data is not)."""
     device = _model_device(model)
     k = header.model_bits
+    nb = bits.shape[0]
     codes = torch.zeros((1, k) + bits.shape[1:], dtype=torch.float32)
-    codes[0, :header.bits] = torch.from_numpy(bits).float() * 2 - 1
+    codes[0, :nb] = torch.from_numpy(bits).float() * 2 - 1
     frame = seg.first_frame
     stop = min(b, seg.first_frame + seg.frames)
     step = max(1, min(CHUNK_LATENTS, chunk_frames(header.width * header.height,
@@ -525,7 +538,7 @@ def _decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray,
         t = 0
         while t < seg.latent_t and frame < stop:
             n = 1 if t == 0 else step
-            x = model.decode(codes[:, :, t:t + n].to(device), bits=header.bits)
+            x = model.decode(codes[:, :, t:t + n].to(device), bits=nb)
             t += n
             out = tensor_to_frames(x[:, :, :, :header.height, :header.width])
             for f in out:
@@ -724,7 +737,7 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
                 continue
             flush()
             run = None
-            for f in _decode_segment(m, header, seg, bits, a, b, progress):
+            for f in decode_segment(m, header, seg, bits, a, b, progress):
                 last_frame = f
                 yield f
         flush()
