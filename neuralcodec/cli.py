@@ -174,20 +174,32 @@ def main() -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--segment-frames", type=int, default=None,
               help="frames per independently decodable segment, 1 + 4k [default: about 2 s]")
+@click.option("--bitrate", default=None,
+              help="target rate of the video, bits/s (50k, 1.5M): each segment stores the most "
+                   "bits per token (up to --bits) that keep the stream within it")
+@click.option("--bpp", type=float, default=None, help="target rate in bits per pixel (like --bitrate)")
 @click.option("-y", "--force", is_flag=True, help="overwrite the output")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 def encode(input: Path, output: Path, model_name: Optional[str], bits: Optional[int], entropy: str,
-           device: str, segment_frames: Optional[int], force: bool, quiet: bool) -> None:
+           device: str, segment_frames: Optional[int], bitrate: Optional[str], bpp: Optional[float],
+           force: bool, quiet: bool) -> None:
     """Encode a video file (anything FFmpeg reads) into an .mgv stream.
 
     INPUT "-" reads the video from stdin (y4m, nut, mkv: anything FFmpeg reads from a pipe;
     its audio is not carried)."""
-    _run(_encode, input, output, model_name, bits, entropy, device, segment_frames, force, quiet)
+    _run(_encode, input, output, model_name, bits, entropy, device, segment_frames, force, quiet,
+         bitrate, bpp)
 
 
 def _encode(input: Path, output: Path, model_name, bits, entropy, device, segment_frames,
-            force, quiet) -> None:
+            force, quiet, bitrate=None, bpp=None) -> None:
     from . import codec, io, weights
+
+    rate = codec.parse_rate(bitrate) if bitrate is not None else None
+    if rate is not None and bpp is not None:
+        raise InputError("give --bitrate or --bpp, not both")
+    if bpp is not None and not 0 < bpp < float("inf"):
+        raise InputError(f"--bpp must be positive, got {bpp}")
 
     if str(output) == "-":
         raise OutputError("encode writes a file (the frame count is patched into its header)")
@@ -213,7 +225,8 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
     with atomic_output(output, force) as tmp, _progress(meta.frames, quiet, "encode") as bar:
         with open(tmp, "wb") as fo:
             res = codec.compress_to_file(model, video, fo, bits=bits, entropy=entropy,
-                                         segment_frames=segment_frames, progress=bar.update)
+                                         segment_frames=segment_frames, progress=bar.update,
+                                         bitrate=rate, bpp=bpp)
             fo.flush()
             os.fsync(fo.fileno())
     dt = time.perf_counter() - t0
@@ -223,6 +236,12 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
                f"{8 * res.bytes_written / 1000 / float(h.frames / h.fps):.1f} kbps, "
                f"{h.bits}/{h.model_bits} bits, {res.context_segments}/{res.segments} segments "
                f"entropy coded, {dt:.2f} s ({h.frames / dt:.2f} fps)")
+    if rate is not None or bpp is not None:
+        bits_used = res.segment_bits
+        click.echo(f"rate control: video {res.video_kbps:.1f} kbps, bits per token per segment "
+                   f"{min(bits_used)}..{max(bits_used)} (mean {sum(bits_used) / len(bits_used):.2f})")
+        if res.rate_note:
+            _warn(res.rate_note)
 
 
 OUTPUT_HELP = ("output video: .mkv (FFV1), .mp4 (H.264), .y4m, .nut (raw), a %05d.png pattern, "

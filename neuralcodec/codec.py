@@ -51,10 +51,18 @@ ModelSource = Union[torch.nn.Module, Callable[[str], torch.nn.Module], None]
 class EncodeResult:
     """Summary of one :func:`compress_to_file` call."""
 
-    header: ct.Header
-    bytes_written: int
-    segments: int
+    header: ct.Header  # the final header (frame count corrected)
+    bytes_written: int  # size of the stream
+    segments: int  # number of segments
     context_segments: int  # segments whose payload is entropy coded
+    segment_bits: Tuple[int, ...] = ()  # bits per token of each segment
+    video_bytes: int = 0  # stream bytes without AUDIO records (what a target rate counts)
+    rate_note: Optional[str] = None  # why a target rate was missed by more than 10 %, if it was
+
+    @property
+    def video_kbps(self) -> float:
+        """Rate of the stream without its audio, in kbit/s."""
+        return 8 * self.video_bytes / 1000 / float(self.header.frames / self.header.fps)
 
     @property
     def bpp(self) -> float:
@@ -433,10 +441,59 @@ def stream_header(model: torch.nn.Module, meta: VideoMeta, *, bits: Optional[int
     return header
 
 
+# ---- rate control -----------------------------------------------------------------------------
+RATE_TOLERANCE = 0.10  # a target rate missed by more than this fraction is reported
+SEGMENT_OVERHEAD = (ct.RECORD_HEAD.size + ct.CRC.size + ct.SEGMENT_HEAD.size
+                    + ct.INDEX_ENTRY.size)  # bytes a segment costs besides its data (52)
+STREAM_TAIL = ct.RECORD_HEAD.size + 4 + ct.CRC.size + ct.END_RECORD_SIZE  # INDEX head + END
+
+
+def rate_payload(bits: np.ndarray, entropy: int, budget: float) -> Tuple[int, int, bytes]:
+    """The most bits per token whose coded payload fits ``budget`` bytes → (b, entropy mode,
+    payload) for segment bits ``K×t×h×w`` uint8 {0,1} (the first b planes are coded; the
+    nested code decodes them alone). b = 1 when nothing fits. Sizes grow with b, so b is found
+    by bisection: about log2(K) codings of the payload, no model run."""
+    k = bits.shape[0]
+    coded: Dict[int, Tuple[int, bytes]] = {}
+
+    def size(b: int) -> int:
+        if b not in coded:
+            coded[b] = encode_payload(np.ascontiguousarray(bits[:b]), entropy)
+        return len(coded[b][1])
+
+    if size(k) <= budget:
+        lo = k
+    elif k == 1 or size(1) > budget:
+        lo = 1
+    else:
+        lo, hi = 1, k  # size(lo) fits, size(hi) does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if size(mid) <= budget:
+                lo = mid
+            else:
+                hi = mid
+    return (lo,) + coded[lo]
+
+
+def parse_rate(spec: str) -> float:
+    """"50k" / "1.5M" / "64000" (bits per second; k = 1000) → float → :class:`InputError`."""
+    s = spec.strip()
+    mult = {"k": 1e3, "m": 1e6, "g": 1e9}.get(s[-1:].lower(), 1.0)
+    try:
+        v = float(s[:-1] if mult != 1.0 else s) * mult
+    except ValueError:
+        raise InputError(f"bitrate {spec!r}: expected a number with an optional k or M suffix") from None
+    if not 0 < v < float("inf"):
+        raise InputError(f"bitrate {spec!r} must be positive")
+    return v
+
+
 def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
                      bits: Optional[int] = None, entropy: str = "context",
                      segment_frames: Optional[int] = None, progress: Progress = None,
-                     fps: Optional[Fraction] = None, audio: bool = True) -> EncodeResult:
+                     fps: Optional[Fraction] = None, audio: bool = True,
+                     bitrate: Optional[float] = None, bpp: Optional[float] = None) -> EncodeResult:
     """Encode ``video`` with ``model`` into the binary file object ``fo``.
 
     ``video``: a path PyAV can open, a ``T×H×W×3`` uint8 RGB array (rate ``fps``, default 25)
@@ -446,28 +503,43 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
     encoded. The frame count is patched into the header at the end when the input did not
     declare it (needs a seekable ``fo``). ``audio``: carry the audio tracks of a file input
     through unchanged (AUDIO records interleaved with the segments by time, spec §8a).
+
+    Rate control: ``bitrate`` (bits per second) or ``bpp`` (bits per pixel) is a target for
+    the stream without its audio. Each segment then stores the most bits per token (up to
+    ``bits``) whose payload keeps the stream so far within the target (the bits are recorded
+    per segment: a version 1.2 stream, spec §5); :attr:`EncodeResult.rate_note` says when the
+    result misses the target by more than :data:`RATE_TOLERANCE`.
     Raises :class:`MGVError` subclasses for bad input.
     """
     check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
+    if bitrate is not None and bpp is not None:
+        raise InputError("give a target bitrate or bpp, not both")
+    for name, v in (("bitrate", bitrate), ("bpp", bpp)):
+        if v is not None and not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+            raise InputError(f"{name} must be a positive number, got {v!r}")
     meta, it = open_video(video, fps)
     header = stream_header(model, meta, bits=bits, entropy=entropy, segment_frames=segment_frames)
     bits, seg = header.bits, header.segment_frames
+    if bpp is not None:
+        bitrate = bpp * meta.width * meta.height * float(meta.fps)
     asrc = AudioSource(video) if audio and isinstance(video, (str, Path)) else None
     try:
-        return _compress(model, it, meta, header, seg, bits, fo, progress, asrc)
+        return _compress(model, it, meta, header, seg, bits, fo, progress, asrc, bitrate)
     finally:
         if asrc is not None:
             asrc.close()
 
 
-def _compress(model, it, meta, header, seg, bits, fo, progress, asrc) -> EncodeResult:
-    writer = ct.Writer(fo, header)
+def _compress(model, it, meta, header, seg, bits, fo, progress, asrc, bitrate=None) -> EncodeResult:
+    writer = ct.Writer(fo, header, segment_bits=bitrate is not None)
+    video_bytes = writer.pos + STREAM_TAIL  # header, INDEX head and END; segments add theirs
     for tr in (asrc.tracks() if asrc is not None else ()):
         writer.write_record(ct.REC_AUDIO, tr.to_payload(), critical=False)
     h, w = header.latent_hw
     total = 0
     n_ctx = 0
     index = 0
+    chosen: List[int] = []
     model.eval()
     while True:
         n, seg_bits = encode_segment(model, it, meta, seg, bits, progress)
@@ -477,9 +549,15 @@ def _compress(model, it, meta, header, seg, bits, fo, progress, asrc) -> EncodeR
             raise InputError(f"input has more than {ct.MAX_FRAMES} frames")
         if seg_bits.shape[1:] != (header.latent_frames(n), h, w):
             raise MGVError(f"internal: latent shape {seg_bits.shape} for {n} frames")
-        mode, data = encode_payload(seg_bits, header.entropy)
+        if bitrate is None:
+            b, (mode, data) = 0, encode_payload(seg_bits, header.entropy)
+        else:  # the stream through this segment may use the target's bytes for its duration
+            budget = bitrate / 8 * float((total + n) / meta.fps) - video_bytes - SEGMENT_OVERHEAD
+            b, mode, data = rate_payload(seg_bits, header.entropy, budget)
         n_ctx += mode == ct.ENTROPY_CONTEXT
-        writer.write_segment(ct.Segment(index, total, n, seg_bits.shape[1], h, w, mode, data))
+        writer.write_segment(ct.Segment(index, total, n, seg_bits.shape[1], h, w, mode, data, b))
+        video_bytes += SEGMENT_OVERHEAD + len(data)
+        chosen.append(b or bits)
         total += n
         index += 1
         if asrc is not None:  # the audio of the same time span follows its segment
@@ -498,7 +576,16 @@ def _compress(model, it, meta, header, seg, bits, fo, progress, asrc) -> EncodeR
             raise InputError("the input did not declare its frame count and the output is not "
                              "seekable") from None
     writer.close()
-    return EncodeResult(header, writer.pos, index, n_ctx)
+    note = None
+    if bitrate is not None:
+        got = 8 * video_bytes / float(total / meta.fps)
+        if got > bitrate * (1 + RATE_TOLERANCE):
+            note = (f"target {bitrate / 1000:g} kbps cannot be reached: 1 bit per token gives "
+                    f"{got / 1000:.1f} kbps here (shorter segments or a smaller frame would)")
+        elif got < bitrate * (1 - RATE_TOLERANCE) and min(chosen) == bits:
+            note = (f"target {bitrate / 1000:g} kbps is above this video's rate at {bits} bits per "
+                    f"token ({got / 1000:.1f} kbps)")
+    return EncodeResult(header, writer.pos, index, n_ctx, tuple(chosen), video_bytes, note)
 
 
 def compress(model: torch.nn.Module, video: VideoInput, **kw) -> bytes:
@@ -716,7 +803,7 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
             bits = None
             if seg is not None:
                 try:
-                    bits = decode_payload(seg, header.bits)
+                    bits = decode_payload(seg, seg.stored_bits(header))
                 except PayloadError as e:
                     if on_damage is None:
                         raise
@@ -776,7 +863,8 @@ def stream_info(fo: BinaryIO) -> dict:
             continue
         run = None
         rows.append({"index": seg.index, "first_frame": seg.first_frame, "frames": seg.frames,
-                     "latent_shape": [h.bits, seg.latent_t, seg.latent_h, seg.latent_w],
+                     "bits": seg.stored_bits(h),
+                     "latent_shape": [seg.stored_bits(h), seg.latent_t, seg.latent_h, seg.latent_w],
                      "entropy": ct.ENTROPY_NAMES[seg.entropy], "bytes": len(seg.data),
                      "bpp": 8 * len(seg.data) / (seg.frames * h.width * h.height), "damaged": False})
     for r in rows:

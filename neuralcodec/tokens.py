@@ -231,7 +231,7 @@ def tokens_from_stream(fo: BinaryIO, bits: Optional[int] = None) -> Tokens:
         raise InputError(f"bits must be in 1..{header.bits} for this stream, got {bits}")
     segs, nbits = [], []
     for seg in reader.segments():
-        b = header.bits
+        b = seg.stored_bits(header)
         arr = codec.decode_payload(seg, b)
         if bits is not None and bits < b:
             arr, b = arr[:bits], bits
