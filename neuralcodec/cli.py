@@ -208,6 +208,8 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
     if output.exists() and not force:
         raise OutputError(f"{output} exists (use -y to overwrite)")
     if str(input) == "-":
+        if sys.stdin is not None and sys.stdin.isatty():
+            raise InputError("stdin is a terminal: pipe a video into it (e.g. from ffmpeg -f yuv4mpegpipe -)")
         meta, frames = io.open_pipe(click.get_binary_stream("stdin"))
         video = (meta, frames)
     else:
@@ -507,14 +509,14 @@ def _print_info(input: Path, d: dict, rows) -> None:
     if "file_bytes" in d:
         lines.append(f"  {'size':<16} {d['file_bytes']} bytes, {d['bpp']:.4f} bpp, {d['kbps']:.1f} kbps")
     lines.append(f"  segments: {len(d['segments'])}")
-    lines.append(f"    {'#':>5} {'first':>8} {'frames':>6} {'entropy':>8} {'bytes':>10} {'bpp':>8}")
+    lines.append(f"    {'#':>5} {'first':>8} {'frames':>6} {'bits':>4} {'entropy':>8} {'bytes':>10} {'bpp':>8}")
     for s in d["segments"]:
         if s["damaged"]:
             last = f"-{s['last_index']}" if s["last_index"] != s["index"] else ""
             lines.append(f"    {str(s['index']) + last:>5} {s['first_frame']:>8} {s['frames']:>6} "
                          f"DAMAGED: {s['error']}")
             continue
-        lines.append(f"    {s['index']:>5} {s['first_frame']:>8} {s['frames']:>6} {s['entropy']:>8} "
+        lines.append(f"    {s['index']:>5} {s['first_frame']:>8} {s['frames']:>6} {s['bits']:>4} {s['entropy']:>8} "
                      f"{s['bytes']:>10} {s['bpp']:>8.4f}")
     for a in d["audio"]:
         lines.append(f"  audio track {a['track']}: {a['codec']} {a['sample_rate']} Hz "
