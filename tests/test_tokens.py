@@ -295,3 +295,21 @@ def test_ffmpeg_pipeline(tiny_file, tmp_path):
                          cwd=tmp_path, input=r.stdout, capture_output=True)
     assert out.returncode == 0, out.stderr
     assert sum(1 for _ in vio.read_frames(tmp_path / "out.mkv")) == 6
+
+
+def test_32_bit_tokens_are_int64(tmp_path):
+    import hashlib
+    h = ct.Header(width=16, height=8, frames=5, fps_num=25, fps_den=1, model_bits=32, bits=32,
+                  temporal_factor=4, spatial_factor=8, entropy=0, segment_frames=5,
+                  model_sha256=hashlib.sha256(b"").digest()[:16], pix_fmt="rgb24", model_name="m32")
+    seg = np.array([[[0, (1 << 32) - 1]], [[1 << 31, 12345]]], dtype=np.int64)  # t=2, h=1, w=2
+    tok = tk.Tokens(h, (seg,), (32,))
+    bits = tok.segment_bits(0)
+    assert bits.shape == (32, 2, 1, 2) and bits[:, 0, 0, 1].sum() == 32 and bits[31, 1, 0, 0] == 1
+    assert np.array_equal(tk.bits_to_tokens(bits), seg)
+    tok.save(tmp_path / "t.safetensors", split=(16, 16))
+    a = load_file(str(tmp_path / "t.safetensors"))
+    assert a["tokens.0"].dtype == np.int64 and np.array_equal(a["tokens.0"], seg)
+    assert a["subtokens.0.1"][0, 0, 1] == 0xFFFF and a["subtokens.0.1"][1, 0, 0] == 1 << 15
+    back = tk.Tokens.load(tmp_path / "t.safetensors")
+    assert np.array_equal(back.segments[0], seg) and back.header.model_name == "m32"
