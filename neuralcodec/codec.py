@@ -607,16 +607,14 @@ def _frame_range(header: ct.Header, frames) -> Tuple[int, int]:
     return a, b
 
 
-def decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray, a: int, b: int,
-                   progress: Progress = None) -> Iterator[np.ndarray]:
-    """Frames ``a..b-1`` (absolute numbers) of ``seg`` (its bits ``b×t×h×w`` uint8 {0,1}, from
-    :func:`decode_payload`; b may be below ``header.bits``, the rest read as 0) as ``H×W×3``
-    uint8. Only ``seg``'s first frame, frame count and latent_t are used (its data is not)."""
+def _decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray, a: int, b: int,
+                    progress: Progress) -> Iterator[np.ndarray]:
+    """Frames ``a..b-1`` (absolute numbers) of ``seg`` (its bits ``b×t×h×w`` uint8, from
+    :func:`decode_payload`) as ``H×W×3`` uint8."""
     device = _model_device(model)
     k = header.model_bits
-    nb = bits.shape[0]
     codes = torch.zeros((1, k) + bits.shape[1:], dtype=torch.float32)
-    codes[0, :nb] = torch.from_numpy(bits).float() * 2 - 1
+    codes[0, :seg.stored_bits(header)] = torch.from_numpy(bits).float() * 2 - 1
     frame = seg.first_frame
     stop = min(b, seg.first_frame + seg.frames)
     step = max(1, min(CHUNK_LATENTS, chunk_frames(header.width * header.height,
@@ -625,7 +623,7 @@ def decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray, 
         t = 0
         while t < seg.latent_t and frame < stop:
             n = 1 if t == 0 else step
-            x = model.decode(codes[:, :, t:t + n].to(device), bits=nb)
+            x = model.decode(codes[:, :, t:t + n].to(device), bits=seg.stored_bits(header))
             t += n
             out = tensor_to_frames(x[:, :, :, :header.height, :header.width])
             for f in out:
@@ -636,6 +634,19 @@ def decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray, 
                         progress(1)
                     yield f
                 frame += 1
+
+
+def decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray,
+                   progress: Progress = None) -> Iterator[np.ndarray]:
+    """The frames of segment ``seg`` (``seg.frames`` of them, ``H×W×3`` uint8 RGB) decoded from
+    its bits ``b×t×h×w`` uint8 {0, 1} with b = ``seg.stored_bits(header)`` (the bits of
+    :func:`decode_payload`, or tokens from elsewhere; bits b..K−1 read as 0). Only the
+    segment's geometry and bit count are used, not its data. ``model``: already resolved."""
+    if bits.shape != (seg.stored_bits(header), seg.latent_t, seg.latent_h, seg.latent_w):
+        raise InputError(f"segment {seg.index}: bits of shape {bits.shape}, expected "
+                         f"{(seg.stored_bits(header), seg.latent_t, seg.latent_h, seg.latent_w)}")
+    return _decode_segment(model, header, seg, bits, seg.first_frame, seg.first_frame + seg.frames,
+                           progress)
 
 
 # ---- damage ---------------------------------------------------------------------------------
@@ -824,7 +835,7 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
                 continue
             flush()
             run = None
-            for f in decode_segment(m, header, seg, bits, a, b, progress):
+            for f in _decode_segment(m, header, seg, bits, a, b, progress):
                 last_frame = f
                 yield f
         flush()

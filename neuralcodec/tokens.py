@@ -281,9 +281,8 @@ def detokenize_frames(model, tokens: Tokens, progress: codec.Progress = None
     def gen() -> Iterator[np.ndarray]:
         for i, tok in enumerate(tokens.segments):
             first, n = header.segment_bounds(i)
-            seg = ct.Segment(i, first, n, tok.shape[0], h, w, ct.ENTROPY_NONE, b"")
-            yield from codec.decode_segment(m, header, seg, tokens.segment_bits(i), first,
-                                            first + n, progress)
+            seg = ct.Segment(i, first, n, tok.shape[0], h, w, ct.ENTROPY_NONE, b"", tokens.bits[i])
+            yield from codec.decode_segment(m, header, seg, tokens.segment_bits(i), progress)
 
     return tokens.meta, gen()
 
