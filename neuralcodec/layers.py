@@ -48,15 +48,15 @@ def conv3d_fast(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     kt, kh, kw = conv.kernel_size
     st, sh, sw = conv.stride
     pt, ph, pw = conv.padding
-    w = conv.weight
     x = channels_last(x)  # a no-op on the path's own tensors; a copy where an op lost the format
     b, c, t, h, wd = x.shape
     if kt == 1 and st == 1 and pt == 0:
-        y = F.conv2d(x.transpose(1, 2).reshape(b * t, c, h, wd), _cl(w[:, :, 0]), conv.bias,
-                     stride=(sh, sw), padding=(ph, pw))
+        y = F.conv2d(x.transpose(1, 2).reshape(b * t, c, h, wd), _fast_weight(conv, "spatial"),
+                     conv.bias, stride=(sh, sw), padding=(ph, pw))
         return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
     if kh == kw == 1 and sh == sw == 1 and ph == pw == 0 and pt == 0:
-        y = F.conv2d(x.reshape(b, c, t, h * wd), _cl(w[:, :, :, :, 0]), conv.bias, stride=(st, 1))
+        y = F.conv2d(x.reshape(b, c, t, h * wd), _fast_weight(conv, "temporal"), conv.bias,
+                     stride=(st, 1))
         return y.reshape(b, y.shape[1], y.shape[2], h, wd)
     return conv(x)
 
@@ -69,7 +69,7 @@ def temporal_conv(head: List[torch.Tensor], x: torch.Tensor, conv: nn.Conv3d) ->
     kt = conv.kernel_size[0]
     b, c, n, h, w = x.shape
     cout = conv.out_channels
-    wt = conv.weight[:, :, :, 0, 0].permute(2, 1, 0)  # kt × Cin × Cout
+    wt = _fast_weight(conv, "taps")  # kt × Cin × Cout
     y = torch.empty((b, cout, n, h, w), dtype=x.dtype, device=x.device,
                     memory_format=torch.channels_last_3d)
     for i in range(b):
@@ -98,10 +98,26 @@ def cat_frames(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _cl(w: torch.Tensor) -> torch.Tensor:
-    # A channels-last weight makes the convolution choose its channels-last kernel even where
-    # the input's size-1 dimensions leave its format ambiguous (one frame, batch 1).
-    return w.contiguous(memory_format=torch.channels_last)
+def _fast_weight(conv: nn.Conv3d, kind: str) -> torch.Tensor:
+    """``conv``'s weight laid out for the fast path, made once and cached on the module (the
+    cache key follows the weight's storage, dtype and in-place version, so a cast, a move or a
+    training step invalidates it). ``kind``: "spatial" (Cout×Cin×kh×kw), "temporal"
+    (Cout×Cin×kt×1) — both channels-last, which makes the convolution choose its channels-last
+    kernel even where the input's size-1 dimensions leave its format ambiguous — or "taps"
+    (kt×Cin×Cout, for matrix products)."""
+    w = conv.weight
+    key = (kind, w.data_ptr(), w.dtype, w.device, w._version)
+    hit = conv.__dict__.get("_fast_weights", {}).get(kind)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    if kind == "spatial":
+        out = w[:, :, 0].contiguous(memory_format=torch.channels_last)
+    elif kind == "temporal":
+        out = w[:, :, :, :, 0].contiguous(memory_format=torch.channels_last)
+    else:
+        out = w[:, :, :, 0, 0].permute(2, 1, 0).contiguous()
+    conv.__dict__.setdefault("_fast_weights", {})[kind] = (key, out.detach())
+    return out
 
 
 def pointwise(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:

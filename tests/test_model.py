@@ -266,3 +266,28 @@ def test_inference_precision_is_deterministic(make_tiny, precision):
     np.testing.assert_array_equal(frames[0], frames[1])
     with pytest.raises(ValueError):
         inference_dtype("cpu", "float8")
+
+
+def test_fast_path_weight_cache_follows_the_weights():
+    """The fast path's cached weight layouts are rebuilt after a cast or an in-place update."""
+    torch.manual_seed(2)
+    m = Tokenizer(TINY).eval()
+    x = video(t=5, h=16, w=24)
+    with torch.no_grad():
+        a = m.encoder(x)
+        for p in m.parameters():
+            p.mul_(1.5)
+        b = m.encoder(x)
+    with torch.enable_grad():
+        ref = m.encoder(x).detach()
+    with torch.no_grad():
+        m.to(torch.bfloat16)
+        c = m.encoder(x.bfloat16()).float()
+        m.float()  # weights now rounded to bf16: the float32 cache must be rebuilt from them
+        d = m.encoder(x)
+    with torch.enable_grad():
+        ref_d = m.encoder(x).detach()
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(b, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(d, ref_d, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(c, ref, rtol=0.1, atol=0.1)
