@@ -347,6 +347,8 @@ class Upsample(StreamingModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)
+        if fast_path():
+            return self._rearrange_fast(h)
         b, _, t, hh, ww = h.shape
         if self.st > 1:
             h = h.reshape(b, self.cout * self.ss * self.ss, self.st, t, hh, ww)
@@ -355,5 +357,20 @@ class Upsample(StreamingModule):
                 h = h[:, :, self.st - 1:]
             if self.streaming:
                 self.started = True
-        h = depth_to_space(h, self.ss)
-        return channels_last(h) if fast_path() else h
+        return depth_to_space(h, self.ss)
+
+    def _rearrange_fast(self, h: torch.Tensor) -> torch.Tensor:
+        """The same rearrangement as :meth:`forward` on a channels-last ``h`` in one copy,
+        channels-last out (channel ``((c·ss + i)·ss + j)·st + s`` → frame ``s``, row ``i``,
+        column ``j`` of output channel ``c``)."""
+        b, _, t, hh, ww = h.shape
+        st, ss = self.st, self.ss
+        p = channels_last(h).permute(0, 2, 3, 4, 1)  # B×t×h×w×C', a view
+        p = p.reshape(b, t, hh, ww, self.cout, ss, ss, st).permute(0, 1, 7, 2, 5, 3, 6, 4)
+        y = p.reshape(b, t * st, hh * ss, ww * ss, self.cout)
+        if st > 1:
+            if not self.started:
+                y = y[:, st - 1:]
+            if self.streaming:
+                self.started = True
+        return y.permute(0, 4, 1, 2, 3)
