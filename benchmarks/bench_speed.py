@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The last commit of the release before the inference fast path (2026-11-23, session 3's end).
 BASELINE = "65442ca"
 # name → (frames, width, height) of the speed inputs
-SIZES = {"360p": (49, 640, 360), "720p": (17, 1280, 720), "1080p": (9, 1920, 1080)}
+SIZES = {"360p": (65, 640, 360), "720p": (17, 1280, 720), "1080p": (9, 1920, 1080)}
 # name → (tree: "base" | "this", fast path on, extra CLI options)
 CONFIGS = {
     "release": ("base", True, []),
@@ -64,8 +64,9 @@ def default_input() -> Optional[Path]:
 
 
 def make_input(src: Path, out: Path, frames: int, width: int, height: int) -> np.ndarray:
-    """The first ``frames`` frames of ``src`` area-scaled to ``width``×``height`` → ``out``
-    (FFV1 .mkv, 25 fps) and returned as ``T×H×W×3`` uint8 (looped if ``src`` is shorter)."""
+    """The first ``frames`` frames of ``src`` (looped if shorter) area-scaled to
+    ``width``×``height`` → ``out`` (FFV1 .mkv, 25 fps, yuv420p); returns the frames as read back
+    from ``out`` (``T×H×W×3`` uint8 RGB: what the codec reads, the reference for PSNR)."""
     import torch
     import torch.nn.functional as F
 
@@ -82,7 +83,7 @@ def make_input(src: Path, out: Path, frames: int, width: int, height: int) -> np
     y = F.interpolate(x, size=(height, width), mode="area").round().clamp(0, 255)
     arr = y.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
     write_video(out, VideoMeta(width, height, Fraction(25), frames, "yuv420p"), iter(arr), kind="mkv")
-    return arr
+    return read_all(out)
 
 
 def run_measured(tree: Path, fast: bool, args: List[str], threads: int) -> dict:
@@ -179,8 +180,8 @@ def report(res: dict, prefix: Path) -> None:
         "PSNR-RGB of the decoded frames against the input.",
         "",
         "| size | frames | config | encode fps | encode RSS (MB) | decode fps | decode RSS (MB) | "
-        "bytes | PSNR (dB) | encode × release | decode × release |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "bytes | PSNR (dB) | encode × release | decode × release | run |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, s in res["sizes"].items():
         rel = s["configs"].get("release")
@@ -189,12 +190,13 @@ def report(res: dict, prefix: Path) -> None:
                   f"{r['decode']['fps'] / rel['decode']['fps']:.2f}×") if rel else ("", "")
             lines.append(f"| {name} | {s['frames']} | {c} | {r['encode']['fps']:.2f} | "
                          f"{r['encode']['rss_mb']} | {r['decode']['fps']:.2f} | {r['decode']['rss_mb']} | "
-                         f"{r['bytes']} | {r['psnr']:.2f} | {ex[0]} | {ex[1]} |")
+                         f"{r['bytes']} | {r['psnr']:.2f} | {ex[0]} | {ex[1]} | {s.get('run', '')} |")
     if "long" in res:
         lg = res["long"]
         lines += ["", f"Long clip, shipped configuration: 1080p, {lg['seconds']:g} s ({lg['frames']} "
                   f"frames): encode {lg['encode']['fps']:.2f} fps in {lg['encode']['rss_mb']} MB, "
-                  f"decode {lg['decode']['fps']:.2f} fps in {lg['decode']['rss_mb']} MB peak RSS."]
+                  f"decode {lg['decode']['fps']:.2f} fps in {lg['decode']['rss_mb']} MB peak RSS "
+                  f"(run {lg.get('run', '')})."]
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -203,12 +205,27 @@ def main(argv=None) -> None:
     ap.add_argument("--input", default=None, help="source clip [default: a 1080p training clip]")
     ap.add_argument("--baseline", default=BASELINE, help="git revision of the release")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES),
+                    help="sizes to compare (none: only --long)")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--long", type=float, default=0.0, help="also a 1080p clip of this many seconds")
     ap.add_argument("--report", default=None, help="write PREFIX.md and PREFIX.json")
+    ap.add_argument("--merge", default=None,
+                    help="a previous PREFIX.json whose sizes / long clip this run did not measure "
+                         "are kept in the report (each row says which run it came from)")
     a = ap.parse_args(argv)
     res = bench(a)
+    res["run"] = time.strftime("%Y-%m-%d %H:%M")
+    for s in res["sizes"].values():
+        s["run"] = res["run"]
+    if "long" in res:
+        res["long"]["run"] = res["run"]
+    if a.merge:
+        old = json.loads(Path(a.merge).read_text())
+        for k, v in old.get("sizes", {}).items():
+            res["sizes"].setdefault(k, {**v, "run": v.get("run", old.get("run", "?"))})
+        if "long" not in res and "long" in old:
+            res["long"] = {**old["long"], "run": old["long"].get("run", old.get("run", "?"))}
     if a.report:
         report(res, Path(a.report))
 
