@@ -53,6 +53,12 @@ def _run(fn, *args, **kw):
         _fail("interrupted", EXIT_INTERRUPTED)
     except MemoryError:
         _fail("out of memory", 1)
+    except RuntimeError as e:  # torch reports a failed allocation as a RuntimeError
+        from .codec import is_out_of_memory
+
+        if not is_out_of_memory(e):
+            raise
+        _fail("out of memory", 1)
     except OSError as e:
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         _fail(f"{e.strerror or e}{where}", OutputError.exit_code)

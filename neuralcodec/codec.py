@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from . import container as ct
-from .errors import InputError, MGVError, ModelError, PayloadError, RecordError, StreamError, Truncated
+from .errors import (InputError, MGVError, ModelError, PayloadError, RecordError, ResourceError,
+                     StreamError, Truncated)
 from .io import VideoMeta, frames_of, probe, read_frames
 from .layers import streaming
 
@@ -40,6 +41,10 @@ CHUNK_FRAMES = 16  # most frames per encoder chunk after the first (rounded to t
 CHUNK_PIXELS = 16 * 640 * 360  # pixel budget of a chunk: large frames get shorter chunks
 CHUNK_LATENTS = 4  # most latent frames per decoder chunk after the first
 SEGMENT_SECONDS = 2.0  # default segment duration
+LAZY_BITS = 1 << 26  # segments with more bits than this are decoded one latent frame at a time
+MIN_SEGMENT_RECORD = 16 + 20 + 1  # bytes of the smallest SEGMENT record (framing, head, data)
+CONCEAL_MIN_FRAMES = 1000  # a recovering decode may always conceal this many frames …
+CONCEAL_RATIO = 8  # … or this many per frame of the intact segments it found
 ENTROPY_MODES = {"none": ct.ENTROPY_NONE, "context": ct.ENTROPY_CONTEXT}
 
 Progress = Optional[Callable[[int], None]]  # called with the number of frames just processed
@@ -343,6 +348,70 @@ def decode_payload(seg: ct.Segment, bits: int) -> np.ndarray:
     return (codes[0] > 0).to(torch.uint8).numpy()
 
 
+# ---- resources ------------------------------------------------------------------------------
+def memory_budget() -> int:
+    """Bytes this process may still use: the smallest of MemAvailable (/proc/meminfo), the
+    address-space limit (``ulimit -v``) less what is mapped, and ``MGV_MAX_MEMORY`` (bytes,
+    or with a K/M/G suffix) when set."""
+    import os
+    import resource
+
+    limits = []
+    env = os.environ.get("MGV_MAX_MEMORY", "").strip().upper()
+    if env:
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(env[-1], 1)
+        try:
+            limits.append(int(float(env.rstrip("KMG")) * mult))
+        except ValueError:
+            pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            limits.append(max(0, soft - mapped))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else 1 << 62
+
+
+def estimate_bytes(model: torch.nn.Module, width: int, height: int, frames: int,
+                   decoder: bool = True) -> int:
+    """Rough peak memory of running the decoder (or encoder) on one chunk of ``frames``
+    frames of ``width×height`` (activations of every level, calibrated on the default and
+    tiny configs to within ~30%)."""
+    cfg = model.cfg
+    ch = cfg.dec_channels if decoder else cfg.enc_channels
+    px = width * height / (cfg.stem_patch ** 2)
+    floats = 0.0
+    for i, c in enumerate(ch):
+        floats += c * px
+        if i < len(cfg.spatial_down) and cfg.spatial_down[i]:
+            px /= 4
+    per_frame = 4 * floats / (width * height)  # bytes per pixel and frame, summed over levels
+    first, per = (30, 12) if decoder else (12, 7)
+    return int(width * height * per_frame * max(first, per * frames)) + (64 << 20)
+
+
+def check_memory(need: int, what: str) -> None:
+    budget = memory_budget()
+    if need > budget:
+        raise ResourceError(f"{what} needs about {need / 2**30:.1f} GiB of memory, more than the "
+                            f"{budget / 2**30:.1f} GiB available")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    msg = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate" in msg
+                                            or "Cannot allocate memory" in msg)
+
+
 # ---- encoding -------------------------------------------------------------------------------
 def _model_device(model: torch.nn.Module) -> torch.device:
     try:
@@ -443,9 +512,16 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
         header.check()
     except MGVError as e:
         raise InputError(f"cannot encode this input: {e}") from None
+    check_memory(estimate_bytes(model, meta.width, meta.height,
+                                chunk_frames(meta.width * meta.height, tf), decoder=False),
+                 f"encoding {meta.width}x{meta.height} frames")
     asrc = AudioSource(video) if audio and isinstance(video, (str, Path)) else None
     try:
         return _compress(model, it, meta, header, seg, bits, fo, progress, asrc)
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise ResourceError(f"out of memory encoding {meta.width}x{meta.height} frames") from None
     finally:
         if asrc is not None:
             asrc.close()
@@ -511,14 +587,40 @@ def _frame_range(header: ct.Header, frames) -> Tuple[int, int]:
     return a, b
 
 
-def _decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray, a: int, b: int,
+def payload_frames(seg: ct.Segment, bits: int) -> Iterator[np.ndarray]:
+    """A segment's bits one latent frame at a time (``b×h×w`` uint8): memory of one frame
+    whatever the segment's length. Mode 1 raises :class:`PayloadError` only after its last
+    frame (see :func:`neuralcodec.entropy.iter_decode_bits`)."""
+    t, h, w = seg.latent_t, seg.latent_h, seg.latent_w
+    if seg.entropy == ct.ENTROPY_CONTEXT:
+        from .entropy import iter_decode_bits
+
+        yield from iter_decode_bits(seg.data, (bits, t, h, w))
+        return
+    n = bits * h * w
+    data = seg.data
+    for f in range(t):
+        lo = f * n
+        raw = np.frombuffer(data[lo >> 3:(lo + n + 7) >> 3], np.uint8)
+        flat = np.unpackbits(raw, bitorder="little")[lo & 7:(lo & 7) + n]
+        yield np.ascontiguousarray(flat.reshape(h, w, bits).transpose(2, 0, 1))
+
+
+def _decode_segment(model, header: ct.Header, seg: ct.Segment, bits, a: int, b: int,
                     progress: Progress) -> Iterator[np.ndarray]:
-    """Frames ``a..b-1`` (absolute numbers) of ``seg`` (its bits ``b×t×h×w`` uint8, from
-    :func:`decode_payload`) as ``H×W×3`` uint8."""
+    """Frames ``a..b-1`` (absolute numbers) of ``seg`` as ``H×W×3`` uint8. ``bits``: the
+    segment's bits, ``b×t×h×w`` uint8 (from :func:`decode_payload`) or an iterator of its
+    latent frames ``b×h×w`` (:func:`payload_frames`); codes are built one chunk at a time."""
     device = _model_device(model)
     k = header.model_bits
-    codes = torch.zeros((1, k) + bits.shape[1:], dtype=torch.float32)
-    codes[0, :header.bits] = torch.from_numpy(bits).float() * 2 - 1
+    frames_in = iter(bits.transpose(1, 0, 2, 3)) if isinstance(bits, np.ndarray) else iter(bits)
+
+    def codes_of(n: int) -> torch.Tensor:
+        chunk = [next(frames_in) for _ in range(min(n, seg.latent_t - t))]
+        codes = torch.zeros((1, k, len(chunk), seg.latent_h, seg.latent_w), dtype=torch.float32)
+        codes[0, :header.bits] = torch.from_numpy(np.stack(chunk, axis=1)).float() * 2 - 1
+        return codes
+
     frame = seg.first_frame
     stop = min(b, seg.first_frame + seg.frames)
     step = max(1, min(CHUNK_LATENTS, chunk_frames(header.width * header.height,
@@ -527,8 +629,9 @@ def _decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray,
         t = 0
         while t < seg.latent_t and frame < stop:
             n = 1 if t == 0 else step
-            x = model.decode(codes[:, :, t:t + n].to(device), bits=header.bits)
-            t += n
+            codes = codes_of(n)
+            x = model.decode(codes.to(device), bits=header.bits)
+            t += codes.shape[2]
             out = tensor_to_frames(x[:, :, :, :header.height, :header.width])
             for f in out:
                 if frame >= stop:
@@ -693,7 +796,17 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
     reader = ct.Reader(fo)
     header = reader.header
     a, b = _frame_range(header, frames)
+    held = _segments_held(reader)
+    if held is not None and held < header.segment_count:
+        kept = min(header.frames, held * header.segment_frames)
+        if on_damage is None or _too_much_concealment(header.frames - kept, kept):
+            raise Truncated(f"the header announces {header.segment_count} segments of "
+                            f"{header.frames} frames, the file's bytes can hold at most {held}")
     m = resolve_model(header, model).eval()
+    tf = header.temporal_factor
+    step = max(1, min(CHUNK_LATENTS, chunk_frames(header.width * header.height, tf) // tf))
+    check_memory(estimate_bytes(m, header.width, header.height, tf * step),
+                 f"decoding {header.width}x{header.height} frames")
     meta = VideoMeta(header.width, header.height, header.fps, b - a, header.pix_fmt)
     first_seg = a // header.segment_frames
     last_seg = (b - 1) // header.segment_frames
@@ -702,8 +815,18 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
                          on_damage=on_damage, audio=audio if full else None, to_end=full)
 
     def gen() -> Iterator[np.ndarray]:
+        try:
+            yield from frames_gen()
+        except (MemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e):
+                raise
+            raise ResourceError(f"out of memory decoding {header.width}x{header.height} "
+                                f"frames") from None
+
+    def frames_gen() -> Iterator[np.ndarray]:
         last_frame: Optional[np.ndarray] = None
         run: Optional[list] = None  # [first, end, segments, reason] of concealed frames
+        intact = concealed = 0
 
         def flush() -> None:
             if run is not None and on_damage is not None:
@@ -715,11 +838,26 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
             bits = None
             if seg is not None:
                 try:
-                    bits = decode_payload(seg, header.bits)
+                    if header.bits * seg.latent_t * seg.latent_h * seg.latent_w <= LAZY_BITS:
+                        bits = decode_payload(seg, header.bits)
+                    else:  # a long segment: validate, then decode again frame by frame
+                        if seg.entropy == ct.ENTROPY_CONTEXT:
+                            for _ in payload_frames(seg, header.bits):
+                                pass
+                        bits = payload_frames(seg, header.bits)
                 except PayloadError as e:
                     if on_damage is None:
                         raise
                     seg, reason = None, str(e).splitlines()[0]
+            if seg is not None:
+                intact += n
+            elif _too_much_concealment(concealed + hi - lo, intact):
+                raise Truncated(
+                    f"damaged stream: {header.frames - intact} of its {header.frames} frames "
+                    f"would have to be concealed, far more than its intact segments justify "
+                    f"({intact} frames)")
+            else:
+                concealed += hi - lo
             if seg is None:
                 if run is not None and run[1] == lo:
                     run[1] = hi
@@ -742,6 +880,19 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
         flush()
 
     return meta, gen()
+
+
+def _too_much_concealment(concealed: int, intact: int) -> bool:
+    """A recovering decode conceals at most max(CONCEAL_MIN_FRAMES, CONCEAL_RATIO × intact
+    frames) frames (spec §8b): a forged frame count cannot make it write hours of grey."""
+    return concealed > max(CONCEAL_MIN_FRAMES, CONCEAL_RATIO * intact)
+
+
+def _segments_held(reader: ct.Reader) -> Optional[int]:
+    """How many SEGMENT records the bytes of a seekable file can hold at most (None: not
+    seekable): a header announcing more describes a stream that is not there."""
+    size = reader.stream_size()
+    return None if size is None else max(0, (size - reader.records_offset) // MIN_SEGMENT_RECORD)
 
 
 def decompress(data: bytes, **kw) -> Tuple[VideoMeta, np.ndarray]:

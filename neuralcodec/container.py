@@ -474,6 +474,18 @@ class Reader:
             raise RecordError("stream is not seekable") from None
         self._pos = rel
 
+    def stream_size(self) -> Optional[int]:
+        """Bytes of the stream (from its first byte to the end of the file), None when the
+        file is not seekable."""
+        if not self.seekable():
+            return None
+        try:
+            size = self.fo.seek(0, 2) - self.base
+        except (OSError, ValueError):
+            return None
+        self._pos = -1  # the next read seeks
+        return size
+
     def seekable(self) -> bool:
         try:
             return bool(self.fo.seekable())

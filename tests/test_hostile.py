@@ -1,0 +1,200 @@
+"""Hostile inputs of issue 16: resource bombs from spec-legal headers, forged AUDIO records,
+odd outputs and usage errors. Each test pins one promise (one-line error, non-zero exit, no
+traceback, no half-written output) that was broken before."""
+import io
+import os
+import resource
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neuralcodec import codec, weights
+from neuralcodec import container as ct
+from neuralcodec.configs import CONFIGS
+from neuralcodec.errors import MGVError, ResourceError, StreamError, Truncated
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_default = pytest.mark.skipif(weights.DEFAULT_MODEL not in weights.registry(),
+                                   reason="default model not registered")
+
+
+@pytest.fixture(scope="module")
+def tiny(make_tiny):
+    return make_tiny(0.05)
+
+
+def header_for(model_name, sha_hex, cfg, **kw) -> ct.Header:
+    d = dict(width=64, height=64, frames=1, fps_num=25, fps_den=1, model_bits=cfg.bits,
+             bits=cfg.bits, temporal_factor=cfg.temporal_factor, spatial_factor=cfg.spatial_factor,
+             entropy=1, segment_frames=1, model_sha256=bytes.fromhex(sha_hex)[:16],
+             pix_fmt="rgb24", model_name=model_name)
+    d.update(kw)
+    return ct.Header(**d)
+
+
+def stream(h: ct.Header, segments=True) -> bytes:
+    """A valid stream for header ``h`` whose segments hold constant bits (mode 1: tiny)."""
+    buf = io.BytesIO()
+    w = ct.Writer(buf, h)
+    lh, lw = h.latent_hw
+    for i in range(h.segment_count if segments else 0):
+        first, n = h.segment_bounds(i)
+        t = h.latent_frames(n)
+        mode, data = codec.encode_payload(np.zeros((h.bits, t, lh, lw), np.uint8), ct.ENTROPY_CONTEXT)
+        w.write_segment(ct.Segment(i, first, n, t, lh, lw, mode, data))
+    if segments:
+        w.close()
+    return buf.getvalue()
+
+
+def mgv(*args, cwd, limit_as=None, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env_extra or {}))
+
+    def lim():
+        if limit_as:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
+    return subprocess.run([sys.executable, "-m", "neuralcodec", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, preexec_fn=lim)
+
+
+def one_line_error(p) -> str:
+    assert p.returncode not in (0, None), p
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mgv: error:"), p.stderr
+    return lines[0]
+
+
+# ---- resource bombs ------------------------------------------------------------------------
+@needs_default
+def test_huge_frame_bomb_is_refused_in_one_line(tmp_path):
+    """A few hundred bytes declaring 8192×4096 frames made the decoder allocate tens of GB and
+    die with a torch traceback (under a 3 GB address-space limit here)."""
+    e = weights.registry()[weights.DEFAULT_MODEL]
+    cfg = CONFIGS["default"]
+    h = header_for(weights.DEFAULT_MODEL, e.sha256, cfg, width=8192, height=4096)
+    data = stream(h)
+    assert len(data) < 4096
+    (tmp_path / "bomb.mgv").write_bytes(data)
+    p = mgv("decode", "bomb.mgv", "-o", "out.y4m", "-q", cwd=tmp_path, limit_as=3 << 30)
+    assert "memory" in one_line_error(p)
+    assert sorted(os.listdir(tmp_path)) == ["bomb.mgv"]
+
+
+def test_huge_frame_refused_before_work(tiny, monkeypatch):
+    monkeypatch.setenv("MGV_MAX_MEMORY", "1G")
+    h = header_for("tiny-test", tiny.sha256, tiny.cfg, width=8192, height=4096)
+    data = stream(h)
+    calls = []
+    monkeypatch.setattr(tiny, "decode", lambda *a, **k: calls.append(1))
+    with pytest.raises(ResourceError, match="memory"):
+        codec.decompress_from_file(io.BytesIO(data), model=tiny)
+    assert not calls
+
+
+def test_out_of_memory_is_a_one_line_error(tiny, monkeypatch):
+    data = stream(header_for("tiny-test", tiny.sha256, tiny.cfg, width=16, height=16))
+
+    def oom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 68719476736 bytes.\nmore")
+    monkeypatch.setattr(tiny, "decode", oom)
+    with pytest.raises(ResourceError, match="out of memory"):
+        codec.decompress(data, model=tiny)
+    monkeypatch.setattr(tiny, "encode_latents", oom)
+    with pytest.raises(ResourceError, match="out of memory"):
+        codec.compress(tiny, np.zeros((1, 16, 16, 3), np.uint8))
+
+
+def test_long_segment_codes_are_built_per_chunk(tiny, monkeypatch):
+    """One 8193-frame segment: the decoder used to allocate the codes of the whole segment
+    (float32, K×t×h×w) before decoding its first frame; now one chunk at a time, and long
+    segments' bits are decoded one latent frame at a time."""
+    h = header_for("tiny-test", tiny.sha256, tiny.cfg, width=32, height=32, frames=8193,
+                   segment_frames=8193)
+    data = stream(h)
+    assert len(data) < 600
+    k, (lh, lw) = h.model_bits, h.latent_hw
+    full = k * h.latent_frames(8193) * lh * lw
+    sizes = []
+    real_zeros = torch.zeros
+
+    def spy(*a, **kw):
+        out = real_zeros(*a, **kw)
+        sizes.append(out.numel())
+        return out
+    monkeypatch.setattr(torch, "zeros", spy)
+    monkeypatch.setattr(codec, "LAZY_BITS", 1 << 16)
+    monkeypatch.setattr(codec, "decode_payload", lambda *a: pytest.fail("eager bits"))
+    meta, it = codec.decompress_from_file(io.BytesIO(data), model=tiny)
+    frames = [next(it) for _ in range(30)]
+    assert len(frames) == 30 and frames[0].shape == (32, 32, 3)
+    assert max(sizes) < full / 100
+
+
+def test_lazy_and_eager_segment_decodes_agree(tiny, monkeypatch):
+    rng = np.random.default_rng(0)
+    v = rng.integers(0, 256, (13, 24, 40, 3), dtype=np.uint8)
+    for entropy in ("none", "context"):
+        data = codec.compress(tiny, v, segment_frames=9, entropy=entropy, bits=5)
+        ref = codec.decompress(data, model=tiny)[1]
+        with monkeypatch.context() as mp:
+            mp.setattr(codec, "LAZY_BITS", 0)
+            mp.setattr(codec, "decode_payload", lambda *a: pytest.fail("eager bits"))
+            np.testing.assert_array_equal(codec.decompress(data, model=tiny)[1], ref)
+
+
+def test_frame_count_bomb_without_segments(tiny, tmp_path):
+    """A ~100-byte stream declaring 2^24 frames and no segments "concealed" for hundreds of
+    hours; now it is refused at once, strict or recovering."""
+    h = header_for("tiny-test", tiny.sha256, tiny.cfg, width=16, height=16, frames=1 << 24,
+                   segment_frames=65537)
+    data = stream(h, segments=False) + ct.RECORD_HEAD.pack(ct.RECORD_SYNC, ct.REC_END, 1, 0, 8)
+    assert len(data) < 150
+    with pytest.raises(Truncated):
+        codec.decompress_from_file(io.BytesIO(data), model=tiny)
+    with pytest.raises(Truncated):
+        codec.decompress_from_file(io.BytesIO(data), model=tiny, on_damage=lambda d: None)
+
+
+def test_concealment_is_bounded_on_pipes_too(tiny):
+    """Non-seekable input: the cap applies while decoding (max(1000, 8 × intact frames))."""
+    h = header_for("tiny-test", tiny.sha256, tiny.cfg, width=16, height=16, frames=5000,
+                   segment_frames=5)
+    data = stream(h)
+
+    class Pipe(io.RawIOBase):
+        def __init__(self, b):
+            self.b = io.BytesIO(b)
+
+        def readable(self):
+            return True
+
+        def readinto(self, m):
+            d = self.b.read(len(m))
+            m[:len(d)] = d
+            return len(d)
+    cut = data[:data.index(ct.RECORD_SYNC, 200)]  # header + the first few SEGMENTs
+    meta, it = codec.decompress_from_file(io.BufferedReader(Pipe(cut)), model=tiny,
+                                          on_damage=lambda d: None)
+    n = 0
+    with pytest.raises(Truncated, match="concealed"):
+        for _ in it:
+            n += 1
+    assert 1000 < n <= 1100
+
+
+def test_mode1_payload_too_short_for_its_shape(tiny):
+    """A few bytes of mode-1 data cannot code millions of symbols (spec §7 payload length)."""
+    from neuralcodec.entropy import decode_bits, min_payload_bytes
+    from neuralcodec.errors import PayloadError
+
+    shape = (18, 16384, 32, 32)
+    assert min_payload_bytes(shape) == 512
+    with pytest.raises(PayloadError, match="too short"):
+        decode_bits(b"\0" * 508, shape)
