@@ -213,6 +213,8 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
             fo.flush()
             os.fsync(fo.fileno())
     dt = time.perf_counter() - t0
+    for w in res.warnings:
+        _warn(w)
     h = res.header
     click.echo(f"{output}: {h.frames} frames {h.width}x{h.height} @ {h.fps_num}/{h.fps_den} fps, "
                f"{res.bytes_written} bytes, {res.bpp:.4f} bpp, "

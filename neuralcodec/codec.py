@@ -60,6 +60,7 @@ class EncodeResult:
     bytes_written: int
     segments: int
     context_segments: int  # segments whose payload is entropy coded
+    warnings: Tuple[str, ...] = ()  # what was left out (e.g. audio tracks beyond the 16th)
 
     @property
     def bpp(self) -> float:
@@ -143,8 +144,12 @@ class AudioSource:
         try:
             v = self._c.streams.video[0]
             vstart = (v.start_time or 0) * v.time_base if v.start_time is not None else Fraction(0)
-            self.streams = list(self._c.streams.audio)[:ct.MAX_AUDIO_TRACKS]
+            every = list(self._c.streams.audio)
+            self.streams = every[:ct.MAX_AUDIO_TRACKS]
             self._tracks = []
+            self.warnings: List[str] = [
+                f"audio track {i} dropped: a stream holds at most {ct.MAX_AUDIO_TRACKS} tracks"
+                for i in range(ct.MAX_AUDIO_TRACKS, len(every))]
             if self.streams:
                 firsts = _first_packets(path, len(self.streams))
             for i, st in enumerate(self.streams):
@@ -152,6 +157,8 @@ class AudioSource:
                 tb = Fraction(st.time_base)
                 name = cc.name if ct._CODEC_RE.match(cc.name.encode("ascii", "replace")) else None
                 if name is None or firsts.get(i) is None or not cc.sample_rate:
+                    self.warnings.append(f"audio track {i} ({cc.name}) dropped: it cannot be "
+                                         f"carried (no packets, codec parameters or sample rate)")
                     continue
                 layout = cc.layout
                 ch = max(1, min(255, layout.nb_channels if layout is not None else 1))
@@ -565,7 +572,8 @@ def _compress(model, it, meta, header, seg, bits, fo, progress, asrc) -> EncodeR
             raise InputError("the input did not declare its frame count and the output is not "
                              "seekable") from None
     writer.close()
-    return EncodeResult(header, writer.pos, index, n_ctx)
+    return EncodeResult(header, writer.pos, index, n_ctx,
+                        tuple(asrc.warnings) if asrc is not None else ())
 
 
 def compress(model: torch.nn.Module, video: VideoInput, **kw) -> bytes:

@@ -44,6 +44,7 @@ MAX_FPS_TERM = 1_000_000  # fps numerator and denominator
 MAX_SEGMENT_FRAMES = 65537
 MAX_SEGMENTS = 1 << 20
 MAX_AUDIO_TRACKS = 16  # audio tracks per stream
+MAX_TIME_BASE_TERM = (1 << 31) - 1  # an audio time base's numerator and denominator (FFmpeg int)
 MAX_AUDIO_TEMPLATE = 1 << 20  # bytes of an audio track's codec-parameter template
 AUDIO_RECORD_TARGET = 1 << 20  # a writer starts a new AUDIO record after this many bytes
 MAX_RECORD_PAYLOAD = 1 << 28  # 256 MiB
@@ -810,7 +811,8 @@ def parse_audio(payload: bytes) -> Union[AudioTrack, AudioPackets, None]:
             pos = 3 + n
             num, den, rate, ch, start, tlen = AUDIO_TRACK_FIXED.unpack_from(payload, pos)
             pos += AUDIO_TRACK_FIXED.size
-            if not (num and den) or not 1 <= rate <= 1_000_000 or not 1 <= ch <= 255:
+            if (not 1 <= num <= MAX_TIME_BASE_TERM or not 1 <= den <= MAX_TIME_BASE_TERM
+                    or not 1 <= rate <= 1_000_000 or not 1 <= ch <= 255):
                 raise RecordError("AUDIO track has a bad time base, sample rate or channel count")
             if tlen > MAX_AUDIO_TEMPLATE or pos + tlen != len(payload):
                 raise RecordError(f"AUDIO track template of {tlen} bytes does not fit the record")

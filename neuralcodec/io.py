@@ -236,7 +236,15 @@ def _add_audio(c, kind: str, audio, warn: Callable[[str], None]) -> dict:
     return out
 
 
-def _mux_audio(c, streams: dict, audio) -> None:
+I64 = (-(1 << 63) + 1, (1 << 63) - 1)  # int64 timestamps FFmpeg takes (-2^63 means "none")
+MAX_AUDIO_SECONDS = 10 ** 9  # |timestamp| beyond ~31 years is forged or damaged, never muxed
+
+
+def _mux_audio(c, streams: dict, audio, warn: Callable[[str], None], last: dict) -> None:
+    """Mux the sink's pending packets. A packet FFmpeg would refuse (timestamps outside
+    int64 after the shift by −start, a decoding timestamp not after the previous one of its
+    track, or any mux error) is dropped with one warning per track: the video is never lost
+    for a damaged or forged audio packet. ``last``: track → last dts muxed (state)."""
     import av
 
     while audio.packets:
@@ -244,14 +252,35 @@ def _mux_audio(c, streams: dict, audio) -> None:
         if track not in streams:
             continue
         s, t = streams[track]
-        pkt = av.Packet(p.data)
-        pkt.pts = None if p.pts is None else p.pts - t.start
-        pkt.dts = None if p.dts is None else p.dts - t.start
-        pkt.duration = p.duration
-        pkt.time_base = t.time_base
-        pkt.is_keyframe = p.keyframe
-        pkt.stream = s
-        c.mux(pkt)
+        pts = None if p.pts is None else p.pts - t.start
+        dts = None if p.dts is None else p.dts - t.start
+        why = None
+        if any(v is not None and not (I64[0] <= v <= I64[1] and abs(v * t.time_base) <= MAX_AUDIO_SECONDS)
+               for v in (pts, dts)):
+            why = "timestamp out of range"
+        elif dts is not None and track in last and dts <= last[track]:
+            why = "out of order"
+        elif pts is not None and dts is not None and pts < dts:
+            why = "pts before dts"
+        if why is None:
+            try:
+                pkt = av.Packet(p.data)
+                pkt.pts, pkt.dts = pts, dts
+                pkt.duration = p.duration
+                pkt.time_base = t.time_base
+                pkt.is_keyframe = p.keyframe
+                pkt.stream = s
+                c.mux(pkt)
+                if dts is not None:
+                    last[track] = dts
+                continue
+            except (av.FFmpegError, OverflowError, ValueError) as e:
+                why = _ffmsg(e)
+        dropped = last.setdefault(("dropped", track), 0)
+        if not dropped:
+            warn(f"audio track {track}: dropped a packet that cannot be muxed ({why}); "
+                 f"further drops in this track are not reported")
+        last[("dropped", track)] = dropped + 1
 
 
 def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
@@ -302,6 +331,7 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
         s.width, s.height, s.pix_fmt = meta.width, meta.height, pix
         s.time_base = Fraction(1) / meta.fps
         astreams = _add_audio(c, kind, audio, warn) if audio is not None and first is not None else {}
+        alast: dict = {}
         started = False
         for arr in (itertools.chain([first], frames) if first is not None else ()):
             if arr.shape != (meta.height, meta.width, 3) or arr.dtype != np.uint8:
@@ -317,11 +347,11 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
             if progress:
                 progress(1)
             if astreams and started:  # the first video packet writes the header (time bases)
-                _mux_audio(c, astreams, audio)
+                _mux_audio(c, astreams, audio, warn, alast)
         for pkt in s.encode():
             c.mux(pkt)
         if astreams:
-            _mux_audio(c, astreams, audio)
+            _mux_audio(c, astreams, audio, warn, alast)
         ok = True
     except av.FFmpegError as e:
         raise OutputError(f"{path}: writing failed ({_ffmsg(e)})") from None

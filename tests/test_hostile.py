@@ -198,3 +198,117 @@ def test_mode1_payload_too_short_for_its_shape(tiny):
     assert min_payload_bytes(shape) == 512
     with pytest.raises(PayloadError, match="too short"):
         decode_bits(b"\0" * 508, shape)
+
+
+# ---- forged AUDIO records --------------------------------------------------------------------
+def rewrite_audio(data: bytes, fn) -> bytes:
+    """Copy a stream, passing every parsed AUDIO item through ``fn`` (which returns the item
+    to write)."""
+    r = ct.Reader(io.BytesIO(data))
+    out = io.BytesIO()
+    w = ct.Writer(out, r.header)
+    for rec in r.records():
+        if rec.type == ct.REC_SEGMENT:
+            w.write_segment(ct.Segment.parse(rec.payload))
+        elif rec.type == ct.REC_AUDIO:
+            w.write_record(ct.REC_AUDIO, fn(ct.parse_audio(rec.payload)).to_payload(), critical=False)
+    w.close()
+    return out.getvalue()
+
+
+@pytest.fixture
+def av_stream(tiny, tmp_path):
+    from test_audio import make_av
+
+    src = make_av(tmp_path / "in.mkv", "aac", frames=10)
+    return codec.compress(tiny, src, segment_frames=5)
+
+
+def decode_cli(runner, tmp_path, data, *extra):
+    from neuralcodec import cli
+
+    (tmp_path / "f.mgv").write_bytes(data)
+    out = tmp_path / "o.mkv"
+    r = runner.invoke(cli.main, ["decode", str(tmp_path / "f.mgv"), "-o", str(out), "-q", "-y", *extra])
+    return r, out
+
+
+def test_forged_audio_time_base_is_damage_not_a_traceback(runner, tmp_path, av_stream):
+    """A time base of 3·10^9 ended in an OverflowError traceback; FFmpeg's time bases are
+    int32, and the spec now says so (1..2^31−1): the record is damage, the video survives."""
+    import dataclasses
+
+    def forge(a):
+        return dataclasses.replace(a, time_base=Fraction(3 * 10**9, 1)) if isinstance(a, ct.AudioTrack) else a
+    r, out = decode_cli(runner, tmp_path, rewrite_audio(av_stream, forge), "--recover")
+    assert r.exit_code == 0 and r.exception is None or isinstance(r.exception, SystemExit), r.output
+    assert "Traceback" not in r.output and out.exists()
+    assert "damaged" in r.stderr
+
+
+@pytest.mark.parametrize("forge", ["pts_max", "out_of_order"])
+def test_forged_audio_packets_drop_with_a_warning(runner, tmp_path, av_stream, forge):
+    """A pts of 2^63−1 ended in an OverflowError; one out-of-order packet made the decode fail
+    with no output at all. Now the packet is dropped with a warning and the video is kept."""
+    import dataclasses
+
+    import av
+
+    state = {"done": False}
+
+    def fn(a):
+        if isinstance(a, ct.AudioTrack) or state["done"] or len(a.packets) < 3:
+            return a
+        state["done"] = True
+        pk = list(a.packets)
+        if forge == "pts_max":
+            pk[1] = dataclasses.replace(pk[1], pts=(1 << 63) - 1, dts=(1 << 63) - 1)
+        else:
+            pk[1], pk[2] = pk[2], pk[1]
+        return ct.AudioPackets(a.track, tuple(pk))
+    data = rewrite_audio(av_stream, fn)
+    assert state["done"]
+    r, out = decode_cli(runner, tmp_path, data)
+    assert r.exit_code == 0, r.output
+    assert "mgv: warning: audio track 0: dropped a packet" in r.stderr
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 10
+    with av.open(str(out)) as c:
+        got = sum(1 for p in c.demux(audio=0) if p.size)
+    sent = sum(len(a.packets) for a in map(ct.parse_audio, (rec.payload for rec in ct.Reader(
+        io.BytesIO(data)).records() if rec.type == ct.REC_AUDIO)) if isinstance(a, ct.AudioPackets))
+    assert got == sent - 1  # only the forged packet is lost
+
+
+def test_seventeenth_audio_track_is_reported(runner, tmp_path):
+    """Only 16 tracks fit a stream; the 17th was dropped without a word."""
+    import av
+
+    from neuralcodec import cli
+
+    path = tmp_path / "many.mkv"
+    c = av.open(str(path), "w")
+    v = c.add_stream("ffv1", rate=25)
+    v.width, v.height, v.pix_fmt = 16, 16, "yuv420p"
+    tracks = []
+    for _ in range(17):
+        a = c.add_stream("pcm_s16le", rate=8000)
+        a.layout = "mono"
+        tracks.append(a)
+    for i in range(2):
+        f = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+        f.pts = i
+        for p in v.encode(f):
+            c.mux(p)
+        for a in tracks:
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 320), np.int16), format="s16", layout="mono")
+            af.sample_rate, af.pts = 8000, 320 * i
+            for p in a.encode(af):
+                c.mux(p)
+    for s in [v] + tracks:
+        for p in s.encode():
+            c.mux(p)
+    c.close()
+    r = runner.invoke(cli.main, ["encode", str(path), "-o", str(tmp_path / "m.mgv"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "mgv: warning: audio track 16 dropped: a stream holds at most 16 tracks" in r.stderr
