@@ -163,7 +163,32 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 # ---- commands -------------------------------------------------------------------------------------
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_USAGE = InputError.exit_code  # a bad option or argument is bad input (3), not a damaged stream
+
+
+class _Main(click.Group):
+    """The ``mgv`` group: click's usage errors become one line and exit 3 (click's default is
+    a usage block and exit 2, the code of a damaged stream)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "mgv"
+            _fail(f"{e.format_message()} (see '{where} --help')", EXIT_USAGE)
+        except click.exceptions.Abort:
+            _fail("interrupted", EXIT_INTERRUPTED)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mgv")
 def main() -> None:
     """mgv: a neural video codec (causal LFQ tokenizer, .mgv files)."""

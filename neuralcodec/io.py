@@ -76,19 +76,27 @@ def _ffmsg(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e).splitlines()[0]
 
 
-def _rate(c, s) -> Fraction:
-    rate = None
+def _rate(c, s, path="input") -> Fraction:
+    """The stream's frame rate (FFmpeg's best estimate); 25 fps when FFmpeg has none;
+    :class:`InputError` when it is outside the 1/1000..1000 fps an .mgv header can store
+    (never silently another rate)."""
+    cands = []
     if c.format.name.split(",")[0] in RAW_FORMATS:
-        rate = s.guessed_rate or s.base_rate
-    rate = rate or s.average_rate or s.guessed_rate or s.base_rate
-    try:
-        rate = Fraction(rate) if rate else DEFAULT_FPS
-    except (TypeError, ValueError, ZeroDivisionError):
-        rate = DEFAULT_FPS
-    if not Fraction(1, 1000) <= rate <= 1000:
-        rate = DEFAULT_FPS
-    # keep the fraction small enough for the container header (num, den <= 10^6)
-    return rate.limit_denominator(1_000_000) if rate.denominator > 1_000_000 else rate
+        cands += [s.guessed_rate, s.base_rate]
+    cands += [s.average_rate, s.guessed_rate, s.base_rate]
+    for r in cands:
+        try:
+            rate = Fraction(r) if r else None
+        except (TypeError, ValueError, ZeroDivisionError):
+            rate = None
+        if rate is None or rate <= 0:
+            continue
+        if not Fraction(1, 1000) <= rate <= 1000:
+            raise InputError(f"{path}: frame rate {float(rate):.6g} fps is outside the "
+                             f"1/1000..1000 fps an .mgv stream can store")
+        # keep the fraction small enough for the container header (num, den <= 10^6)
+        return rate.limit_denominator(1_000_000) if rate.denominator > 1_000_000 else rate
+    return DEFAULT_FPS
 
 
 def _first_rotation(c, s) -> int:
@@ -125,7 +133,7 @@ def probe(path) -> VideoMeta:
         rot = _first_rotation(c, s)
         if rot % 180:
             w, h = h, w
-        return VideoMeta(int(w), int(h), _rate(c, s), frames, str(pix), rot)
+        return VideoMeta(int(w), int(h), _rate(c, s, path), frames, str(pix), rot)
     finally:
         c.close()
 
@@ -283,6 +291,50 @@ def _mux_audio(c, streams: dict, audio, warn: Callable[[str], None], last: dict)
         last[("dropped", track)] = dropped + 1
 
 
+def _codec_opens(codec: str, width: int, height: int, pix: str, options: dict, fps: Fraction) -> bool:
+    """Whether FFmpeg's ``codec`` accepts this frame size, pixel format and options (some
+    refuse small or odd sizes: FFV1's slices, 4:2:0 in libx264)."""
+    import av
+
+    try:
+        cc = av.CodecContext.create(codec, "w")
+        cc.width, cc.height, cc.pix_fmt = width, height, pix
+        cc.time_base = Fraction(1) / fps
+        cc.options = dict(options)
+        cc.open()
+        return True
+    except (av.FFmpegError, ValueError, TypeError, OverflowError):
+        return False
+
+
+def output_codec(kind: str, meta: VideoMeta, crf: int = 12):
+    """(codec, pixel format, options) for writing ``meta``'s frames as ``kind``: the source
+    pixel format where the codec supports it (else the nearest), then fall-backs for sizes a
+    codec refuses (one FFV1 slice; full chroma for odd sizes) → :class:`OutputError` with a
+    clear message when none fits (checked before any frame is decoded)."""
+    import av
+
+    if kind == "mp4":
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    else:
+        codec = {"mkv": "ffv1", "y4m": "rawvideo", "png": "png"}[kind]
+    options = {"libx264": {"crf": str(int(crf)), "preset": "medium"},
+               "mpeg4": {"qscale": "2"}, "ffv1": {"level": "3", "slicecrc": "1"}}.get(codec, {})
+    pix = choose_pix_fmt(meta.pix_fmt, _supported(kind, codec))
+    if codec not in ("libx264", "mpeg4", "ffv1"):
+        return codec, pix, options
+    supported = _supported(kind, codec)
+    pixes = [pix] + [p for p in ("yuv444p", "yuv420p") if p in supported and p != pix]
+    cands = [(p, options) for p in pixes]
+    if codec == "ffv1":
+        cands += [(p, {**options, "slices": "1"}) for p in pixes]
+    for p, o in cands:
+        if _codec_opens(codec, meta.width, meta.height, p, o, meta.fps):
+            return codec, p, o
+    raise OutputError(f"{kind} output ({codec}) cannot hold {meta.width}x{meta.height} frames; "
+                      f"use .y4m or a PNG pattern")
+
+
 def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
                 kind: Optional[str] = None,
                 progress: Optional[Callable[[int], None]] = None,
@@ -298,20 +350,11 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
     import av
 
     warn = warn or (lambda m: None)
-    frames = iter(frames)
-    first = next(frames, None)  # decoding frame 0 reads the AUDIO track records before it
-
     kind = kind or output_kind(path)
     fmt = {"mkv": "matroska", "mp4": "mp4", "y4m": "yuv4mpegpipe", "png": "image2"}[kind]
-    if kind == "mp4":
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    else:
-        codec = {"mkv": "ffv1", "y4m": "rawvideo", "png": "png"}[kind]
-    options = {"libx264": {"crf": str(int(crf)), "preset": "medium"},
-               "mpeg4": {"qscale": "2"}, "ffv1": {"level": "3", "slicecrc": "1"}}.get(codec, {})
-    pix = choose_pix_fmt(meta.pix_fmt, _supported(kind, codec))
-    if codec in ("libx264", "mpeg4") and pix not in ("yuv420p",) and meta.width % 2 + meta.height % 2:
-        pix = "yuv444p" if codec == "libx264" else pix  # 4:2:0 needs even sizes
+    codec, pix, options = output_codec(kind, meta, crf)  # refuses before any frame is decoded
+    frames = iter(frames)
+    first = next(frames, None)  # decoding frame 0 reads the AUDIO track records before it
     # single-file outputs go through a Python file object: FFmpeg's own file protocol drops
     # write errors (a full disk would give a truncated file and success); Python's write
     # raises, and PyAV re-raises it from the next call (at the latest from close)

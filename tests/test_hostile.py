@@ -312,3 +312,66 @@ def test_seventeenth_audio_track_is_reported(runner, tmp_path):
     r = runner.invoke(cli.main, ["encode", str(path), "-o", str(tmp_path / "m.mgv"), "-q"])
     assert r.exit_code == 0, r.output
     assert "mgv: warning: audio track 16 dropped: a stream holds at most 16 tracks" in r.stderr
+
+
+# ---- documented outputs on real inputs, frame rates, usage errors ------------------------------
+@pytest.mark.parametrize("w, h, kind, pix", [(47, 33, "mp4", "yuv420p"), (1, 64, "mkv", "yuv420p"),
+                                             (1, 1, "mp4", "yuv420p"), (3, 3, "mkv", "yuv420p"),
+                                             (2, 64, "mkv", "rgb24")])
+def test_odd_sizes_write_every_documented_output(tmp_path, w, h, kind, pix):
+    """47×33 to .mp4 failed with "Generic error in an external library"; 1×64 to .mkv failed
+    (FFV1 refuses narrow frames with its default slices)."""
+    import av
+
+    from neuralcodec import io as vio
+
+    meta = vio.VideoMeta(w, h, Fraction(25), 3, pix)
+    frames = [np.full((h, w, 3), 40 * i, np.uint8) for i in range(3)]
+    out = tmp_path / f"o.{kind}"
+    assert vio.write_video(out, meta, frames) == 3
+    with av.open(str(out)) as c:
+        got = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(got) == 3 and got[0].shape == (h, w, 3)
+
+
+@pytest.mark.parametrize("rate", [Fraction(2000), Fraction(1, 2000)])
+def test_frame_rates_outside_the_header_range_are_refused(runner, tmp_path, rate):
+    """Rates above 1000 or below 1/1000 fps were silently stored as 25 fps."""
+    import av
+
+    from neuralcodec import cli
+
+    p = tmp_path / "in.mkv"
+    c = av.open(str(p), "w")
+    s = c.add_stream("ffv1", rate=rate)
+    s.width = s.height = 16
+    s.pix_fmt = "yuv420p"
+    for i in range(2):
+        f = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+        f.pts = i
+        for q in s.encode(f):
+            c.mux(q)
+    for q in s.encode():
+        c.mux(q)
+    c.close()
+    r = runner.invoke(cli.main, ["encode", str(p), "-o", str(tmp_path / "o.mgv"), "-q"])
+    assert r.exit_code == 3
+    assert r.stderr.startswith("mgv: error:") and "1/1000..1000 fps" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.mgv").exists()
+
+
+@pytest.mark.parametrize("args", [["encode", "x.mkv", "--bits", "abc", "-o", "y.mgv"],
+                                  ["encode", "x.mkv"], ["decode"], ["nosuch"],
+                                  ["decode", "a.mgv", "-o", "b.mkv", "--bogus"]])
+def test_usage_errors_are_one_line_exit_3(tmp_path, args):
+    """Click usage errors exited 2 (the code of a damaged stream) with four lines of usage."""
+    p = mgv(*args, cwd=tmp_path)
+    assert p.returncode == 3
+    line = one_line_error(p)
+    assert "--help" in line
+
+
+def test_no_arguments_and_help_still_print_usage(tmp_path):
+    for args in ([], ["--help"], ["decode", "--help"]):
+        p = mgv(*args, cwd=tmp_path)
+        assert p.returncode == 0 and p.stdout.startswith("Usage: mgv"), (args, p.stderr)
