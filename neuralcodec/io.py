@@ -166,17 +166,43 @@ def output_kind(path) -> str:
     p = str(path)
     ext = os.path.splitext(p)[1].lower()
     if ext == ".png":
-        if not PATTERN_RE.search(os.path.basename(p)):
-            raise OutputError(f"{p}: PNG output needs a frame number pattern, e.g. out_%05d.png")
+        check_pattern(p)
         return "png"
     if ext in (".mkv", ".mp4", ".y4m"):
         return ext[1:]
     raise OutputError(f"{p}: unsupported output extension '{ext}' (use .mkv, .mp4, .y4m or %05d.png)")
 
 
+_CONVERSION_RE = re.compile(r"%(%|0?[1-9]?\d?d)")
+
+
+def check_pattern(path) -> None:
+    """A PNG output name holds exactly one frame number ``%d`` / ``%0Nd`` (N ≤ 99) in its file
+    name, and any other ``%`` is written ``%%`` → :class:`OutputError`."""
+    p = str(path)
+    base = os.path.basename(p)
+    numbers = 0
+    i = 0
+    while i < len(base):
+        if base[i] != "%":
+            i += 1
+            continue
+        m = _CONVERSION_RE.match(base, i)
+        if m is None:
+            raise OutputError(f"{p}: a '%' in a PNG pattern must be a frame number (%d, %05d) "
+                              f"or written '%%'")
+        numbers += m.group(1) != "%"
+        i = m.end()
+    if numbers != 1:
+        raise OutputError(f"{p}: PNG output needs exactly one frame number pattern, e.g. "
+                          f"out_%05d.png")
+
+
 def pattern_names(pattern, count: int, start: int = 1) -> List[str]:
-    """File names a ``%0Nd`` pattern produces for ``count`` frames numbered from ``start``."""
-    return [str(pattern) % i for i in range(start, start + count)]
+    """File names a ``%0Nd`` pattern produces for ``count`` frames numbered from ``start``
+    (the pattern is in the file name; the directory is taken as it is)."""
+    d, base = os.path.split(str(pattern))
+    return [os.path.join(d, base % i) for i in range(start, start + count)]
 
 
 _Y4M_FORMATS = ("yuv420p", "yuv422p", "yuv444p", "yuv411p", "gray", "yuv420p10le",

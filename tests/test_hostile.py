@@ -375,3 +375,130 @@ def test_no_arguments_and_help_still_print_usage(tmp_path):
     for args in ([], ["--help"], ["decode", "--help"]):
         p = mgv(*args, cwd=tmp_path)
         assert p.returncode == 0 and p.stdout.startswith("Usage: mgv"), (args, p.stderr)
+
+
+# ---- outputs ----------------------------------------------------------------------------------
+@pytest.fixture
+def small_mgv(tiny, tmp_path):
+    data = codec.compress(tiny, np.random.default_rng(0).integers(0, 256, (3, 16, 24, 3), dtype=np.uint8))
+    p = tmp_path / "s.mgv"
+    p.write_bytes(data)
+    return p
+
+
+def test_y_writes_into_a_fifo_never_replaces_it(runner, tmp_path, small_mgv):
+    """-y replaced a device node or FIFO with a regular file (as root, -o /dev/null -y would
+    have deleted /dev/null)."""
+    import stat
+    import threading
+
+    from neuralcodec import cli
+
+    fifo = tmp_path / "pipe.y4m"
+    os.mkfifo(fifo)
+    got = []
+    t = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    t.start()
+    r = runner.invoke(cli.main, ["decode", str(small_mgv), "-o", str(fifo), "-y", "-q"])
+    t.join(30)
+    assert r.exit_code == 0, r.output
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert got and got[0].startswith(b"YUV4MPEG2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.y4m", "s.mgv"]
+
+
+def test_output_is_created_exclusively_without_y(tmp_path):
+    """Two commands writing the same new path without -y both succeeded and one output was
+    lost; now the second to finish fails with "exists" and the first output is kept."""
+    from neuralcodec import cli
+
+    target = tmp_path / "a.mgv"
+    with pytest.raises(MGVError, match="exists"):
+        with cli.atomic_output(target, False) as tmp:
+            tmp.write_bytes(b"mine")
+            target.write_bytes(b"the other command's")  # it finished first
+    assert target.read_bytes() == b"the other command's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mgv"]
+    with cli.atomic_output(tmp_path / "b.mgv", False) as tmp:
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "b.mgv").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("pattern", ["%d%d.png", "100%_%05d.png", "x_%s.png", "%0100d.png"])
+def test_bad_png_patterns_are_one_line_errors(runner, tmp_path, small_mgv, pattern):
+    """PNG patterns such as %d%d.png or 100%_%05d.png ended in tracebacks."""
+    from neuralcodec import cli
+
+    r = runner.invoke(cli.main, ["decode", str(small_mgv), "-o", str(tmp_path / pattern), "-q"])
+    assert r.exit_code == 4, r.output
+    assert r.stderr.startswith("mgv: error:") and len(r.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.mgv"]
+
+
+def test_percent_written_twice_is_a_literal(runner, tmp_path, small_mgv):
+    from neuralcodec import cli
+
+    r = runner.invoke(cli.main, ["decode", str(small_mgv), "-o", str(tmp_path / "100%%_%02d.png"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["100%_01.png", "100%_02.png", "100%_03.png", "s.mgv"]
+
+
+def test_png_sequence_failing_midway_leaves_nothing(runner, tmp_path, small_mgv):
+    """A PNG sequence that failed midway left its first frames."""
+    from neuralcodec import cli
+
+    (tmp_path / "f_2.png").mkdir()  # the second name cannot be replaced
+    r = runner.invoke(cli.main, ["decode", str(small_mgv), "-o", str(tmp_path / "f_%d.png"), "-y", "-q"])
+    assert r.exit_code == 4, r.output
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f_2.png", "s.mgv"]
+
+
+def test_exit_4_messages_name_the_target_not_the_temp_file(tmp_path):
+    from neuralcodec import cli
+    from neuralcodec.errors import OutputError
+
+    target = tmp_path / "o.mkv"
+    with pytest.raises(OutputError) as ei:
+        with cli.atomic_output(target, False) as tmp:
+            raise OutputError(f"{tmp}: writing failed (File too large)")
+    assert str(ei.value) == f"{target}: writing failed (File too large)"
+    with pytest.raises(OSError) as ei:
+        with cli.atomic_output(target, False) as tmp:
+            raise OSError(27, "File too large", str(tmp))
+    assert ei.value.filename == str(target)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig", ["SIGHUP", "SIGQUIT"])
+def test_sighup_and_sigquit_remove_the_part_file(tmp_path, sig):
+    """SIGHUP (a closed terminal) and SIGQUIT left the hidden .part file behind."""
+    import signal
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from neuralcodec import cli\n"
+        "def slow(*a):\n"
+        "    with cli.atomic_output(Path('out.mgv'), False) as tmp:\n"
+        "        tmp.write_bytes(b'partial')\n"
+        "        print('ready', flush=True)\n"
+        "        time.sleep(60)\n"
+        "cli._encode = slow\n"
+        "sys.argv = ['mgv', 'encode', 'in.mkv', '-o', 'out.mgv']\n"
+        "cli.main()\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        p.send_signal(getattr(signal, sig))
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert err.strip() == "mgv: error: interrupted"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["run.py"]
