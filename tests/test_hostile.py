@@ -502,3 +502,20 @@ def test_sighup_and_sigquit_remove_the_part_file(tmp_path, sig):
     assert p.returncode == 130, err
     assert err.strip() == "mgv: error: interrupted"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["run.py"]
+
+
+@needs_default
+def test_encoding_a_huge_picture_is_refused_in_one_line(tmp_path):
+    """Encoding an 8192×4096 PNG died with a traceback under 4 GB."""
+    import av
+
+    c = av.open(str(tmp_path / "big.png"), "w", format="image2")
+    s = c.add_stream("png", rate=1)
+    s.width, s.height, s.pix_fmt = 8192, 4096, "rgb24"
+    f = av.VideoFrame.from_ndarray(np.zeros((4096, 8192, 3), np.uint8), format="rgb24")
+    for p in list(s.encode(f)) + list(s.encode()):
+        c.mux(p)
+    c.close()
+    p = mgv("encode", "big.png", "-o", "big.mgv", "-q", cwd=tmp_path, limit_as=4 << 30)
+    assert "memory" in one_line_error(p)
+    assert sorted(os.listdir(tmp_path)) == ["big.png"]
