@@ -442,7 +442,7 @@ class Reader:
         order = RecordOrder(self.header, self.records_offset)
         while True:
             rec = self.read_record()
-            if rec.type not in RECORD_NAMES and rec.flags & FLAG_CRITICAL:
+            if rec.type not in RECORD_NAMES and rec.type != 0 and rec.flags & FLAG_CRITICAL:
                 raise UnsupportedVersion(f"record type {rec.type} is required but unknown")
             order.check(rec)
             yield rec
@@ -623,7 +623,7 @@ class Reader:
                     return
                 pos = nxt
                 continue
-            if rec.type not in RECORD_NAMES and rec.flags & FLAG_CRITICAL:
+            if rec.type not in RECORD_NAMES and rec.type != 0 and rec.flags & FLAG_CRITICAL:
                 raise UnsupportedVersion(f"record type {rec.type} is required but unknown")
             yield rec
             if rec.type == REC_END:

@@ -179,6 +179,10 @@ def vectors() -> Dict[str, Tuple[bytes, str, str]]:
     s.add(record(0, b"", False))
     add("invalid/record_type_0.mgv", s.close(), "RecordError", "record type 0")
     s = example()
+    s.add(record(0, b"", True))
+    add("invalid/record_type_0_critical.mgv", s.close(), "RecordError",
+        "record type 0 with the CRITICAL flag (invalid, not an unknown type)")
+    s = example()
     s.add(record(7, b"future", True))
     add("invalid/unknown_critical.mgv", s.close(), "UnsupportedVersion", "unknown critical type 7")
     s = Stream(header())
