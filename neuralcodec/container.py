@@ -664,6 +664,8 @@ class RecordOrder:
     def check(self, rec: Record) -> None:
         if rec.type == 0:
             raise RecordError(f"record type 0 (invalid) at offset {rec.offset}")
+        if self.index_offset is not None and rec.type not in (REC_END, REC_INDEX, REC_SEGMENT):
+            raise RecordError(f"a record of type {rec.type} between the INDEX and END")
         if rec.type == REC_SEGMENT:
             if self.index_offset is not None:
                 raise RecordError(f"SEGMENT after the INDEX at offset {rec.offset}")

@@ -176,6 +176,11 @@ def vectors() -> Dict[str, Tuple[bytes, str, str]]:
     add("invalid/index_before_last_segment.mgv", s.end(idx), "RecordError",
         "INDEX before the last SEGMENT")
     s = example()
+    idx = s.index()
+    s.add(record(ct.REC_AUDIO, audio_track(), False))
+    add("invalid/record_between_index_and_end.mgv", s.end(idx), "RecordError",
+        "an AUDIO record between INDEX and END")
+    s = example()
     s.add(record(0, b"", False))
     add("invalid/record_type_0.mgv", s.close(), "RecordError", "record type 0")
     s = example()
