@@ -47,7 +47,7 @@ from neuralcodec import container as ct  # noqa: E402
 from neuralcodec.errors import MGVError  # noqa: E402
 
 FRAME_CAP = 300  # frames consumed per decode (a header may validly announce 2^24)
-PIXEL_CAP = 1 << 21  # pixels consumed per decode (a forged header may announce 33 Mpx frames)
+PIXEL_CAP = 1 << 20  # pixels consumed per decode (a forged header may announce 33 Mpx frames)
 INTERESTING32 = (0, 1, 2, 3, 0x7F, 0xFF, 0x100, 0xFFFF, 0x10000, 1 << 24, 1 << 28, (1 << 28) + 1,
                  0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF)
 
@@ -104,7 +104,37 @@ def seed_streams(model) -> List[bytes]:
     s3 = codec.compress(model, _clip(1, 8, 8, 2), entropy="context")
     s4 = _with_audio(codec.compress(model, _clip(6, 16, 16, 3), segment_frames=5, entropy="context",
                                     fps=Fraction(30000, 1001)))
-    return [s1, s2, s3, s4]
+    return [s1, s2, s3, s4, _real_audio_stream(model)]
+
+
+def _real_audio_stream(model) -> bytes:
+    """A stream made from a real file with a PCM audio track (a template FFmpeg can mux)."""
+    import tempfile
+
+    import av
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "a.mkv"
+        c = av.open(str(path), "w")
+        v = c.add_stream("ffv1", rate=25)
+        v.width, v.height, v.pix_fmt = 16, 16, "yuv420p"
+        a = c.add_stream("pcm_s16le", rate=8000)
+        a.layout = "mono"
+        frames = _clip(6, 16, 16, 4)
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = i
+            for p in v.encode(vf):
+                c.mux(p)
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 320), np.int16), format="s16", layout="mono")
+            af.sample_rate, af.pts = 8000, 320 * i
+            for p in a.encode(af):
+                c.mux(p)
+        for st in (v, a):
+            for p in st.encode():
+                c.mux(p)
+        c.close()
+        return codec.compress(model, str(path), segment_frames=5)
 
 
 # ---- mutations ------------------------------------------------------------------------------
@@ -241,6 +271,11 @@ def _consistent_segments(fields: dict, rng: random.Random, limit: int = 6) -> Li
         raw = h.raw_bytes(t)
         if raw <= (1 << 16) and rng.random() < 0.6:
             mode, data = 0, bytes(rng.getrandbits(8) for _ in range(min(raw, 64))) + bytes(max(0, raw - 64))
+        elif rng.random() < 0.5 and _const_payload((h.bits, t, lh, lw)) is not None:
+            data = _const_payload((h.bits, t, lh, lw))
+            mode = 1
+            if len(data) > raw:
+                mode, data = 0, bytes(raw)
         else:
             words = rng.choice((1, 2, 3, 8, 64, 256))
             data = bytes(rng.getrandbits(8) for _ in range(4 * words)) if rng.random() < 0.5 else bytes(4 * words)
@@ -271,15 +306,78 @@ def _forge_audio(rng: random.Random) -> bytes:
         + struct.pack("<I", count) + b"".join(body)
 
 
+def _forge_real_audio(payload: bytes, rng: random.Random) -> bytes:
+    """A real AUDIO record with its time base, start or packet timestamps / order forged."""
+    import dataclasses
+
+    try:
+        a = ct.parse_audio(payload)
+    except MGVError:
+        return payload
+    if isinstance(a, ct.AudioTrack):
+        num = rng.choice(U32_LIMITS[1:] + (1,))
+        den = rng.choice(U32_LIMITS[1:] + (8000,))
+        raw = a.to_payload()
+        pos = 3 + len(a.codec)
+        b = bytearray(raw)
+        if rng.random() < 0.6:
+            struct.pack_into("<II", b, pos, num, den)
+        else:
+            struct.pack_into("<q", b, pos + 14, rng.choice(I64_LIMITS))
+        return bytes(b)
+    if isinstance(a, ct.AudioPackets) and a.packets:
+        pk = list(a.packets)
+        i = rng.randrange(len(pk))
+        r = rng.random()
+        if r < 0.4:
+            pk[i] = dataclasses.replace(pk[i], pts=rng.choice(I64_LIMITS[:-3] + (None,)),
+                                        dts=rng.choice(I64_LIMITS[:-3] + (None,)))
+        elif r < 0.7 and len(pk) > 1:
+            j = rng.randrange(len(pk))
+            pk[i], pk[j] = pk[j], pk[i]
+        else:
+            pk[i] = dataclasses.replace(pk[i], duration=rng.choice(U32_LIMITS), data=pk[i].data[:rng.choice((0, 1))])
+        return ct.AudioPackets(a.track, tuple(pk)).to_payload()
+    return payload
+
+
+_CONST_PAYLOADS: dict = {}
+
+
+def _const_payload(shape) -> Optional[bytes]:
+    """A valid mode-1 payload of all-zero bits (cached): segments of forged huge frames or
+    long segments that reach the model."""
+    if shape not in _CONST_PAYLOADS:
+        k, t, h, w = shape
+        if k * t * h * w > (1 << 24):
+            return None
+        from neuralcodec.entropy import encode_bits
+
+        _CONST_PAYLOADS[shape] = encode_bits(np.zeros(shape, np.uint8))
+    return _CONST_PAYLOADS[shape]
+
+
 def forge(seed: bytes, rng: random.Random) -> bytes:
     """One structure-aware case built from ``seed``: header fields and records forged at their
     limits, every header and record with a valid CRC, INDEX / END made consistent or forged."""
     fields, minor, recs = _parse_seed(seed)
     recs = [r for r in recs if r[0] not in (ct.REC_INDEX, ct.REC_END)]
     extra = b""
+    has_audio = any(r[0] == ct.REC_AUDIO for r in recs)
     for _ in range(rng.randint(1, 3)):
-        op = rng.randrange(10)
-        if op <= 2:  # header fields at their limits; segments made to match half of the time
+        op = rng.randrange(13)
+        if op == 10 or (op == 11 and has_audio):
+            op = 4  # audio forging is worth more cases where there is real audio
+        if op == 12:  # a valid header of huge frames or a long segment, with matching segments
+            if rng.random() < 0.5:
+                fields["width"], fields["height"] = rng.choice(((8192, 4096), (4096, 4096), (2048, 2048),
+                                                                (8192, 1), (1, 8192), (1024, 1024)))
+                fields["frames"] = rng.choice((1, 2, 5))
+            else:
+                fields["frames"] = rng.choice((65533, 8193, 4097))
+                fields["segment_frames"] = fields["frames"]
+            recs = [r for r in recs if r[0] != ct.REC_SEGMENT] + _consistent_segments(fields, rng)
+        elif op <= 2:  # header fields at their limits; segments made to match half of the time
             for name in rng.sample(list(LIMITS), rng.randint(1, 3)):
                 fields[name] = rng.choice(LIMITS[name])
             if rng.random() < 0.5:
@@ -298,8 +396,13 @@ def forge(seed: bytes, rng: random.Random) -> bytes:
                 lim = {"<I": U32_LIMITS, "<H": (0, 1, 2, 0x7FFF, 0xFFFF), "<B": (0, 1, 2, 255)}[fmt]
                 struct.pack_into(fmt, p, off, rng.choice(lim))
                 recs[i] = (ct.REC_SEGMENT, recs[i][1], bytes(p))
-        elif op == 4:  # AUDIO records at their limits
-            recs.insert(rng.randint(0, len(recs)), (ct.REC_AUDIO, 0, _forge_audio(rng)))
+        elif op == 4:  # AUDIO records at their limits: new ones, or real ones with forged fields
+            real = [i for i, r in enumerate(recs) if r[0] == ct.REC_AUDIO]
+            if real and rng.random() < 0.6:
+                i = rng.choice(real)
+                recs[i] = (ct.REC_AUDIO, recs[i][1], _forge_real_audio(recs[i][2], rng))
+            else:
+                recs.insert(rng.randint(0, len(recs)), (ct.REC_AUDIO, 0, _forge_audio(rng)))
         elif op == 5:  # odd record types and flags
             recs.insert(rng.randint(0, len(recs)), (rng.choice((0, 4, 7, 14, 16, 255)),
                                                     rng.choice((0, 1, 2, 0x80)),
@@ -388,8 +491,24 @@ def run_case(data: bytes, model) -> Optional[str]:
             _consume(meta, it, recover, None)
         return go
 
+    def mux():  # decode with audio into an .mkv (forged audio reaches the muxer)
+        import itertools
+        import tempfile
+
+        from neuralcodec import io as vio
+
+        sink = codec.AudioSink()
+        meta, it = codec.decompress_from_file(io.BytesIO(data), model=model,
+                                              on_damage=lambda d: None, audio=sink)
+        n = max(1, min(FRAME_CAP, PIXEL_CAP // max(1, meta.width * meta.height)))
+        with tempfile.TemporaryDirectory() as d:
+            vio.write_video(Path(d) / "o.mkv", meta, itertools.islice(it, n), audio=sink,
+                            warn=lambda m: None)
+
     checks += [decode(False), decode(True), decode(True, (1, None)),
                lambda: codec.stream_info(io.BytesIO(data))]
+    if ct.RECORD_SYNC + bytes([ct.REC_AUDIO]) in data:
+        checks.append(mux)
     for c in checks:
         try:
             c()
