@@ -1,4 +1,4 @@
-"""The ``mgv`` command line: ``encode``, ``decode``, ``info``.
+"""The ``mgv`` command line: ``encode``, ``decode``, ``info``, ``tokens``, ``detokenize``.
 
 The CLI only parses arguments, shows progress (tqdm, stderr), prints results (stdout) and maps
 errors to one line on stderr and an exit code (:mod:`neuralcodec.errors`; 130 for Ctrl-C).
@@ -268,44 +268,67 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("input", type=click.Path(path_type=Path, allow_dash=True))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="output .mgv file")
 @click.option("--model", "model_name", default=None, help="registered model name [default: mgv-default-v2]")
 @click.option("--bits", type=int, default=None, help="LFQ bits stored per token (1..K) [default: K]")
 @click.option("--entropy", type=click.Choice(["none", "context"]), default="context", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
+              metavar="P", help="auto, float32 or bfloat16 [default: auto = bfloat16 where the "
+                                "CPU/GPU computes it natively]")
 @click.option("--segment-frames", type=int, default=None,
               help="frames per independently decodable segment, 1 + 4k [default: about 2 s]")
+@click.option("--bitrate", default=None,
+              help="target rate of the video, bits/s (50k, 1.5M): each segment stores the most "
+                   "bits per token (up to --bits) that keep the stream within it")
+@click.option("--bpp", type=float, default=None, help="target rate in bits per pixel (like --bitrate)")
 @click.option("-y", "--force", is_flag=True, help="overwrite the output")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 def encode(input: Path, output: Path, model_name: Optional[str], bits: Optional[int], entropy: str,
-           device: str, segment_frames: Optional[int], force: bool, quiet: bool) -> None:
-    """Encode a video file (anything FFmpeg reads) into an .mgv stream."""
-    _run(_encode, input, output, model_name, bits, entropy, device, segment_frames, force, quiet)
+           device: str, precision: str, segment_frames: Optional[int], bitrate: Optional[str],
+           bpp: Optional[float], force: bool, quiet: bool) -> None:
+    """Encode a video file (anything FFmpeg reads) into an .mgv stream.
+
+    INPUT "-" reads the video from stdin (y4m, nut, mkv: anything FFmpeg reads from a pipe;
+    its audio is not carried)."""
+    _run(_encode, input, output, model_name, bits, entropy, device, segment_frames, force, quiet,
+         bitrate, bpp, precision)
 
 
 def _encode(input: Path, output: Path, model_name, bits, entropy, device, segment_frames,
-            force, quiet) -> None:
-    from . import codec, io, weights
+            force, quiet, bitrate=None, bpp=None, precision="auto") -> None:
+    from . import codec, io
 
+    rate = codec.parse_rate(bitrate) if bitrate is not None else None
+    if rate is not None and bpp is not None:
+        raise InputError("give --bitrate or --bpp, not both")
+    if bpp is not None and not 0 < bpp < float("inf"):
+        raise InputError(f"--bpp must be positive, got {bpp}")
+
+    if str(output) == "-":
+        raise OutputError("encode writes a file (the frame count is patched into its header)")
     if _same_file(input, output):
         raise OutputError("input and output are the same file")
     if output.exists() and not force:
         raise OutputError(f"{output} exists (use -y to overwrite)")
-    meta = io.probe(input)
-    dev = _device(device)
-    try:
-        model = weights.load_model(model_name or weights.DEFAULT_MODEL)
-    except weights.WeightsError as e:
-        from .errors import ModelError
-        raise ModelError(str(e)) from None
-    model = model.to(dev)
+    if str(input) == "-":
+        if sys.stdin is not None and sys.stdin.isatty():
+            raise InputError("stdin is a terminal: pipe a video into it (e.g. from ffmpeg -f yuv4mpegpipe -)")
+        meta, frames = io.open_pipe(click.get_binary_stream("stdin"))
+        video = (meta, frames)
+    else:
+        meta = io.probe(input)
+        video = input
+    model = _load_model(model_name, device, precision)
     codec.check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
     t0 = time.perf_counter()
-    with atomic_output(output, force) as tmp, _progress(meta.frames, quiet, "encode") as bar:
+    total = meta.frames if meta.frames is not None or video is not input else io.count_frames(input)
+    with atomic_output(output, force) as tmp, _progress(total, quiet, "encode") as bar:
         with open(tmp, "wb") as fo:
-            res = codec.compress_to_file(model, input, fo, bits=bits, entropy=entropy,
-                                         segment_frames=segment_frames, progress=bar.update)
+            res = codec.compress_to_file(model, video, fo, bits=bits, entropy=entropy,
+                                         segment_frames=segment_frames, progress=bar.update,
+                                         bitrate=rate, bpp=bpp)
             fo.flush()
             if stat.S_ISREG(os.fstat(fo.fileno()).st_mode):  # a FIFO or device cannot sync
                 os.fsync(fo.fileno())
@@ -318,36 +341,88 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
                f"{8 * res.bytes_written / 1000 / float(h.frames / h.fps):.1f} kbps, "
                f"{h.bits}/{h.model_bits} bits, {res.context_segments}/{res.segments} segments "
                f"entropy coded, {dt:.2f} s ({h.frames / dt:.2f} fps)")
+    if rate is not None or bpp is not None:
+        bits_used = res.segment_bits
+        click.echo(f"rate control: video {res.video_kbps:.1f} kbps, bits per token per segment "
+                   f"{min(bits_used)}..{max(bits_used)} (mean {sum(bits_used) / len(bits_used):.2f})")
+        if res.rate_note:
+            _warn(res.rate_note)
+
+
+OUTPUT_HELP = ("output video: .mkv (FFV1), .mp4 (H.264), .y4m, .nut (raw), a %05d.png pattern, "
+               "or - for stdout (with --format)")
+FORMAT_OPTION = click.option("--format", "fmt", type=click.Choice(["y4m", "nut", "mkv"]), default=None,
+                             help="container of the output: required with -o - (stdout); "
+                                  "overrides the extension otherwise")
+
+
+def _output_kind(output: str, fmt: Optional[str]) -> str:
+    from . import io
+
+    if output == "-":
+        if fmt is None:
+            raise OutputError("-o - (stdout) needs --format y4m, nut or mkv")
+        if sys.stdout.isatty():
+            raise OutputError("refusing to write video to a terminal (redirect stdout or use -o FILE)")
+        return fmt
+    return fmt or io.output_kind(output)
+
+
+def _write_output(output: str, kind: str, meta, frames, force: bool, quiet: bool, desc: str,
+                  audio=None) -> int:
+    """Write ``frames`` to ``output`` (a file through a temporary name, a PNG pattern, or
+    stdout for "-") → frames written."""
+    from . import io
+
+    if output == "-":
+        with _progress(meta.frames, quiet, desc) as bar:
+            return io.write_video(click.get_binary_stream("stdout"), meta, frames, kind=kind,
+                                  progress=bar.update, audio=audio, warn=_warn)
+    ctx = atomic_pattern(output, meta.frames, force) if kind == "png" else atomic_output(Path(output), force)
+    with ctx as tmp, _progress(meta.frames, quiet, desc) as bar:
+        return io.write_video(tmp, meta, frames, kind=kind, progress=bar.update, audio=audio,
+                              warn=_warn)
+
+
+def _report(output: str, msg: str) -> None:
+    """The result line: stdout, or stderr when stdout carries the data."""
+    click.echo(msg, err=output == "-")
 
 
 @main.command()
-@click.argument("input", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True,
-              help="output video: .mkv (FFV1), .mp4 (H.264), .y4m, or a %05d.png pattern")
+@click.argument("input", type=click.Path(path_type=Path, allow_dash=True))
+@click.option("-o", "--output", required=True, help=OUTPUT_HELP)
+@FORMAT_OPTION
 @click.option("--frames", "frames", default=None,
               help="decode frames A:B only (0-based, B excluded; audio is dropped)")
 @click.option("--recover", is_flag=True,
               help="accept damaged streams: conceal lost frames, report them, exit 0")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
+              metavar="P", help="auto, float32 or bfloat16 [default: auto = bfloat16 where the "
+                                "CPU computes it natively]")
 @click.option("-y", "--force", is_flag=True, help="overwrite the output")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def decode(input: Path, output: str, frames: Optional[str], recover: bool, force: bool,
-           quiet: bool) -> None:
+def decode(input: Path, output: str, fmt: Optional[str], frames: Optional[str], recover: bool,
+           precision: str, force: bool, quiet: bool) -> None:
     """Decode an .mgv stream into a video file chosen by the output's extension.
 
-    Damaged or missing segments are concealed (the frame count stays exact) and reported on
-    stderr, one line per damaged range; the exit code is then 2 unless --recover is given."""
-    _run(_decode, input, output, frames, force, quiet, recover)
+    INPUT "-" reads the stream from stdin; "-o - --format y4m" writes the video to stdout
+    (messages go to stderr). Damaged or missing segments are concealed (the frame count stays
+    exact) and reported on stderr, one line per damaged range; the exit code is then 2 unless
+    --recover is given."""
+    _run(_decode, input, output, frames, force, quiet, recover, fmt, precision)
 
 
-def _decode(input: Path, output: str, frames_spec, force, quiet, recover=False) -> None:
-    from . import codec, io
+def _decode(input: Path, output: str, frames_spec, force, quiet, recover=False, fmt=None,
+            precision="auto") -> None:
+    from . import codec
     from .errors import StreamError
 
-    kind = io.output_kind(output)
+    kind = _output_kind(output, fmt)
     rng = _parse_frames(frames_spec)
-    if kind != "png" and Path(output).exists() and not force:
+    if output != "-" and kind != "png" and Path(output).exists() and not force:
         raise OutputError(f"{output} exists (use -y to overwrite)")
-    if _same_file(input, Path(output)):
+    if output != "-" and _same_file(input, Path(output)):
         raise OutputError("input and output are the same file")
     damage: List = []
 
@@ -358,18 +433,16 @@ def _decode(input: Path, output: str, frames_spec, force, quiet, recover=False) 
     t0 = time.perf_counter()
     sink = codec.AudioSink()
     with _open_input(input) as fo:
-        meta, it = codec.decompress_from_file(fo, frames=rng, on_damage=on_damage, audio=sink)
-        ctx = atomic_pattern(output, meta.frames, force) if kind == "png" else atomic_output(Path(output), force)
-        with ctx as tmp, _progress(meta.frames, quiet, "decode") as bar:
-            n = io.write_video(tmp, meta, it, kind=kind, progress=bar.update, audio=sink,
-                               warn=_warn)
+        meta, it = codec.decompress_from_file(fo, frames=rng, on_damage=on_damage, audio=sink,
+                                              precision=precision)
+        n = _write_output(output, kind, meta, it, force, quiet, "decode", audio=sink)
     dt = time.perf_counter() - t0
     if n != meta.frames:
         raise OutputError(f"wrote {n} of {meta.frames} frames")
     lost = sum(d.frames for d in damage)
-    click.echo(f"{output}: {n} frames {meta.width}x{meta.height} @ {meta.fps.numerator}/"
-               f"{meta.fps.denominator} fps, {dt:.2f} s ({n / dt:.2f} fps)"
-               + (f", {lost} frames concealed" if damage else ""))
+    _report(output, f"{output}: {n} frames {meta.width}x{meta.height} @ {meta.fps.numerator}/"
+                    f"{meta.fps.denominator} fps, {dt:.2f} s ({n / dt:.2f} fps)"
+                    + (f", {lost} frames concealed" if damage else ""))
     if damage and not recover:
         raise StreamError(f"damaged stream: {lost} of {n} frames concealed in {len(damage)} "
                           f"range(s); the output was written (use --recover to accept)")
@@ -377,6 +450,9 @@ def _decode(input: Path, output: str, frames_spec, force, quiet, recover=False) 
 
 @contextlib.contextmanager
 def _open_input(path: Path):
+    if str(path) == "-":
+        yield click.get_binary_stream("stdin")
+        return
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
@@ -414,6 +490,125 @@ def _info(input: Path, as_json: bool) -> None:
                           f" frames in {len(damaged)} damaged range(s)")
 
 
+def _is_mgv(path: Path) -> bool:
+    from .container import MAGIC
+
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def _load_model(model_name: Optional[str], device: str, precision: str = "auto"):
+    """A registered model ready for inference on ``device`` (cast as ``precision`` says)."""
+    from . import codec, weights
+    from .errors import ModelError
+
+    try:
+        model = weights.load_model(model_name or weights.DEFAULT_MODEL)
+    except weights.WeightsError as e:
+        raise ModelError(str(e)) from None
+    return codec.for_inference(model, _device(device), precision)
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="output .safetensors file")
+@click.option("--model", "model_name", default=None,
+              help="registered model for a video INPUT [default: mgv-default-v2]")
+@click.option("--bits", type=int, default=None,
+              help="bits per token (1..K; for a stream: keep its first B bits) [default: all]")
+@click.option("--split", "split", default=None,
+              help="also write sub-tokens of these bit group sizes, low bits first, e.g. 9,9")
+@click.option("--segment-frames", type=int, default=None,
+              help="frames per segment for a video INPUT, 1 + 4k [default: about 2 s]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("-y", "--force", is_flag=True, help="overwrite the output")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+def tokens(input: Path, output: Path, model_name: Optional[str], bits: Optional[int],
+           split: Optional[str], segment_frames: Optional[int], device: str, force: bool,
+           quiet: bool) -> None:
+    """Write the LFQ tokens of a video or an .mgv stream to a .safetensors file.
+
+    A video INPUT is encoded (the tokens `mgv encode` would store); an .mgv INPUT is read
+    without running a model (its stored bits, entropy decoding undone). The file holds
+    tokens.{i} (t×h×w, token index sum_k 2^k·bit_k) for segment i, sub-tokens
+    subtokens.{i}.{j} with --split, and the header fields as JSON metadata ("mgv")."""
+    _run(_tokens, input, output, model_name, bits, split, segment_frames, device, force, quiet)
+
+
+def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_frames, device,
+            force, quiet) -> None:
+    from . import codec, io
+    from . import tokens as tk
+
+    split = tk.parse_split(split_spec)
+    if _same_file(input, output):
+        raise OutputError("input and output are the same file")
+    if output.exists() and not force:
+        raise OutputError(f"{output} exists (use -y to overwrite)")
+    t0 = time.perf_counter()
+    if _is_mgv(input):
+        if model_name is not None or segment_frames is not None:
+            raise InputError("--model and --segment-frames apply to a video INPUT; an .mgv "
+                             "stream names its model and segments")
+        with _open_input(input) as fo:
+            tok = tk.tokens_from_stream(fo, bits=bits)
+    else:
+        meta = io.probe(input)
+        model = _load_model(model_name, device)
+        codec.check_encode_args(model, bits=bits, segment_frames=segment_frames)
+        if split:
+            tk.check_split(split, bits or model.cfg.bits)
+        with _progress(meta.frames, quiet, "tokens") as bar:
+            tok = tk.tokenize(model, input, bits=bits, segment_frames=segment_frames,
+                              progress=bar.update)
+    if split:
+        tk.check_split(split, tok.header.bits)
+    with atomic_output(output, force) as tmp:
+        tok.save(tmp, split=split)
+    h = tok.header
+    shapes = sorted({tuple(t.shape) for t in tok.segments})
+    click.echo(f"{output}: {len(tok.segments)} segments of tokens "
+               f"{' / '.join('x'.join(map(str, sh)) for sh in shapes)} (t x h x w), "
+               f"{h.bits}-bit tokens ({max(tok.bits)} max per segment), {h.frames} frames "
+               f"{h.width}x{h.height}, model {h.model_name}, {time.perf_counter() - t0:.2f} s")
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, help=OUTPUT_HELP)
+@FORMAT_OPTION
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("-y", "--force", is_flag=True, help="overwrite the output")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+def detokenize(input: Path, output: str, fmt: Optional[str], device: str, force: bool,
+               quiet: bool) -> None:
+    """Decode a tokens .safetensors file (from `mgv tokens`, or a generative model's output
+    with the same tensors and metadata) into a video, as `mgv decode` decodes a stream."""
+    _run(_detokenize, input, output, fmt, device, force, quiet)
+
+
+def _detokenize(input: Path, output: str, fmt, device, force, quiet) -> None:
+    from . import tokens as tk
+
+    kind = _output_kind(output, fmt)
+    if output != "-" and kind != "png" and Path(output).exists() and not force:
+        raise OutputError(f"{output} exists (use -y to overwrite)")
+    if output != "-" and _same_file(input, Path(output)):
+        raise OutputError("input and output are the same file")
+    tok = tk.Tokens.load(input)
+    model = _load_model(tok.header.model_name, device)
+    t0 = time.perf_counter()
+    meta, it = tk.detokenize_frames(model, tok)
+    n = _write_output(output, kind, meta, it, force, quiet, "detokenize")
+    dt = time.perf_counter() - t0
+    _report(output, f"{output}: {n} frames {meta.width}x{meta.height} @ {meta.fps.numerator}/"
+                    f"{meta.fps.denominator} fps, {dt:.2f} s ({n / dt:.2f} fps)")
+
+
 def _print_info(input: Path, d: dict, rows) -> None:
     h = d["header"]
     lines: List[str] = [f"{input}: .mgv version {d['version']}"]
@@ -423,14 +618,14 @@ def _print_info(input: Path, d: dict, rows) -> None:
     if "file_bytes" in d:
         lines.append(f"  {'size':<16} {d['file_bytes']} bytes, {d['bpp']:.4f} bpp, {d['kbps']:.1f} kbps")
     lines.append(f"  segments: {len(d['segments'])}")
-    lines.append(f"    {'#':>5} {'first':>8} {'frames':>6} {'entropy':>8} {'bytes':>10} {'bpp':>8}")
+    lines.append(f"    {'#':>5} {'first':>8} {'frames':>6} {'bits':>4} {'entropy':>8} {'bytes':>10} {'bpp':>8}")
     for s in d["segments"]:
         if s["damaged"]:
             last = f"-{s['last_index']}" if s["last_index"] != s["index"] else ""
             lines.append(f"    {str(s['index']) + last:>5} {s['first_frame']:>8} {s['frames']:>6} "
                          f"DAMAGED: {s['error']}")
             continue
-        lines.append(f"    {s['index']:>5} {s['first_frame']:>8} {s['frames']:>6} {s['entropy']:>8} "
+        lines.append(f"    {s['index']:>5} {s['first_frame']:>8} {s['frames']:>6} {s['bits']:>4} {s['entropy']:>8} "
                      f"{s['bytes']:>10} {s['bpp']:>8.4f}")
     for a in d["audio"]:
         lines.append(f"  audio track {a['track']}: {a['codec']} {a['sample_rate']} Hz "

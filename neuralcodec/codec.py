@@ -36,6 +36,7 @@ from .errors import (InputError, MGVError, ModelError, PayloadError, RecordError
                      StreamError, Truncated)
 from .io import VideoMeta, frames_of, probe, read_frames
 from .layers import streaming
+from .model import PRECISIONS, for_inference
 
 CHUNK_FRAMES = 16  # most frames per encoder chunk after the first (rounded to the temporal factor)
 CHUNK_PIXELS = 16 * 640 * 360  # pixel budget of a chunk: large frames get shorter chunks
@@ -56,11 +57,19 @@ ModelSource = Union[torch.nn.Module, Callable[[str], torch.nn.Module], None]
 class EncodeResult:
     """Summary of one :func:`compress_to_file` call."""
 
-    header: ct.Header
-    bytes_written: int
-    segments: int
+    header: ct.Header  # the final header (frame count corrected)
+    bytes_written: int  # size of the stream
+    segments: int  # number of segments
     context_segments: int  # segments whose payload is entropy coded
+    segment_bits: Tuple[int, ...] = ()  # bits per token of each segment
+    video_bytes: int = 0  # stream bytes without AUDIO records (what a target rate counts)
+    rate_note: Optional[str] = None  # why a target rate was missed by more than 10 %, if it was
     warnings: Tuple[str, ...] = ()  # what was left out (e.g. audio tracks beyond the 16th)
+
+    @property
+    def video_kbps(self) -> float:
+        """Rate of the stream without its audio, in kbit/s."""
+        return 8 * self.video_bytes / 1000 / float(self.header.frames / self.header.fps)
 
     @property
     def bpp(self) -> float:
@@ -281,7 +290,9 @@ class AudioSink:
 
 
 # ---- input ----------------------------------------------------------------------------------
-def _source(video: VideoInput, fps: Optional[Fraction]) -> Tuple[VideoMeta, Iterator[np.ndarray]]:
+def open_video(video: VideoInput, fps: Optional[Fraction] = None) -> Tuple[VideoMeta, Iterator[np.ndarray]]:
+    """A video input (path, ``T×H×W×3`` uint8 array at ``fps`` (default 25), or ``(VideoMeta,
+    frames)``) → (metadata, iterator of ``H×W×3`` uint8 RGB frames) → :class:`InputError`."""
     if isinstance(video, (str, Path)):
         meta = probe(video)
         return meta, read_frames(video, meta)
@@ -434,7 +445,7 @@ def chunk_frames(pixels: int, tf: int) -> int:
     return max(tf, n // tf * tf)
 
 
-def _encode_segment(model, it: Iterator[np.ndarray], meta: VideoMeta, seg_frames: int,
+def encode_segment(model, it: Iterator[np.ndarray], meta: VideoMeta, seg_frames: int,
                     bits: int, progress: Progress) -> Tuple[int, Optional[np.ndarray]]:
     """Encode up to ``seg_frames`` frames from ``it`` with a fresh causal state →
     (frames read, bits ``b×t×h×w`` uint8) or (0, None) at the end of the input."""
@@ -483,10 +494,85 @@ def check_encode_args(model: torch.nn.Module, *, bits: Optional[int] = None,
                          f"got {segment_frames}")
 
 
+def stream_header(model: torch.nn.Module, meta: VideoMeta, *, bits: Optional[int] = None,
+                  entropy: str = "context", segment_frames: Optional[int] = None) -> ct.Header:
+    """The header :func:`compress_to_file` starts a stream of ``meta`` with (``frames`` is 1
+    when ``meta`` does not know the count; the writer corrects it at the end) →
+    :class:`InputError` when the input cannot be coded (size or rate out of range)."""
+    check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
+    name, prefix = model_identity(model)
+    cfg = model.cfg
+    tf = cfg.temporal_factor
+    seg = segment_frames or default_segment_frames(meta.fps, tf)
+    pix = meta.pix_fmt if ct._PIXFMT_RE.match(meta.pix_fmt.encode("ascii", "replace")) else "rgb24"
+    if meta.frames is not None and meta.frames > ct.MAX_FRAMES:
+        raise InputError(f"{meta.frames} frames exceed the cap of {ct.MAX_FRAMES}")
+    try:
+        header = ct.Header(width=meta.width, height=meta.height, frames=max(1, meta.frames or 1),
+                           fps_num=meta.fps.numerator, fps_den=meta.fps.denominator,
+                           model_bits=cfg.bits, bits=cfg.bits if bits is None else bits,
+                           temporal_factor=tf, spatial_factor=cfg.spatial_factor,
+                           entropy=ENTROPY_MODES[entropy], segment_frames=seg,
+                           model_sha256=prefix, pix_fmt=pix[:32], model_name=name)
+        header.check()
+    except MGVError as e:
+        raise InputError(f"cannot encode this input: {e}") from None
+    return header
+
+
+# ---- rate control -----------------------------------------------------------------------------
+RATE_TOLERANCE = 0.10  # a target rate missed by more than this fraction is reported
+SEGMENT_OVERHEAD = (ct.RECORD_HEAD.size + ct.CRC.size + ct.SEGMENT_HEAD.size
+                    + ct.INDEX_ENTRY.size)  # bytes a segment costs besides its data (52)
+STREAM_TAIL = ct.RECORD_HEAD.size + 4 + ct.CRC.size + ct.END_RECORD_SIZE  # INDEX head + END
+
+
+def rate_payload(bits: np.ndarray, entropy: int, budget: float) -> Tuple[int, int, bytes]:
+    """The most bits per token whose coded payload fits ``budget`` bytes → (b, entropy mode,
+    payload) for segment bits ``K×t×h×w`` uint8 {0,1} (the first b planes are coded; the
+    nested code decodes them alone). b = 1 when nothing fits. Sizes grow with b, so b is found
+    by bisection: about log2(K) codings of the payload, no model run."""
+    k = bits.shape[0]
+    coded: Dict[int, Tuple[int, bytes]] = {}
+
+    def size(b: int) -> int:
+        if b not in coded:
+            coded[b] = encode_payload(np.ascontiguousarray(bits[:b]), entropy)
+        return len(coded[b][1])
+
+    if size(k) <= budget:
+        lo = k
+    elif k == 1 or size(1) > budget:
+        lo = 1
+    else:
+        lo, hi = 1, k  # size(lo) fits, size(hi) does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if size(mid) <= budget:
+                lo = mid
+            else:
+                hi = mid
+    return (lo,) + coded[lo]
+
+
+def parse_rate(spec: str) -> float:
+    """"50k" / "1.5M" / "64000" (bits per second; k = 1000) → float → :class:`InputError`."""
+    s = spec.strip()
+    mult = {"k": 1e3, "m": 1e6, "g": 1e9}.get(s[-1:].lower(), 1.0)
+    try:
+        v = float(s[:-1] if mult != 1.0 else s) * mult
+    except ValueError:
+        raise InputError(f"bitrate {spec!r}: expected a number with an optional k or M suffix") from None
+    if not 0 < v < float("inf"):
+        raise InputError(f"bitrate {spec!r} must be positive")
+    return v
+
+
 def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
                      bits: Optional[int] = None, entropy: str = "context",
                      segment_frames: Optional[int] = None, progress: Progress = None,
-                     fps: Optional[Fraction] = None, audio: bool = True) -> EncodeResult:
+                     fps: Optional[Fraction] = None, audio: bool = True,
+                     bitrate: Optional[float] = None, bpp: Optional[float] = None) -> EncodeResult:
     """Encode ``video`` with ``model`` into the binary file object ``fo``.
 
     ``video``: a path PyAV can open, a ``T×H×W×3`` uint8 RGB array (rate ``fps``, default 25)
@@ -496,35 +582,32 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
     encoded. The frame count is patched into the header at the end when the input did not
     declare it (needs a seekable ``fo``). ``audio``: carry the audio tracks of a file input
     through unchanged (AUDIO records interleaved with the segments by time, spec §8a).
+
+    Rate control: ``bitrate`` (bits per second) or ``bpp`` (bits per pixel) is a target for
+    the stream without its audio. Each segment then stores the most bits per token (up to
+    ``bits``) whose payload keeps the stream so far within the target (the bits are recorded
+    per segment: a version 1.2 stream, spec §5); :attr:`EncodeResult.rate_note` says when the
+    result misses the target by more than :data:`RATE_TOLERANCE`.
     Raises :class:`MGVError` subclasses for bad input.
     """
     check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
-    name, prefix = model_identity(model)
-    cfg = model.cfg
-    k = cfg.bits
-    bits = k if bits is None else bits
-    meta, it = _source(video, fps)
-    tf = cfg.temporal_factor
-    seg = segment_frames or default_segment_frames(meta.fps, tf)
-    pix = meta.pix_fmt if ct._PIXFMT_RE.match(meta.pix_fmt.encode("ascii", "replace")) else "rgb24"
-    if meta.frames is not None and meta.frames > ct.MAX_FRAMES:
-        raise InputError(f"{meta.frames} frames exceed the cap of {ct.MAX_FRAMES}")
-    try:
-        header = ct.Header(width=meta.width, height=meta.height, frames=max(1, meta.frames or 1),
-                           fps_num=meta.fps.numerator, fps_den=meta.fps.denominator,
-                           model_bits=k, bits=bits, temporal_factor=tf,
-                           spatial_factor=cfg.spatial_factor, entropy=ENTROPY_MODES[entropy],
-                           segment_frames=seg, model_sha256=prefix, pix_fmt=pix[:32],
-                           model_name=name)
-        header.check()
-    except MGVError as e:
-        raise InputError(f"cannot encode this input: {e}") from None
+    if bitrate is not None and bpp is not None:
+        raise InputError("give a target bitrate or bpp, not both")
+    for name, v in (("bitrate", bitrate), ("bpp", bpp)):
+        if v is not None and not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+            raise InputError(f"{name} must be a positive number, got {v!r}")
+    meta, it = open_video(video, fps)
+    header = stream_header(model, meta, bits=bits, entropy=entropy, segment_frames=segment_frames)
+    bits, seg = header.bits, header.segment_frames
+    if bpp is not None:
+        bitrate = bpp * meta.width * meta.height * float(meta.fps)
     check_memory(estimate_bytes(model, meta.width, meta.height,
-                                chunk_frames(meta.width * meta.height, tf), decoder=False),
+                                chunk_frames(meta.width * meta.height, model.cfg.temporal_factor),
+                                decoder=False),
                  f"encoding {meta.width}x{meta.height} frames")
     asrc = AudioSource(video) if audio and isinstance(video, (str, Path)) else None
     try:
-        return _compress(model, it, meta, header, seg, bits, fo, progress, asrc)
+        return _compress(model, it, meta, header, seg, bits, fo, progress, asrc, bitrate)
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
@@ -534,26 +617,34 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
             asrc.close()
 
 
-def _compress(model, it, meta, header, seg, bits, fo, progress, asrc) -> EncodeResult:
-    writer = ct.Writer(fo, header)
+def _compress(model, it, meta, header, seg, bits, fo, progress, asrc, bitrate=None) -> EncodeResult:
+    writer = ct.Writer(fo, header, segment_bits=bitrate is not None)
+    video_bytes = writer.pos + STREAM_TAIL  # header, INDEX head and END; segments add theirs
     for tr in (asrc.tracks() if asrc is not None else ()):
         writer.write_record(ct.REC_AUDIO, tr.to_payload(), critical=False)
     h, w = header.latent_hw
     total = 0
     n_ctx = 0
     index = 0
+    chosen: List[int] = []
     model.eval()
     while True:
-        n, seg_bits = _encode_segment(model, it, meta, seg, bits, progress)
+        n, seg_bits = encode_segment(model, it, meta, seg, bits, progress)
         if n == 0:
             break
         if total + n > ct.MAX_FRAMES:
             raise InputError(f"input has more than {ct.MAX_FRAMES} frames")
         if seg_bits.shape[1:] != (header.latent_frames(n), h, w):
             raise MGVError(f"internal: latent shape {seg_bits.shape} for {n} frames")
-        mode, data = encode_payload(seg_bits, header.entropy)
+        if bitrate is None:
+            b, (mode, data) = 0, encode_payload(seg_bits, header.entropy)
+        else:  # the stream through this segment may use the target's bytes for its duration
+            budget = bitrate / 8 * float((total + n) / meta.fps) - video_bytes - SEGMENT_OVERHEAD
+            b, mode, data = rate_payload(seg_bits, header.entropy, budget)
         n_ctx += mode == ct.ENTROPY_CONTEXT
-        writer.write_segment(ct.Segment(index, total, n, seg_bits.shape[1], h, w, mode, data))
+        writer.write_segment(ct.Segment(index, total, n, seg_bits.shape[1], h, w, mode, data, b))
+        video_bytes += SEGMENT_OVERHEAD + len(data)
+        chosen.append(b or bits)
         total += n
         index += 1
         if asrc is not None:  # the audio of the same time span follows its segment
@@ -572,7 +663,16 @@ def _compress(model, it, meta, header, seg, bits, fo, progress, asrc) -> EncodeR
             raise InputError("the input did not declare its frame count and the output is not "
                              "seekable") from None
     writer.close()
-    return EncodeResult(header, writer.pos, index, n_ctx,
+    note = None
+    if bitrate is not None:
+        got = 8 * video_bytes / float(total / meta.fps)
+        if got > bitrate * (1 + RATE_TOLERANCE):
+            note = (f"target {bitrate / 1000:g} kbps cannot be reached: 1 bit per token gives "
+                    f"{got / 1000:.1f} kbps here (shorter segments or a smaller frame would)")
+        elif got < bitrate * (1 - RATE_TOLERANCE) and min(chosen) == bits:
+            note = (f"target {bitrate / 1000:g} kbps is above this video's rate at {bits} bits per "
+                    f"token ({got / 1000:.1f} kbps)")
+    return EncodeResult(header, writer.pos, index, n_ctx, tuple(chosen), video_bytes, note,
                         tuple(asrc.warnings) if asrc is not None else ())
 
 
@@ -621,12 +721,13 @@ def _decode_segment(model, header: ct.Header, seg: ct.Segment, bits, a: int, b: 
     latent frames ``b×h×w`` (:func:`payload_frames`); codes are built one chunk at a time."""
     device = _model_device(model)
     k = header.model_bits
+    stored = seg.stored_bits(header)
     frames_in = iter(bits.transpose(1, 0, 2, 3)) if isinstance(bits, np.ndarray) else iter(bits)
 
     def codes_of(n: int) -> torch.Tensor:
         chunk = [next(frames_in) for _ in range(min(n, seg.latent_t - t))]
         codes = torch.zeros((1, k, len(chunk), seg.latent_h, seg.latent_w), dtype=torch.float32)
-        codes[0, :header.bits] = torch.from_numpy(np.stack(chunk, axis=1)).float() * 2 - 1
+        codes[0, :stored] = torch.from_numpy(np.stack(chunk, axis=1)).float() * 2 - 1
         return codes
 
     frame = seg.first_frame
@@ -638,7 +739,7 @@ def _decode_segment(model, header: ct.Header, seg: ct.Segment, bits, a: int, b: 
         while t < seg.latent_t and frame < stop:
             n = 1 if t == 0 else step
             codes = codes_of(n)
-            x = model.decode(codes.to(device), bits=header.bits)
+            x = model.decode(codes.to(device), bits=stored)
             t += codes.shape[2]
             out = tensor_to_frames(x[:, :, :, :header.height, :header.width])
             for f in out:
@@ -649,6 +750,19 @@ def _decode_segment(model, header: ct.Header, seg: ct.Segment, bits, a: int, b: 
                         progress(1)
                     yield f
                 frame += 1
+
+
+def decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray,
+                   progress: Progress = None) -> Iterator[np.ndarray]:
+    """The frames of segment ``seg`` (``seg.frames`` of them, ``H×W×3`` uint8 RGB) decoded from
+    its bits ``b×t×h×w`` uint8 {0, 1} with b = ``seg.stored_bits(header)`` (the bits of
+    :func:`decode_payload`, or tokens from elsewhere; bits b..K−1 read as 0). Only the
+    segment's geometry and bit count are used, not its data. ``model``: already resolved."""
+    if bits.shape != (seg.stored_bits(header), seg.latent_t, seg.latent_h, seg.latent_w):
+        raise InputError(f"segment {seg.index}: bits of shape {bits.shape}, expected "
+                         f"{(seg.stored_bits(header), seg.latent_t, seg.latent_h, seg.latent_w)}")
+    return _decode_segment(model, header, seg, bits, seg.first_frame, seg.first_frame + seg.frames,
+                           progress)
 
 
 # ---- damage ---------------------------------------------------------------------------------
@@ -781,11 +895,15 @@ def _segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, u
 
 def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], Optional[int]]] = None,
                          model: ModelSource = None, progress: Progress = None,
-                         on_damage: OnDamage = None, audio: Optional[AudioSink] = None
-                         ) -> Tuple[VideoMeta, Iterator[np.ndarray]]:
+                         on_damage: OnDamage = None, audio: Optional[AudioSink] = None,
+                         precision: str = "auto") -> Tuple[VideoMeta, Iterator[np.ndarray]]:
     """Open a ``.mgv`` stream → (metadata of the decoded video, iterator of ``H×W×3`` uint8 RGB
     frames). The header is read and the model resolved (and checked) before this returns;
     frames are decoded lazily, segment by segment.
+
+    ``precision`` (:data:`~neuralcodec.model.PRECISIONS`): the floating type a model loaded
+    here by name runs in (default: bfloat16 where the CPU computes it natively); a model
+    given as an object runs as it is.
 
     ``frames=(a, b)`` decodes frames ``a..b-1`` only (either may be None), reading only the
     segments they need through the index when ``fo`` is seekable. ``model``: see
@@ -804,6 +922,8 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
     reader = ct.Reader(fo)
     header = reader.header
     a, b = _frame_range(header, frames)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     held = _segments_held(reader)
     if held is not None and held < header.segment_count:
         kept = min(header.frames, held * header.segment_frames)
@@ -811,6 +931,8 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
             raise Truncated(f"the header announces {header.segment_count} segments of "
                             f"{header.frames} frames, the file's bytes can hold at most {held}")
     m = resolve_model(header, model).eval()
+    if model is None:
+        for_inference(m, "cpu", precision)
     tf = header.temporal_factor
     step = max(1, min(CHUNK_LATENTS, chunk_frames(header.width * header.height, tf) // tf))
     check_memory(estimate_bytes(m, header.width, header.height, tf * step),
@@ -846,13 +968,14 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
             bits = None
             if seg is not None:
                 try:
-                    if header.bits * seg.latent_t * seg.latent_h * seg.latent_w <= LAZY_BITS:
-                        bits = decode_payload(seg, header.bits)
+                    sb = seg.stored_bits(header)
+                    if sb * seg.latent_t * seg.latent_h * seg.latent_w <= LAZY_BITS:
+                        bits = decode_payload(seg, sb)
                     else:  # a long segment: validate, then decode again frame by frame
                         if seg.entropy == ct.ENTROPY_CONTEXT:
-                            for _ in payload_frames(seg, header.bits):
+                            for _ in payload_frames(seg, sb):
                                 pass
-                        bits = payload_frames(seg, header.bits)
+                        bits = payload_frames(seg, sb)
                 except PayloadError as e:
                     if on_damage is None:
                         raise
@@ -924,7 +1047,7 @@ def verify_stream(fo: BinaryIO) -> dict:
     n = 0
     for _, seg, _ in _segment_plan(reader, h, 0, h.segment_count - 1, use_index=False,
                                    on_damage=None, audio=sink, to_end=True):
-        digest.update(np.ascontiguousarray(decode_payload(seg, h.bits)).tobytes())
+        digest.update(np.ascontiguousarray(decode_payload(seg, seg.stored_bits(h))).tobytes())
         n += 1
     return {"frames": h.frames, "segments": n, "bits_sha256": digest.hexdigest()}
 
@@ -954,7 +1077,8 @@ def stream_info(fo: BinaryIO) -> dict:
             continue
         run = None
         rows.append({"index": seg.index, "first_frame": seg.first_frame, "frames": seg.frames,
-                     "latent_shape": [h.bits, seg.latent_t, seg.latent_h, seg.latent_w],
+                     "bits": seg.stored_bits(h),
+                     "latent_shape": [seg.stored_bits(h), seg.latent_t, seg.latent_h, seg.latent_w],
                      "entropy": ct.ENTROPY_NAMES[seg.entropy], "bytes": len(seg.data),
                      "bpp": 8 * len(seg.data) / (seg.frames * h.width * h.height), "damaged": False})
     for r in rows:

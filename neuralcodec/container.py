@@ -29,7 +29,10 @@ from .errors import (BadMagic, CRCMismatch, HeaderError, RecordError, StreamErro
 MAGIC = b"\x89MGV\r\n\x1a\n"  # PNG-style: non-ASCII first byte, CR-LF / ^Z / LF catch text-mode damage
 MAJOR = 1  # a reader must understand this major version exactly
 MINOR = 1  # minor versions only add skippable things (trailing header fields, optional records);
-# 1.1 defines the AUDIO record payload (spec §8a)
+# 1.1 defines the AUDIO record payload (spec §8a). Writers write 1.1 unless a segment carries
+# its own bit count:
+MINOR_SEGMENT_BITS = 2  # 1.2: the SEGMENT byte that 1.0/1.1 reserve holds the segment's bits (§5)
+MINOR_KNOWN = 2  # the newest minor whose header fields this reader knows (extra bytes refused)
 PRELUDE = struct.Struct("<8sHHI")  # magic, major, minor, header_len
 RECORD_SYNC = b"MGVR"
 RECORD_HEAD = struct.Struct("<4sBBHI")  # sync, type, flags, reserved, payload length
@@ -63,7 +66,7 @@ ENTROPY_NONE = 0  # raw packed bits (spec §6)
 ENTROPY_CONTEXT = 1  # context-adaptive arithmetic coding (spec §7)
 ENTROPY_NAMES = {ENTROPY_NONE: "none", ENTROPY_CONTEXT: "context"}
 
-SEGMENT_HEAD = struct.Struct("<IIIHHHBB")  # index, first, frames, t, h, w, entropy, reserved
+SEGMENT_HEAD = struct.Struct("<IIIHHHBB")  # index, first, frames, t, h, w, entropy, bits (1.2; 0 = header's)
 INDEX_ENTRY = struct.Struct("<QII")  # record offset, first frame, frames
 END_PAYLOAD = struct.Struct("<Q")  # offset of the INDEX record (0: none)
 END_RECORD_SIZE = RECORD_HEAD.size + END_PAYLOAD.size + CRC.size  # 24
@@ -158,10 +161,11 @@ class Header:
         """Latent frames of a segment holding ``frames`` frames: 1 + ceil((n - 1) / f)."""
         return 1 + -(-(frames - 1) // self.temporal_factor)
 
-    def raw_bytes(self, latent_t: int) -> int:
-        """Bytes of a raw (entropy mode 0) payload of ``latent_t`` latent frames."""
+    def raw_bytes(self, latent_t: int, bits: Optional[int] = None) -> int:
+        """Bytes of a raw (entropy mode 0) payload of ``latent_t`` latent frames of ``bits``
+        bits per token (default: the header's)."""
         h, w = self.latent_hw
-        return -(-(self.bits * latent_t * h * w) // 8)
+        return -(-((bits or self.bits) * latent_t * h * w) // 8)
 
     # ---- serialization -------------------------------------------------------------------
     def check(self) -> None:
@@ -265,7 +269,7 @@ def _parse_fields(body: bytes, minor: int) -> Header:
             raise HeaderError(f"header too short for field {f.name}") from None
         _check_field(f, v)
         vals[f.name] = v
-    if pos != len(body) and minor <= MINOR:  # this reader knows every field of these versions
+    if pos != len(body) and minor <= MINOR_KNOWN:  # this reader knows every field of these versions
         raise HeaderError(f"{len(body) - pos} unexpected bytes after the header fields")
     h = Header(**vals)  # type: ignore[arg-type]
     h.check()
@@ -291,22 +295,28 @@ class Record:
 class Segment:
     """One independently decodable segment.
 
-    ``data`` holds the LFQ bits of ``header.bits`` channels × ``latent_t`` × h × w tokens,
-    coded with ``entropy`` (0: raw packed, spec §6; 1: context coder, spec §7).
+    ``data`` holds the LFQ bits of :meth:`stored_bits` channels × ``latent_t`` × h × w
+    tokens, coded with ``entropy`` (0: raw packed, spec §6; 1: context coder, spec §7).
     """
 
-    index: int
-    first_frame: int
-    frames: int
-    latent_t: int
-    latent_h: int
-    latent_w: int
-    entropy: int
-    data: bytes
+    index: int  # segment number, 0-based
+    first_frame: int  # number of its first frame in the stream
+    frames: int  # frames it covers
+    latent_t: int  # latent frames: 1 + ceil((frames - 1) / f)
+    latent_h: int  # token rows
+    latent_w: int  # token columns
+    entropy: int  # payload coding: ENTROPY_NONE or ENTROPY_CONTEXT
+    data: bytes  # the coded bits
+    bits: int = 0  # bits per token stored in this segment, 1..header.bits (version 1.2);
+    # 0: the header's bits (every 1.0 / 1.1 segment)
+
+    def stored_bits(self, header: Header) -> int:
+        """Bits per token this segment stores: its own count, or the header's."""
+        return self.bits or header.bits
 
     def to_payload(self) -> bytes:
         return SEGMENT_HEAD.pack(self.index, self.first_frame, self.frames, self.latent_t,
-                                 self.latent_h, self.latent_w, self.entropy, 0) + self.data
+                                 self.latent_h, self.latent_w, self.entropy, self.bits) + self.data
 
     def check(self, header: Header, expected_index: Optional[int] = None) -> None:
         """Check the segment against the header → :class:`RecordError`."""
@@ -322,7 +332,10 @@ class Segment:
         if (self.latent_t, self.latent_h, self.latent_w) != shape:
             raise RecordError(f"segment {self.index} latent shape "
                               f"{(self.latent_t, self.latent_h, self.latent_w)} != {shape}")
-        raw = header.raw_bytes(self.latent_t)
+        if self.bits > header.bits:
+            raise RecordError(f"segment {self.index} stores {self.bits} bits per token, more than "
+                              f"the header's {header.bits}")
+        raw = header.raw_bytes(self.latent_t, self.stored_bits(header))
         if self.entropy == ENTROPY_NONE:
             if len(self.data) != raw:
                 raise RecordError(f"segment {self.index}: raw payload of {len(self.data)} bytes,"
@@ -338,10 +351,8 @@ class Segment:
     def parse(cls, payload: bytes) -> "Segment":
         if len(payload) < SEGMENT_HEAD.size:
             raise RecordError(f"SEGMENT payload of {len(payload)} bytes is too short")
-        idx, first, n, t, h, w, mode, res = SEGMENT_HEAD.unpack_from(payload)
-        if res != 0:
-            raise RecordError("SEGMENT reserved byte is not 0")
-        return cls(idx, first, n, t, h, w, mode, bytes(payload[SEGMENT_HEAD.size:]))
+        idx, first, n, t, h, w, mode, bits = SEGMENT_HEAD.unpack_from(payload)
+        return cls(idx, first, n, t, h, w, mode, bytes(payload[SEGMENT_HEAD.size:]), bits)
 
 
 @dataclass(frozen=True)
@@ -848,14 +859,17 @@ class Writer:
     (seekable outputs; the new header must have the same size, e.g. a corrected frame count).
     """
 
-    def __init__(self, fo: BinaryIO, header: Header) -> None:
+    def __init__(self, fo: BinaryIO, header: Header, segment_bits: bool = False) -> None:
+        """``segment_bits``: segments may carry their own bit count (a 1.2 stream); otherwise
+        every segment stores the header's bits (a 1.1 stream)."""
         self.fo = fo
         self.header = header
+        self.minor = MINOR_SEGMENT_BITS if segment_bits else MINOR
         try:
             self.base = fo.tell() if fo.seekable() else 0
         except (OSError, ValueError):
             self.base = 0
-        head = header.to_bytes()
+        head = header.to_bytes(self.minor)
         fo.write(head)
         self.pos = len(head)
         self.header_size = len(head)
@@ -880,6 +894,8 @@ class Writer:
         the total frame count, which :meth:`rewrite_header` may still correct)."""
         if seg.index != len(self.entries):
             raise RecordError(f"segment {seg.index} written out of order")
+        if seg.bits and self.minor < MINOR_SEGMENT_BITS:
+            raise RecordError("a segment with its own bit count needs Writer(segment_bits=True)")
         end = seg.first_frame + seg.frames
         if not 1 <= end <= MAX_FRAMES:
             raise RecordError(f"segment {seg.index} ends at frame {end}, beyond the frame cap")
@@ -890,7 +906,7 @@ class Writer:
         return off
 
     def rewrite_header(self, header: Header) -> None:
-        head = header.to_bytes()
+        head = header.to_bytes(self.minor)
         if len(head) != self.header_size:
             raise HeaderError("a rewritten header must keep its size")
         self.fo.seek(self.base)

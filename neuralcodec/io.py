@@ -9,6 +9,7 @@ elementary streams (their rate is taken from the bitstream, else 25 fps), image 
 ``.mkv``               FFV1 (lossless)
 ``.mp4``               H.264 (libx264, CRF 12) or, without libx264, MPEG-4 part 2 at q 2
 ``.y4m``               raw YUV4MPEG2
+``.nut``               raw video in NUT (also to a pipe, like y4m and mkv)
 ``*%0Nd.png``          one PNG per frame (numbered from 1)
 =====================  ===================================================================
 
@@ -138,6 +139,25 @@ def probe(path) -> VideoMeta:
         c.close()
 
 
+def count_frames(path) -> Optional[int]:
+    """Frames of the first video stream of ``path`` counted by demuxing its packets (no
+    decoding; fast) → count, or None where the file cannot be read that way. For inputs that
+    do not declare a frame count (raw ``.264``/``.265``, some ``.webm``), so that progress
+    shows a total."""
+    try:
+        c = _open(path)
+    except InputError:
+        return None
+    try:
+        s = c.streams.video[0]
+        n = sum(1 for p in c.demux(s) if p.size)
+        return n or None
+    except Exception:  # a damaged file: no total, the decode itself reports the error
+        return None
+    finally:
+        c.close()
+
+
 def read_frames(path, meta: Optional[VideoMeta] = None) -> Iterator[np.ndarray]:
     """Decode ``path`` → frames ``H×W×3`` uint8 RGB, one at a time, all at the size of
     ``meta`` (the probed size by default; frames of another size are rescaled)."""
@@ -160,17 +180,59 @@ def read_frames(path, meta: Optional[VideoMeta] = None) -> Iterator[np.ndarray]:
         c.close()
 
 
+def open_pipe(fobj, name: str = "stdin") -> tuple:
+    """Read a video from a binary file object that may not seek (a pipe: y4m, nut, mkv, or
+    anything FFmpeg reads sequentially) → (:class:`VideoMeta` with ``frames`` None, iterator
+    of ``H×W×3`` uint8 RGB frames). The container is opened once (a pipe cannot be probed
+    and re-read); the iterator closes it. Rotation metadata is not applied."""
+    import av
+
+    try:
+        c = av.open(fobj, "r")
+    except av.FFmpegError as e:
+        raise InputError(f"{name}: not a readable video ({_ffmsg(e)})") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{name}: cannot open ({e})") from None
+    try:
+        if not c.streams.video:
+            raise InputError(f"{name}: no video stream")
+        s = c.streams.video[0]
+        cc = s.codec_context
+        if not cc.width or not cc.height:
+            raise InputError(f"{name}: video stream without a frame size")
+        pix = cc.pix_fmt or (s.format.name if s.format else None) or "rgb24"
+        meta = VideoMeta(int(cc.width), int(cc.height), _rate(c, s), None, str(pix))
+    except BaseException:
+        c.close()
+        raise
+
+    def gen() -> Iterator[np.ndarray]:
+        try:
+            for frame in c.decode(s):
+                yield frame.to_ndarray(format="rgb24", width=meta.width, height=meta.height)
+        except av.FFmpegError as e:
+            raise InputError(f"{name}: decoding failed ({_ffmsg(e)})") from None
+        finally:
+            c.close()
+
+    return meta, gen()
+
+
 # ---- writing ---------------------------------------------------------------------------------
+PIPE_KINDS = ("y4m", "nut", "mkv")  # output kinds that can be written to a pipe (stdout)
+
 def output_kind(path) -> str:
-    """"mkv", "mp4", "y4m" or "png" (a ``%0Nd.png`` pattern) → :class:`OutputError` otherwise."""
+    """"mkv", "mp4", "y4m", "nut" or "png" (a ``%0Nd.png`` pattern) → :class:`OutputError`
+    otherwise."""
     p = str(path)
     ext = os.path.splitext(p)[1].lower()
     if ext == ".png":
         check_pattern(p)
         return "png"
-    if ext in (".mkv", ".mp4", ".y4m"):
+    if ext in (".mkv", ".mp4", ".y4m", ".nut"):
         return ext[1:]
-    raise OutputError(f"{p}: unsupported output extension '{ext}' (use .mkv, .mp4, .y4m or %05d.png)")
+    raise OutputError(f"{p}: unsupported output extension '{ext}' (use .mkv, .mp4, .y4m, .nut or "
+                      f"%05d.png)")
 
 
 _CONVERSION_RE = re.compile(r"%(%|0?[1-9]?\d?d)")
@@ -214,6 +276,8 @@ def _supported(kind: str, codec: str) -> List[str]:
 
     if kind == "y4m":
         return list(_Y4M_FORMATS)
+    if kind == "nut":
+        return list(_Y4M_FORMATS) + ["gbrp", "rgb24"]
     try:
         return [f.name for f in (av.codec.Codec(codec, "w").video_formats or [])]
     except Exception:  # pragma: no cover - codec missing in this FFmpeg build
@@ -255,7 +319,7 @@ def _add_audio(c, kind: str, audio, warn: Callable[[str], None]) -> dict:
 
     out = {}
     for t in sorted(audio.tracks.values(), key=lambda t: t.track):
-        if kind in ("y4m", "png") or (kind == "mp4" and t.codec not in MP4_AUDIO):
+        if kind in ("y4m", "png", "nut") or (kind == "mp4" and t.codec not in MP4_AUDIO):
             warn(f"audio track {t.track} ({t.codec}) dropped: {kind} output cannot hold it "
                  f"(use .mkv)")
             continue
@@ -343,7 +407,7 @@ def output_codec(kind: str, meta: VideoMeta, crf: int = 12):
     if kind == "mp4":
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     else:
-        codec = {"mkv": "ffv1", "y4m": "rawvideo", "png": "png"}[kind]
+        codec = {"mkv": "ffv1", "y4m": "rawvideo", "png": "png", "nut": "rawvideo"}[kind]
     options = {"libx264": {"crf": str(int(crf)), "preset": "medium"},
                "mpeg4": {"qscale": "2"}, "ffv1": {"level": "3", "slicecrc": "1"}}.get(codec, {})
     pix = choose_pix_fmt(meta.pix_fmt, _supported(kind, codec))
@@ -368,6 +432,8 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
     """Encode ``frames`` (``H×W×3`` uint8 RGB, size ``meta.width×meta.height``) into ``path``
     at ``meta.fps`` → number of frames written. ``kind`` overrides the extension (used when
     writing to a temporary name); :class:`OutputError` when the file cannot be written.
+    ``path`` may be a binary file object (e.g. stdout; ``kind`` then required, one of
+    :data:`PIPE_KINDS`; ``nut`` is raw video in NUT): it is flushed, not closed.
     ``crf``: libx264's constant rate factor for ``.mp4`` (0 = best, 51 = worst).
 
     ``audio``: a :class:`neuralcodec.codec.AudioSink` filled while ``frames`` is consumed;
@@ -376,8 +442,12 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
     import av
 
     warn = warn or (lambda m: None)
+    to_fobj = hasattr(path, "write")  # a binary file object (stdout): written, not closed
     kind = kind or output_kind(path)
-    fmt = {"mkv": "matroska", "mp4": "mp4", "y4m": "yuv4mpegpipe", "png": "image2"}[kind]
+    if to_fobj and kind not in PIPE_KINDS:
+        raise OutputError(f"{kind} cannot be written to a pipe (use {', '.join(PIPE_KINDS)})")
+    fmt = {"mkv": "matroska", "mp4": "mp4", "y4m": "yuv4mpegpipe", "png": "image2",
+           "nut": "nut"}[kind]
     codec, pix, options = output_codec(kind, meta, crf)  # refuses before any frame is decoded
     frames = iter(frames)
     first = next(frames, None)  # decoding frame 0 reads the AUDIO track records before it
@@ -385,14 +455,17 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
     # write errors (a full disk would give a truncated file and success); Python's write
     # raises, and PyAV re-raises it from the next call (at the latest from close)
     fobj = None
+    name = "stdout" if to_fobj else path
     try:
-        if kind != "png":
+        if to_fobj:
+            fobj = path
+        elif kind != "png":
             fobj = open(path, "wb")
         c = av.open(fobj if fobj is not None else str(path), "w", format=fmt)
     except (av.FFmpegError, OSError) as e:
-        if fobj is not None:
+        if fobj is not None and not to_fobj:
             fobj.close()
-        raise OutputError(f"{path}: cannot create ({_ffmsg(e)})") from None
+        raise OutputError(f"{name}: cannot create ({_ffmsg(e)})") from None
     n = 0
     ok = False
     try:
@@ -423,24 +496,24 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
             _mux_audio(c, astreams, audio, warn, alast)
         ok = True
     except av.FFmpegError as e:
-        raise OutputError(f"{path}: writing failed ({_ffmsg(e)})") from None
+        raise OutputError(f"{name}: writing failed ({_ffmsg(e)})") from None
     except OSError as e:  # a Python write error, re-raised by PyAV
-        raise OutputError(f"{path}: writing failed ({e.strerror or e})") from None
+        raise OutputError(f"{name}: writing failed ({e.strerror or e})") from None
     finally:
         if not ok:
             with contextlib.suppress(av.FFmpegError, OSError):
                 c.close()
-            if fobj is not None:
+            if fobj is not None and not to_fobj:
                 with contextlib.suppress(OSError):
                     fobj.close()
     try:
         c.close()
         if fobj is not None:
-            fobj.close()
+            fobj.flush() if to_fobj else fobj.close()
     except av.FFmpegError as e:
-        raise OutputError(f"{path}: writing failed ({_ffmsg(e)})") from None
+        raise OutputError(f"{name}: writing failed ({_ffmsg(e)})") from None
     except OSError as e:
-        raise OutputError(f"{path}: writing failed ({e.strerror or e})") from None
+        raise OutputError(f"{name}: writing failed ({e.strerror or e})") from None
     return n
 
 

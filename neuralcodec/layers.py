@@ -7,15 +7,106 @@ chunks gives bit-identical results to the video encoded in one piece (see
 :func:`streaming`).
 
 Tensor layout everywhere: ``B×C×T×H×W``.
+
+**Inference fast path.** Without autograd (``torch.no_grad`` / ``inference_mode``) every
+convolution runs as a 2D convolution (:func:`conv3d_fast`): a 1×kh×kw kernel on the frames
+stacked into the batch, a kt×1×1 kernel as a kt×1 kernel over time × (H·W); the activations
+stay channels-last (``torch.channels_last_3d``), so these are views, not copies, and oneDNN /
+cuDNN run their fastest kernels (PyTorch's CPU Conv3d falls back to an im2col path for these
+shapes: slow and memory-hungry). Training keeps ``nn.Conv3d``, the reference the fast path is
+tested against.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+# The inference fast path on (the default). Only benchmarks switch it off, to measure it.
+FAST_PATH = True
+
+
+def fast_path() -> bool:
+    """True where the inference fast path runs: autograd is off (and :data:`FAST_PATH`)."""
+    return FAST_PATH and not torch.is_grad_enabled()
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``B×C×T×H×W`` → the same values in ``torch.channels_last_3d`` memory format."""
+    return x.contiguous(memory_format=torch.channels_last_3d)
+
+
+def conv3d_fast(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+    """``conv(x)`` for ``x`` ``B×C×T×H×W`` (temporal padding already applied) as one 2D
+    convolution where the kernel allows: 1×kh×kw (frames into the batch) or kt×1×1 (time ×
+    flattened space); other kernels use ``conv`` itself. Same values as ``conv(x)`` up to
+    float rounding; channels-last in, channels-last out."""
+    kt, kh, kw = conv.kernel_size
+    st, sh, sw = conv.stride
+    pt, ph, pw = conv.padding
+    w = conv.weight
+    x = channels_last(x)  # a no-op on the path's own tensors; a copy where an op lost the format
+    b, c, t, h, wd = x.shape
+    if kt == 1 and st == 1 and pt == 0:
+        y = F.conv2d(x.transpose(1, 2).reshape(b * t, c, h, wd), _cl(w[:, :, 0]), conv.bias,
+                     stride=(sh, sw), padding=(ph, pw))
+        return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
+    if kh == kw == 1 and sh == sw == 1 and ph == pw == 0 and pt == 0:
+        y = F.conv2d(x.reshape(b, c, t, h * wd), _cl(w[:, :, :, :, 0]), conv.bias, stride=(st, 1))
+        return y.reshape(b, y.shape[1], y.shape[2], h, wd)
+    return conv(x)
+
+
+def temporal_conv(head: List[torch.Tensor], x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+    """A kt×1×1, stride-1 ``conv`` over the frames ``[*head, x]`` (``head``: the kt-1 frames
+    before ``x``, each ``B×C×H×W``; ``x`` ``B×C×T×H×W`` channels-last) → ``B×Cout×T×H×W``
+    channels-last, as kt matrix products accumulated in place (no concatenated copy of the
+    input: on a CPU the copies cost as much as the products)."""
+    kt = conv.kernel_size[0]
+    b, c, n, h, w = x.shape
+    cout = conv.out_channels
+    wt = conv.weight[:, :, :, 0, 0].permute(2, 1, 0)  # kt × Cin × Cout
+    y = torch.empty((b, cout, n, h, w), dtype=x.dtype, device=x.device,
+                    memory_format=torch.channels_last_3d)
+    for i in range(b):
+        xs = x[i].permute(1, 2, 3, 0).reshape(n, h * w, c)  # frames × pixels × C, a view
+        ys = y[i].permute(1, 2, 3, 0).reshape(n, h * w, cout)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(y[0, :, 0, 0, 0])
+        torch.addmm(bias, xs.reshape(-1, c), wt[kt - 1], out=ys.view(-1, cout))
+        for tap in range(kt - 1):  # output j reads frame j + tap of [head, x]
+            shift = kt - 1 - tap
+            if n > shift:
+                ys[shift:].view(-1, cout).addmm_(xs[:n - shift].reshape(-1, c), wt[tap])
+            for j in range(min(shift, n)):
+                ys[j].addmm_(head[j + tap][i].permute(1, 2, 0).reshape(h * w, c), wt[tap])
+    return y
+
+
+def cat_frames(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.cat([a, b], dim=2)`` for ``B×C×T×H×W`` into a channels-last result (where each
+    frame is one contiguous block: two block copies; ``torch.cat`` takes a slow strided path
+    when a one-frame input's format is ambiguous)."""
+    ta = a.shape[2]
+    out = torch.empty(a.shape[:2] + (ta + b.shape[2],) + a.shape[3:], dtype=a.dtype,
+                      device=a.device, memory_format=torch.channels_last_3d)
+    out[:, :, :ta].copy_(a)
+    out[:, :, ta:].copy_(b)
+    return out
+
+
+def _cl(w: torch.Tensor) -> torch.Tensor:
+    # A channels-last weight makes the convolution choose its channels-last kernel even where
+    # the input's size-1 dimensions leave its format ambiguous (one frame, batch 1).
+    return w.contiguous(memory_format=torch.channels_last)
+
+
+def pointwise(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """A (1×1×1) ``nn.Conv3d`` applied to ``x``: the fast path without autograd."""
+    return conv3d_fast(x, conv) if fast_path() else conv(x)
 
 
 class StreamingModule(nn.Module):
@@ -61,7 +152,9 @@ class CausalConv3d(StreamingModule):
         kt, kh, kw = kernel
         self.kt, self.st = kt, stride[0]
         self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=(0, kh // 2, kw // 2))
-        self.buffer: Optional[torch.Tensor] = None
+        # the stream state: the kt-1 input frames before the next chunk (a tensor, or on the
+        # fast path a list of B×C×H×W frames)
+        self.buffer: Union[None, torch.Tensor, List[torch.Tensor]] = None
 
     def reset_stream(self) -> None:
         self.buffer = None
@@ -69,18 +162,35 @@ class CausalConv3d(StreamingModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B×Cin×T×H×W`` → ``B×Cout×T'×H'×W'``."""
         if self.kt == 1 and self.st == 1:
-            return self.conv(x)
+            return conv3d_fast(x, self.conv) if fast_path() else self.conv(x)
         if self.buffer is None:
             head = x[:, :, :1].expand(-1, -1, self.kt - 1, -1, -1)
         else:
             head = self.buffer
-        xin = torch.cat([head, x], dim=2) if head.shape[2] else x
+        if fast_path() and self.st == 1 and self.conv.kernel_size[1:] == (1, 1):
+            x = channels_last(x)
+            frames = ([head[:, :, j] for j in range(head.shape[2])] if torch.is_tensor(head)
+                      else list(head)) + [x[:, :, j] for j in range(x.shape[2])]
+            if self.streaming:  # the last kt-1 frames as views (a list), not a copy
+                self.buffer = frames[len(frames) - (self.kt - 1):]
+            return temporal_conv(frames[:self.kt - 1], x, self.conv)
+        if isinstance(head, list):  # left by the fast path (autograd switched on mid-stream)
+            head = torch.stack(head, dim=2)
+        if not head.shape[2]:
+            xin = x
+        elif fast_path():
+            xin = cat_frames(head, x)
+        else:
+            xin = torch.cat([head, x], dim=2)
         n_out = (xin.shape[2] - self.kt) // self.st + 1 if xin.shape[2] >= self.kt else 0
         if self.streaming:
-            self.buffer = xin[:, :, self.st * n_out:].detach()
+            tail = xin[:, :, self.st * n_out:].detach()
+            # a compact copy on the fast path: the view would keep all of xin alive
+            self.buffer = channels_last(tail) if fast_path() else tail
         if n_out == 0:
             raise ValueError("chunk too short for a causal strided convolution")
-        return self.conv(xin[:, :, : self.st * (n_out - 1) + self.kt])
+        xin = xin[:, :, : self.st * (n_out - 1) + self.kt]
+        return conv3d_fast(xin, self.conv) if fast_path() else self.conv(xin)
 
 
 class Conv(nn.Module):
@@ -102,11 +212,14 @@ class Conv(nn.Module):
         return self.body(x)
 
 
-def frame_group_norm(x: torch.Tensor, groups: int, eps: float = 1e-6) -> torch.Tensor:
-    """Group normalization with statistics per frame: ``B×C×T×H×W`` → same, no affine."""
+def frame_group_norm(x: torch.Tensor, groups: int, eps: float = 1e-6,
+                     weight: Optional[torch.Tensor] = None,
+                     bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Group normalization with statistics per frame: ``B×C×T×H×W`` → same; optional
+    per-channel affine ``weight``, ``bias`` (C). A view, not a copy, for channels-last input."""
     b, c, t, h, w = x.shape
     y = x.transpose(1, 2).reshape(b * t, c, h, w)
-    y = F.group_norm(y, groups, eps=eps)
+    y = F.group_norm(y, groups, weight, bias, eps=eps)
     return y.reshape(b, t, c, h, w).transpose(1, 2)
 
 
@@ -120,6 +233,8 @@ class FrameGroupNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_path():  # the affine fused into the norm
+            return frame_group_norm(x, self.groups, weight=self.weight, bias=self.bias)
         y = frame_group_norm(x, self.groups)
         return y * self.weight.view(1, -1, 1, 1, 1) + self.bias.view(1, -1, 1, 1, 1)
 
@@ -137,7 +252,9 @@ class AdaptiveGroupNorm(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        gamma, beta = self.proj(cond).chunk(2, dim=1)
+        gamma, beta = pointwise(self.proj, cond).chunk(2, dim=1)
+        if fast_path():
+            return torch.addcmul(beta, frame_group_norm(x, self.groups), gamma.add_(1))
         return frame_group_norm(x, self.groups) * (1 + gamma) + beta
 
 
@@ -153,6 +270,11 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_path():  # in place where nothing else holds the tensor
+            h = self.conv1(F.silu(self.norm1(x), inplace=True))
+            h = self.conv2(F.silu(self.norm2(h), inplace=True))
+            skip = x if isinstance(self.skip, nn.Identity) else pointwise(self.skip, x)
+            return h.add_(skip)
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
         return self.skip(x) + h
@@ -217,4 +339,5 @@ class Upsample(StreamingModule):
                 h = h[:, :, self.st - 1:]
             if self.streaming:
                 self.started = True
-        return depth_to_space(h, self.ss)
+        h = depth_to_space(h, self.ss)
+        return channels_last(h) if fast_path() else h

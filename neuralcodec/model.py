@@ -27,7 +27,8 @@ from torch import nn
 
 from .configs import TokenizerConfig
 from .layers import (AdaptiveGroupNorm, CausalConv3d, Downsample, FrameGroupNorm, ResBlock,
-                     StreamingModule, Upsample, depth_to_space, space_to_depth)
+                     StreamingModule, Upsample, channels_last, depth_to_space, fast_path,
+                     pointwise, space_to_depth)
 from .quantizer import LFQ, LFQOutput, sign_quantize
 
 
@@ -53,12 +54,20 @@ class Encoder(nn.Module):
         self.out = nn.Conv3d(ch[-1], cfg.bits, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stem(space_to_depth(x, self.cfg.stem_patch))
+        h = space_to_depth(x, self.cfg.stem_patch)
+        if fast_path():
+            h = channels_last(h)
+        h = self.stem(h)
         for i, level in enumerate(self.levels):
             h = level(h)
             if i < len(self.downs):
                 h = self.downs[i](h)
-        return self.out(F.silu(self.norm(h)))
+        return pointwise(self.out, F.silu(self.norm(h)))
+
+
+# Most output pixels (frames × H × W) the decoder's full-frame-rate stages process at once while
+# streaming: 1080p runs them one frame at a time, 360p up to 9 frames.
+TAIL_PIXELS = 1920 * 1088
 
 
 class Decoder(StreamingModule):
@@ -98,21 +107,51 @@ class Decoder(StreamingModule):
             if not self.started:
                 reps[0] = 1
             codes = codes.repeat_interleave(reps, dim=2)
-        return F.interpolate(codes, size=(codes.shape[2],) + tuple(size), mode="nearest")
+        cond = F.interpolate(codes, size=(codes.shape[2],) + tuple(size), mode="nearest")
+        return channels_last(cond) if fast_path() else cond
+
+    def _level(self, j: int, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Decoder stage ``j`` (AdaGN with ``cond``, residual blocks, upsampling if any)."""
+        h = self.adanorms[j](h, cond)
+        h = self.levels[j](h)
+        return self.ups[j](h) if j < len(self.ups) else h
+
+    def _tail(self, h: torch.Tensor, codes: torch.Tensor, j0: int) -> torch.Tensor:
+        """Stages ``j0…`` and the output layer on ``h`` (already at the full frame rate) a
+        few frames at a time (:data:`TAIL_PIXELS`): these stages work per frame but for their
+        causal convolutions, whose stream state carries across the pieces, so the values are
+        those of one piece while activation memory shrinks with the piece."""
+        full = self._condition(codes, self.cfg.temporal_factor, codes.shape[3:])
+        s = self.cfg.spatial_factor
+        n = max(1, TAIL_PIXELS // (codes.shape[3] * codes.shape[4] * s * s))
+        outs = []
+        for t in range(0, h.shape[2], n):
+            x, c = h[:, :, t:t + n], full[:, :, t:t + n]
+            for j in range(j0, len(self.levels)):
+                x = self._level(j, x, channels_last(F.interpolate(
+                    c, size=(c.shape[2],) + tuple(x.shape[3:]), mode="nearest")))
+            outs.append(self.out(F.silu(self.norm(x), inplace=True)))
+        return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        fast = fast_path()
+        if fast:
+            codes = channels_last(codes)
         h = self.inp(codes)
         nl = len(self.levels)
         tf = 1
         for j in range(nl):
+            if (fast and self.streaming and j > 0 and tf == self.cfg.temporal_factor
+                    and h.shape[2] * codes.shape[3] * codes.shape[4] * self.cfg.spatial_factor ** 2
+                    > TAIL_PIXELS):
+                h = self._tail(h, codes, j)
+                break
             i = nl - 1 - j  # level index
-            h = self.adanorms[j](h, self._condition(codes, tf, h.shape[3:]))
-            h = self.levels[j](h)
-            if j < len(self.ups):
-                h = self.ups[j](h)
-                if self.cfg.temporal_down[i - 1]:
-                    tf *= 2
-        h = self.out(F.silu(self.norm(h)))
+            h = self._level(j, h, self._condition(codes, tf, h.shape[3:]))
+            if j < len(self.ups) and self.cfg.temporal_down[i - 1]:
+                tf *= 2
+        else:
+            h = self.out(F.silu(self.norm(h)))
         if self.streaming:
             self.started = True
         return depth_to_space(h, self.cfg.stem_patch)
@@ -127,6 +166,13 @@ class Tokenizer(nn.Module):
         self.encoder = Encoder(cfg)
         self.quantizer = LFQ(cfg.bits)
         self.decoder = Decoder(cfg)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating type of the weights (float32, or bfloat16 / float16 for inference, see
+        :func:`inference_dtype`); ``encode*`` and ``decode`` cast their input to it and return
+        float32."""
+        return next(self.parameters()).dtype
 
     # ---- geometry -------------------------------------------------------------------------
     def padded_size(self, height: int, width: int):
@@ -170,25 +216,51 @@ class Tokenizer(nn.Module):
     @torch.no_grad()
     def encode_latents(self, video: torch.Tensor) -> torch.Tensor:
         """Padded video ``B×3×T×H×W`` in [-1, 1] → pre-quantization latents z
-        ``B×K×t×h×w`` (float; the codes are ``sign(z)`` with z <= 0 → -1)."""
-        return self.encoder(video)
+        ``B×K×t×h×w`` (float32; the codes are ``sign(z)`` with z <= 0 → -1)."""
+        return self.encoder(video.to(self.dtype)).float()
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Video ``B×3×T×H×W`` in [-1, 1] (any H, W, T; padded here) → codes
         ``B×K×t×h×w`` in {-1, +1}."""
-        return sign_quantize(self.encoder(self.pad_video(video)))
+        return sign_quantize(self.encode_latents(self.pad_video(video)))
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, bits: int | None = None) -> torch.Tensor:
         """Codes ``B×K×t×h×w`` in {-1, +1} → video ``B×3×(1+f·(t-1))×h·s×w·s`` in [-1, 1]
         (clamped). With ``bits`` = b < K only the first b bits are used (the rest read as 0)."""
-        return self.decoder(mask_bits(codes, bits)).clamp(-1, 1)
+        return self.decoder(mask_bits(codes.to(self.dtype), bits)).float().clamp(-1, 1)
 
     def forward(self, video: torch.Tensor, bits: int | None = None):
         """Training pass: padded video → (reconstruction, LFQOutput)."""
         q = self.quantize(video)
         return self.decoder(mask_bits(q.codes, bits)), q
+
+
+# --precision choices of the command line: "auto" = bfloat16 where the device computes it
+# natively (CUDA with bf16; CPUs with AVX512 / AMX through oneDNN), else float32.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def inference_dtype(device: torch.device | str = "cpu", precision: str = "auto") -> torch.dtype:
+    """The floating type inference runs in on ``device`` for ``precision`` (one of
+    :data:`PRECISIONS`; ValueError otherwise)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return getattr(torch, precision)
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+def for_inference(model: "Tokenizer", device: torch.device | str = "cpu",
+                  precision: str = "auto") -> "Tokenizer":
+    """``model`` moved to ``device``, cast to :func:`inference_dtype` and in eval mode (in
+    place; returned for chaining). bfloat16 changes the decoded pixels by about 50 dB PSNR
+    against float32 and a few tokens in 10,000 near z = 0 (``benchmarks/bench_speed.py``)."""
+    return model.to(device=device, dtype=inference_dtype(device, precision)).eval()
 
 
 def mask_bits(codes: torch.Tensor, bits: int | None) -> torch.Tensor:
@@ -214,13 +286,13 @@ def macs_per_pixel(model: Tokenizer, frames: int = 17, size: int = 64) -> dict:
 
     hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv3d)]
     try:
-        x = torch.zeros(1, 3, frames, size, size)
-        with torch.no_grad():
+        x = torch.zeros(1, 3, frames, size, size, dtype=model.dtype)
+        with torch.enable_grad():  # the nn.Conv3d reference path, where the hooks sit
             counts[0] = 0
             z = model.encoder(x)
             enc = counts[0]
             counts[0] = 0
-            model.decoder(torch.sign(z) + (z == 0).float())
+            model.decoder((torch.sign(z) + (z == 0).to(z.dtype)).detach())
             dec = counts[0]
     finally:
         for h in hs:

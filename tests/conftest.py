@@ -1,3 +1,4 @@
+import copy
 import os
 
 # Triton kernels run in the interpreter on machines without a GPU (CI has none).
@@ -45,5 +46,6 @@ def tiny(make_tiny):
 
 @pytest.fixture
 def runner(tiny, monkeypatch):
-    monkeypatch.setattr(weights, "load_model", lambda name=None: tiny)
+    # a fresh copy per load, as the real loader gives (the CLI casts it for inference in place)
+    monkeypatch.setattr(weights, "load_model", lambda name=None: copy.deepcopy(tiny))
     return CliRunner()

@@ -378,3 +378,26 @@ def test_help_names_the_default_model_and_every_model_has_a_card():
     for name, entry in reg.items():
         assert entry.path.is_file(), name
         assert (entry.path.parent / f"{name}.md").is_file(), f"no model card for {name}"
+
+
+def test_progress_has_a_total_for_raw_h264(runner, tmp_path):
+    """A raw .264 declares no frame count; the progress bar still shows N/total."""
+    import av
+
+    src = tmp_path / "clip.264"
+    c = av.open(str(src), "w", format="h264")
+    s = c.add_stream("libx264", rate=25)
+    s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+    for i in range(13):
+        f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 9, np.uint8), format="rgb24")
+        for p in s.encode(f):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+    from neuralcodec import io as vio
+    assert vio.probe(src).frames is None and vio.count_frames(src) == 13
+    r = runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "x.mgv")])
+    assert r.exit_code == 0, r.output
+    assert "13/13" in r.stderr
+    assert vio.count_frames(tmp_path / "missing.264") is None

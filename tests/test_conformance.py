@@ -76,8 +76,8 @@ def test_valid_vectors_mode1_with_reference_decoder(row):
     h = rd.header
     digest = hashlib.sha256()
     for seg in rd.segments():
-        shape = (h.bits, seg.latent_t, seg.latent_h, seg.latent_w)
-        bits = codec.decode_payload(seg, h.bits)
+        shape = (seg.stored_bits(h), seg.latent_t, seg.latent_h, seg.latent_w)
+        bits = codec.decode_payload(seg, seg.stored_bits(h))
         if seg.entropy == ct.ENTROPY_CONTEXT:
             np.testing.assert_array_equal(np.array(ref_mode1.decode(seg.data, *shape), np.uint8), bits)
         digest.update(bits.tobytes())

@@ -10,9 +10,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from neuralcodec import cli, codec, weights
+from neuralcodec import cli, codec
 from neuralcodec import container as ct
 from neuralcodec import io as vio
 from neuralcodec.errors import CRCMismatch, StreamError, Truncated
@@ -133,10 +132,6 @@ def test_frame_range_with_damage(tiny, stream):
     assert [(d.first_frame, d.end_frame) for d in reports] == [(10, 13)]
 
 
-@pytest.fixture
-def runner(tiny, monkeypatch):
-    monkeypatch.setattr(weights, "load_model", lambda name=None: tiny)
-    return CliRunner()
 
 
 def test_cli_reports_and_exit_codes(runner, stream, tmp_path):

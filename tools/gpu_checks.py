@@ -67,7 +67,7 @@ def stream_bits(data: bytes):
     from neuralcodec.codec import decode_payload
 
     r = ct.Reader(io.BytesIO(data))
-    return np.concatenate([decode_payload(s, r.header.bits) for s in r.segments()], axis=1)
+    return np.concatenate([decode_payload(s, s.stored_bits(r.header)) for s in r.segments()], axis=1)
 
 
 # ---- stage ----------------------------------------------------------------------------------
