@@ -399,9 +399,10 @@ def memory_budget() -> int:
 
 def estimate_bytes(model: torch.nn.Module, width: int, height: int, frames: int,
                    decoder: bool = True) -> int:
-    """Rough peak memory of running the decoder (or encoder) on one chunk of ``frames``
-    frames of ``width×height`` (activations of every level, calibrated on the default and
-    tiny configs to within ~30%)."""
+    """Rough peak memory of running the decoder (or encoder) on the first frame and then a
+    chunk of ``frames`` frames of ``width×height``: activations of every level plus the
+    full-resolution RGB tensors, calibrated on the default and tiny configs (within ~25% at
+    720p..2048², bf16 halving the activations). Used only to refuse work that cannot fit."""
     cfg = model.cfg
     ch = cfg.dec_channels if decoder else cfg.enc_channels
     px = width * height / (cfg.stem_patch ** 2)
@@ -411,8 +412,16 @@ def estimate_bytes(model: torch.nn.Module, width: int, height: int, frames: int,
         if i < len(cfg.spatial_down) and cfg.spatial_down[i]:
             px /= 4
     per_frame = 4 * floats / (width * height)  # bytes per pixel and frame, summed over levels
-    first, per = (30, 12) if decoder else (12, 7)
-    return int(width * height * per_frame * max(first, per * frames)) + (64 << 20)
+    try:
+        if next(model.parameters()).dtype == torch.bfloat16:
+            per_frame /= 2
+    except StopIteration:
+        pass
+    if decoder:
+        per_px = 0.85 * (10 * per_frame + frames * (per_frame + 48))
+    else:
+        per_px = per_frame * max(12, 7 * frames)
+    return int(width * height * per_px) + (64 << 20)
 
 
 def check_memory(need: int, what: str) -> None:

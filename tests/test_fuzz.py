@@ -100,7 +100,7 @@ def test_fuzz_tool_short_run(fz):
 def test_fuzz_tool_structure_aware_short_run(fz, monkeypatch):
     """--mode struct: headers and records forged at their limits with valid CRCs (the
     10,000-case run is a tool invocation, its numbers are in the issue's closing note)."""
-    monkeypatch.setenv("MGV_MAX_MEMORY", "1536M")
+    monkeypatch.setenv("MGV_MAX_MEMORY", "1G")
     m, seeds = fz
     res = fuzz_mgv.fuzz(150, seed=7, model=m, seeds=seeds, log=print, mode="struct")
     assert res["cases"] == 150 and res["failures"] == 0, res

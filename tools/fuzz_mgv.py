@@ -18,7 +18,7 @@ behind the framing. ``--mode mix`` alternates both.
 
     python tools/fuzz_mgv.py --cases 10000 [--mode struct] [--seed 0] [--save tests/fuzz_corpus]
 
-Decodes run with ``MGV_MAX_MEMORY`` (``--max-memory``, default 1536M): the decoder refuses frame
+Decodes run with ``MGV_MAX_MEMORY`` (``--max-memory``, default 1G): the decoder refuses frame
 sizes whose decoding would need more, and each decode consumes at most :data:`FRAME_CAP` frames
 and :data:`PIXEL_CAP` pixels.
 """
@@ -577,7 +577,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=10, help="seconds per case before it counts as a hang")
     ap.add_argument("--save", type=Path, default=None, help="directory for failing inputs")
     ap.add_argument("--mode", choices=["mutate", "struct", "mix"], default="mutate")
-    ap.add_argument("--max-memory", default="1536M",
+    ap.add_argument("--max-memory", default="1G",
                     help="MGV_MAX_MEMORY for the decodes (frame sizes needing more are refused)")
     a = ap.parse_args(argv)
     import os
