@@ -127,6 +127,10 @@ def vectors() -> Dict[str, Tuple[bytes, str, str]]:
     add("valid/three_segments_b_lt_k.mgv", s.close(), "ok", "3 segments, bits 2 of model_bits 3")
     s = example()
     add("valid/no_index.mgv", s.end(0), "ok", "no INDEX; END holds 0")
+    s = Stream(header(), minor=2)
+    s.segment(seg1(bits=1))
+    add("valid/segment_bits_1_2.mgv", s.close(), "ok",
+        "1.2: a segment storing b_i = 1 of the header's 2 bits (the §11 variant)")
     s = Stream(header())
     s.add(record(ct.REC_AUDIO, audio_track(), False))
     s.segment(seg1())
@@ -203,6 +207,10 @@ def vectors() -> Dict[str, Tuple[bytes, str, str]]:
     s = Stream(header())
     s.segment(seg1(), flags=3)
     add("invalid/record_flag_bits.mgv", s.close(), "RecordError", "reserved record flag bit set")
+    s = Stream(header(), minor=2)
+    s.segment(seg1(bits=3))
+    add("invalid/segment_bits_over_header.mgv", s.close(), "RecordError",
+        "1.2: a segment claiming 3 bits per token under a header of 2")
     s = Stream(header())
     s.segment(seg1(data=b"\x01\x00"))
     add("invalid/raw_length.mgv", s.close(), "RecordError", "mode-0 data longer than R(t)")
