@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -53,6 +54,12 @@ def _run(fn, *args, **kw):
         _fail("interrupted", EXIT_INTERRUPTED)
     except MemoryError:
         _fail("out of memory", 1)
+    except RuntimeError as e:  # torch reports a failed allocation as a RuntimeError
+        from .codec import is_out_of_memory
+
+        if not is_out_of_memory(e):
+            raise
+        _fail("out of memory", 1)
     except OSError as e:
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         _fail(f"{e.strerror or e}{where}", OutputError.exit_code)
@@ -65,15 +72,60 @@ def _umask() -> int:
     return m
 
 
+def _place(tmp: str, target: Path, force: bool) -> None:
+    """Move the finished ``tmp`` to ``target``: replace it with ``force``; otherwise create it
+    exclusively (a hard link fails if the target appeared meanwhile, e.g. a second command
+    writing the same new file), so no output is ever silently lost."""
+    if force:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise OutputError(f"{target} exists (use -y to overwrite)") from None
+    except OSError:  # no hard links here: claim the name exclusively, then replace it
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            raise OutputError(f"{target} exists (use -y to overwrite)") from None
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)
+
+
+def _name_target(e: BaseException, tmp: str, target) -> BaseException:
+    """An error that names the hidden temporary file names the target instead."""
+    if isinstance(e, OutputError) and tmp in str(e):
+        return OutputError(str(e).replace(tmp, str(target)))
+    if isinstance(e, OSError) and e.filename is not None and str(e.filename).startswith(tmp):
+        e.filename = str(target)
+    return e
+
+
+def _special(target: Path) -> bool:
+    """An existing target that is not a regular file or directory (a device node, a FIFO, a
+    socket): written in place, never replaced by a rename."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 @contextlib.contextmanager
 def atomic_output(target: Path, force: bool) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` (``.NAME.XXXXXX.part``); on success it is
-    renamed to ``target``, on any failure (Ctrl-C, SIGTERM, disk full) it is deleted."""
+    renamed to ``target`` (created exclusively without ``force``), on any failure (Ctrl-C,
+    SIGTERM/SIGHUP/SIGQUIT, disk full) it is deleted. An existing device node or FIFO is
+    written in place (with ``force``), never replaced."""
     target = Path(target)
-    if target.exists() and not force:
+    if os.path.lexists(target) and not force:
         raise OutputError(f"{target} exists (use -y to overwrite)")
     if target.is_dir():
         raise OutputError(f"{target} is a directory")
+    if _special(target):
+        yield target
+        return
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{parent}: output directory does not exist")
@@ -84,17 +136,21 @@ def atomic_output(target: Path, force: bool) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
+        _place(tmp, target, force)
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        err = _name_target(e, tmp, target)
+        if err is not e:
+            raise err from None
         raise
 
 
 @contextlib.contextmanager
 def atomic_pattern(pattern: str, count: int, force: bool) -> Iterator[str]:
     """Like :func:`atomic_output` for a ``%05d.png`` pattern: frames are written into a
-    temporary directory beside the targets and moved into place on success."""
+    temporary directory beside the targets and moved into place on success; if moving fails
+    midway, the frames already moved are removed again (all or nothing)."""
     from .io import pattern_names
 
     parent = Path(pattern).parent if str(Path(pattern).parent) else Path(".")
@@ -103,14 +159,32 @@ def atomic_pattern(pattern: str, count: int, force: bool) -> Iterator[str]:
     names = pattern_names(pattern, count)
     if not force:
         for n in names:
-            if os.path.exists(n):
+            if os.path.lexists(n):
                 raise OutputError(f"{n} exists (use -y to overwrite)")
     tmpdir = tempfile.mkdtemp(dir=parent, prefix=".mgv-frames.", suffix=".part")
+    moved: List[str] = []
     try:
-        yield os.path.join(tmpdir, Path(pattern).name)
-        written = pattern_names(os.path.join(tmpdir, Path(pattern).name), count)
-        for src, dst in zip(written, names):
-            os.replace(src, dst)
+        inner = os.path.join(tmpdir, Path(pattern).name)
+        try:
+            yield inner
+        except BaseException as e:
+            err = _name_target(e, tmpdir, parent)
+            if err is not e:
+                raise err from None
+            raise
+        written = pattern_names(inner, count)
+        try:
+            for src, dst in zip(written, names):
+                if os.path.isdir(dst):
+                    raise OutputError(f"{dst} is a directory")
+                os.chmod(src, 0o666 & ~_umask())
+                _place(src, Path(dst), force)
+                moved.append(dst)
+        except BaseException:
+            for dst in moved:
+                with contextlib.suppress(OSError):
+                    os.unlink(dst)
+            raise
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -171,13 +245,41 @@ def _release_large_blocks() -> None:
             libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_USAGE = InputError.exit_code  # a bad option or argument is bad input (3), not a damaged stream
+
+
+class _Main(click.Group):
+    """The ``mgv`` group: click's usage errors become one line and exit 3 (click's default is
+    a usage block and exit 2, the code of a damaged stream)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "mgv"
+            _fail(f"{e.format_message()} (see '{where} --help')", EXIT_USAGE)
+        except click.exceptions.Abort:
+            _fail("interrupted", EXIT_INTERRUPTED)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mgv")
 def main() -> None:
     """mgv: a neural video codec (causal LFQ tokenizer, .mgv files)."""
     _release_large_blocks()
-    with contextlib.suppress(ValueError):  # not in the main thread (e.g. some test runners)
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    for name in ("SIGTERM", "SIGHUP", "SIGQUIT"):  # each removes partial outputs, exit 130
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            with contextlib.suppress(ValueError):  # not in the main thread (some test runners)
+                signal.signal(sig, _on_sigterm)
 
 
 @main.command()
@@ -243,8 +345,11 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
                                          segment_frames=segment_frames, progress=bar.update,
                                          bitrate=rate, bpp=bpp)
             fo.flush()
-            os.fsync(fo.fileno())
+            if stat.S_ISREG(os.fstat(fo.fileno()).st_mode):  # a FIFO or device cannot sync
+                os.fsync(fo.fileno())
     dt = time.perf_counter() - t0
+    for w in res.warnings:
+        _warn(w)
     h = res.header
     click.echo(f"{output}: {h.frames} frames {h.width}x{h.height} @ {h.fps_num}/{h.fps_den} fps, "
                f"{res.bytes_written} bytes, {res.bpp:.4f} bpp, "

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from . import container as ct
-from .errors import InputError, MGVError, ModelError, PayloadError, RecordError, StreamError, Truncated
+from .errors import (InputError, MGVError, ModelError, PayloadError, RecordError, ResourceError,
+                     StreamError, Truncated)
 from .io import VideoMeta, frames_of, probe, read_frames
 from .layers import streaming
 from .model import PRECISIONS, for_inference
@@ -41,6 +42,10 @@ CHUNK_FRAMES = 16  # most frames per encoder chunk after the first (rounded to t
 CHUNK_PIXELS = 16 * 640 * 360  # pixel budget of a chunk: large frames get shorter chunks
 CHUNK_LATENTS = 4  # most latent frames per decoder chunk after the first
 SEGMENT_SECONDS = 2.0  # default segment duration
+LAZY_BITS = 1 << 26  # segments with more bits than this are decoded one latent frame at a time
+MIN_SEGMENT_RECORD = 16 + 20 + 1  # bytes of the smallest SEGMENT record (framing, head, data)
+CONCEAL_MIN_FRAMES = 1000  # a recovering decode may always conceal this many frames …
+CONCEAL_RATIO = 8  # … or this many per frame of the intact segments it found
 ENTROPY_MODES = {"none": ct.ENTROPY_NONE, "context": ct.ENTROPY_CONTEXT}
 
 Progress = Optional[Callable[[int], None]]  # called with the number of frames just processed
@@ -59,6 +64,7 @@ class EncodeResult:
     segment_bits: Tuple[int, ...] = ()  # bits per token of each segment
     video_bytes: int = 0  # stream bytes without AUDIO records (what a target rate counts)
     rate_note: Optional[str] = None  # why a target rate was missed by more than 10 %, if it was
+    warnings: Tuple[str, ...] = ()  # what was left out (e.g. audio tracks beyond the 16th)
 
     @property
     def video_kbps(self) -> float:
@@ -147,8 +153,12 @@ class AudioSource:
         try:
             v = self._c.streams.video[0]
             vstart = (v.start_time or 0) * v.time_base if v.start_time is not None else Fraction(0)
-            self.streams = list(self._c.streams.audio)[:ct.MAX_AUDIO_TRACKS]
+            every = list(self._c.streams.audio)
+            self.streams = every[:ct.MAX_AUDIO_TRACKS]
             self._tracks = []
+            self.warnings: List[str] = [
+                f"audio track {i} dropped: a stream holds at most {ct.MAX_AUDIO_TRACKS} tracks"
+                for i in range(ct.MAX_AUDIO_TRACKS, len(every))]
             if self.streams:
                 firsts = _first_packets(path, len(self.streams))
             for i, st in enumerate(self.streams):
@@ -156,6 +166,8 @@ class AudioSource:
                 tb = Fraction(st.time_base)
                 name = cc.name if ct._CODEC_RE.match(cc.name.encode("ascii", "replace")) else None
                 if name is None or firsts.get(i) is None or not cc.sample_rate:
+                    self.warnings.append(f"audio track {i} ({cc.name}) dropped: it cannot be "
+                                         f"carried (no packets, codec parameters or sample rate)")
                     continue
                 layout = cc.layout
                 ch = max(1, min(255, layout.nb_channels if layout is not None else 1))
@@ -264,6 +276,8 @@ class AudioSink:
         self.stats: Dict[int, List[int]] = {}
 
     def add(self, item) -> None:
+        if item is None:  # an AUDIO kind of a later minor version: skipped
+            return
         if isinstance(item, ct.AudioTrack):
             self.tracks[item.track] = item
         elif item.track in self.tracks:
@@ -350,6 +364,79 @@ def decode_payload(seg: ct.Segment, bits: int) -> np.ndarray:
     packed = torch.frombuffer(bytearray(seg.data), dtype=torch.uint8)
     codes = unpack_bits(packed, (1,) + shape, torch.float32)
     return (codes[0] > 0).to(torch.uint8).numpy()
+
+
+# ---- resources ------------------------------------------------------------------------------
+def memory_budget() -> int:
+    """Bytes this process may still use: the smallest of MemAvailable (/proc/meminfo), the
+    address-space limit (``ulimit -v``) less what is mapped, and ``MGV_MAX_MEMORY`` (bytes,
+    or with a K/M/G suffix) when set."""
+    import os
+    import resource
+
+    limits = []
+    env = os.environ.get("MGV_MAX_MEMORY", "").strip().upper()
+    if env:
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(env[-1], 1)
+        try:
+            limits.append(int(float(env.rstrip("KMG")) * mult))
+        except ValueError:
+            pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            limits.append(max(0, soft - mapped))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else 1 << 62
+
+
+def estimate_bytes(model: torch.nn.Module, width: int, height: int, frames: int,
+                   decoder: bool = True) -> int:
+    """Rough peak memory of running the decoder (or encoder) on the first frame and then a
+    chunk of ``frames`` frames of ``width×height``: activations of every level plus the
+    full-resolution RGB tensors, calibrated on the default and tiny configs (within ~25% at
+    720p..2048², bf16 halving the activations). Used only to refuse work that cannot fit."""
+    cfg = model.cfg
+    ch = cfg.dec_channels if decoder else cfg.enc_channels
+    px = width * height / (cfg.stem_patch ** 2)
+    floats = 0.0
+    for i, c in enumerate(ch):
+        floats += c * px
+        if i < len(cfg.spatial_down) and cfg.spatial_down[i]:
+            px /= 4
+    per_frame = 4 * floats / (width * height)  # bytes per pixel and frame, summed over levels
+    try:
+        if next(model.parameters()).dtype == torch.bfloat16:
+            per_frame /= 2
+    except StopIteration:
+        pass
+    if decoder:
+        per_px = 0.85 * (10 * per_frame + frames * (per_frame + 48))
+    else:
+        per_px = per_frame * max(12, 7 * frames)
+    return int(width * height * per_px) + (64 << 20)
+
+
+def check_memory(need: int, what: str) -> None:
+    budget = memory_budget()
+    if need > budget:
+        raise ResourceError(f"{what} needs about {need / 2**30:.1f} GiB of memory, more than the "
+                            f"{budget / 2**30:.1f} GiB available")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    msg = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate" in msg
+                                            or "Cannot allocate memory" in msg)
 
 
 # ---- encoding -------------------------------------------------------------------------------
@@ -523,9 +610,17 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
     bits, seg = header.bits, header.segment_frames
     if bpp is not None:
         bitrate = bpp * meta.width * meta.height * float(meta.fps)
+    check_memory(estimate_bytes(model, meta.width, meta.height,
+                                chunk_frames(meta.width * meta.height, model.cfg.temporal_factor),
+                                decoder=False),
+                 f"encoding {meta.width}x{meta.height} frames")
     asrc = AudioSource(video) if audio and isinstance(video, (str, Path)) else None
     try:
         return _compress(model, it, meta, header, seg, bits, fo, progress, asrc, bitrate)
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise ResourceError(f"out of memory encoding {meta.width}x{meta.height} frames") from None
     finally:
         if asrc is not None:
             asrc.close()
@@ -586,7 +681,8 @@ def _compress(model, it, meta, header, seg, bits, fo, progress, asrc, bitrate=No
         elif got < bitrate * (1 - RATE_TOLERANCE) and min(chosen) == bits:
             note = (f"target {bitrate / 1000:g} kbps is above this video's rate at {bits} bits per "
                     f"token ({got / 1000:.1f} kbps)")
-    return EncodeResult(header, writer.pos, index, n_ctx, tuple(chosen), video_bytes, note)
+    return EncodeResult(header, writer.pos, index, n_ctx, tuple(chosen), video_bytes, note,
+                        tuple(asrc.warnings) if asrc is not None else ())
 
 
 def compress(model: torch.nn.Module, video: VideoInput, **kw) -> bytes:
@@ -608,14 +704,41 @@ def _frame_range(header: ct.Header, frames) -> Tuple[int, int]:
     return a, b
 
 
-def _decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray, a: int, b: int,
+def payload_frames(seg: ct.Segment, bits: int) -> Iterator[np.ndarray]:
+    """A segment's bits one latent frame at a time (``b×h×w`` uint8): memory of one frame
+    whatever the segment's length. Mode 1 raises :class:`PayloadError` only after its last
+    frame (see :func:`neuralcodec.entropy.iter_decode_bits`)."""
+    t, h, w = seg.latent_t, seg.latent_h, seg.latent_w
+    if seg.entropy == ct.ENTROPY_CONTEXT:
+        from .entropy import iter_decode_bits
+
+        yield from iter_decode_bits(seg.data, (bits, t, h, w))
+        return
+    n = bits * h * w
+    data = seg.data
+    for f in range(t):
+        lo = f * n
+        raw = np.frombuffer(data[lo >> 3:(lo + n + 7) >> 3], np.uint8)
+        flat = np.unpackbits(raw, bitorder="little")[lo & 7:(lo & 7) + n]
+        yield np.ascontiguousarray(flat.reshape(h, w, bits).transpose(2, 0, 1))
+
+
+def _decode_segment(model, header: ct.Header, seg: ct.Segment, bits, a: int, b: int,
                     progress: Progress) -> Iterator[np.ndarray]:
-    """Frames ``a..b-1`` (absolute numbers) of ``seg`` (its bits ``b×t×h×w`` uint8, from
-    :func:`decode_payload`) as ``H×W×3`` uint8."""
+    """Frames ``a..b-1`` (absolute numbers) of ``seg`` as ``H×W×3`` uint8. ``bits``: the
+    segment's bits, ``b×t×h×w`` uint8 (from :func:`decode_payload`) or an iterator of its
+    latent frames ``b×h×w`` (:func:`payload_frames`); codes are built one chunk at a time."""
     device = _model_device(model)
     k = header.model_bits
-    codes = torch.zeros((1, k) + bits.shape[1:], dtype=torch.float32)
-    codes[0, :seg.stored_bits(header)] = torch.from_numpy(bits).float() * 2 - 1
+    stored = seg.stored_bits(header)
+    frames_in = iter(bits.transpose(1, 0, 2, 3)) if isinstance(bits, np.ndarray) else iter(bits)
+
+    def codes_of(n: int) -> torch.Tensor:
+        chunk = [next(frames_in) for _ in range(min(n, seg.latent_t - t))]
+        codes = torch.zeros((1, k, len(chunk), seg.latent_h, seg.latent_w), dtype=torch.float32)
+        codes[0, :stored] = torch.from_numpy(np.stack(chunk, axis=1)).float() * 2 - 1
+        return codes
+
     frame = seg.first_frame
     stop = min(b, seg.first_frame + seg.frames)
     step = max(1, min(CHUNK_LATENTS, chunk_frames(header.width * header.height,
@@ -624,8 +747,9 @@ def _decode_segment(model, header: ct.Header, seg: ct.Segment, bits: np.ndarray,
         t = 0
         while t < seg.latent_t and frame < stop:
             n = 1 if t == 0 else step
-            x = model.decode(codes[:, :, t:t + n].to(device), bits=seg.stored_bits(header))
-            t += n
+            codes = codes_of(n)
+            x = model.decode(codes.to(device), bits=stored)
+            t += codes.shape[2]
             out = tensor_to_frames(x[:, :, :, :header.height, :header.width])
             for f in out:
                 if frame >= stop:
@@ -692,10 +816,11 @@ def _segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, u
     if use_index:
         try:
             index = reader.index()
-        except StreamError:
+        except StreamError as e:
             if on_damage is None:
                 raise
-            index = None  # an inconsistent index: scan instead
+            index = None  # an inconsistent index: report it, scan instead
+            on_damage(DamageReport(header.frames, header.frames, (), str(e).splitlines()[0]))
     if index is not None:
         for i in range(first, last + 1):
             try:
@@ -720,10 +845,18 @@ def _segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, u
             on_damage(DamageReport(header.frames, header.frames, (), lost))
         lost = ""
 
+    order = ct.RecordOrder(header, reader.records_offset)
     for item in reader.scan():
         if isinstance(item, ct.Damage):
+            order.complete = False
             note(item.error)
             continue
+        try:
+            order.check(item)
+        except StreamError as e:
+            note(e)
+            if item.type != ct.REC_END:
+                continue
         if item.type == ct.REC_SEGMENT:
             try:
                 seg = ct.Segment.parse(item.payload)
@@ -734,6 +867,7 @@ def _segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, u
                     if seg.index < nxt:
                         raise RecordError(f"segment {seg.index} repeated or out of order")
             except StreamError as e:
+                order.drop_last_segment()
                 note(e)
                 continue
             if seg.index > nxt:
@@ -756,7 +890,7 @@ def _segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, u
                     flush_lost()
         elif item.type == ct.REC_END:
             try:
-                ct._parse_end(item)
+                reader.check_nothing_after(item)
             except StreamError as e:
                 note(e)
             break
@@ -799,9 +933,19 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
     a, b = _frame_range(header, frames)
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    held = _segments_held(reader)
+    if held is not None and held < header.segment_count:
+        kept = min(header.frames, held * header.segment_frames)
+        if on_damage is None or _too_much_concealment(header.frames - kept, kept):
+            raise Truncated(f"the header announces {header.segment_count} segments of "
+                            f"{header.frames} frames, the file's bytes can hold at most {held}")
     m = resolve_model(header, model).eval()
     if model is None:
         for_inference(m, "cpu", precision)
+    tf = header.temporal_factor
+    step = max(1, min(CHUNK_LATENTS, chunk_frames(header.width * header.height, tf) // tf))
+    check_memory(estimate_bytes(m, header.width, header.height, tf * step),
+                 f"decoding {header.width}x{header.height} frames")
     meta = VideoMeta(header.width, header.height, header.fps, b - a, header.pix_fmt)
     first_seg = a // header.segment_frames
     last_seg = (b - 1) // header.segment_frames
@@ -810,8 +954,18 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
                          on_damage=on_damage, audio=audio if full else None, to_end=full)
 
     def gen() -> Iterator[np.ndarray]:
+        try:
+            yield from frames_gen()
+        except (MemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e):
+                raise
+            raise ResourceError(f"out of memory decoding {header.width}x{header.height} "
+                                f"frames") from None
+
+    def frames_gen() -> Iterator[np.ndarray]:
         last_frame: Optional[np.ndarray] = None
         run: Optional[list] = None  # [first, end, segments, reason] of concealed frames
+        intact = concealed = 0
 
         def flush() -> None:
             if run is not None and on_damage is not None:
@@ -823,11 +977,27 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
             bits = None
             if seg is not None:
                 try:
-                    bits = decode_payload(seg, seg.stored_bits(header))
+                    sb = seg.stored_bits(header)
+                    if sb * seg.latent_t * seg.latent_h * seg.latent_w <= LAZY_BITS:
+                        bits = decode_payload(seg, sb)
+                    else:  # a long segment: validate, then decode again frame by frame
+                        if seg.entropy == ct.ENTROPY_CONTEXT:
+                            for _ in payload_frames(seg, sb):
+                                pass
+                        bits = payload_frames(seg, sb)
                 except PayloadError as e:
                     if on_damage is None:
                         raise
                     seg, reason = None, str(e).splitlines()[0]
+            if seg is not None:
+                intact += n
+            elif _too_much_concealment(concealed + hi - lo, intact):
+                raise Truncated(
+                    f"damaged stream: {header.frames - intact} of its {header.frames} frames "
+                    f"would have to be concealed, far more than its intact segments justify "
+                    f"({intact} frames)")
+            else:
+                concealed += hi - lo
             if seg is None:
                 if run is not None and run[1] == lo:
                     run[1] = hi
@@ -852,10 +1022,43 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
     return meta, gen()
 
 
+def _too_much_concealment(concealed: int, intact: int) -> bool:
+    """A recovering decode conceals at most max(CONCEAL_MIN_FRAMES, CONCEAL_RATIO × intact
+    frames) frames (spec §8b): a forged frame count cannot make it write hours of grey."""
+    return concealed > max(CONCEAL_MIN_FRAMES, CONCEAL_RATIO * intact)
+
+
+def _segments_held(reader: ct.Reader) -> Optional[int]:
+    """How many SEGMENT records the bytes of a seekable file can hold at most (None: not
+    seekable): a header announcing more describes a stream that is not there."""
+    size = reader.stream_size()
+    return None if size is None else max(0, (size - reader.records_offset) // MIN_SEGMENT_RECORD)
+
+
 def decompress(data: bytes, **kw) -> Tuple[VideoMeta, np.ndarray]:
     """:func:`decompress_from_file` from memory → (meta, ``T×H×W×3`` uint8 array)."""
     meta, it = decompress_from_file(_io.BytesIO(data), **kw)
     return meta, np.stack(list(it))
+
+
+def verify_stream(fo: BinaryIO) -> dict:
+    """Strictly read a whole ``.mgv`` stream without a model: every record in order (spec §4),
+    every SEGMENT checked and its payload decoded to bits, every AUDIO record parsed → dict
+    with ``frames``, ``segments`` and ``bits_sha256`` (SHA-256 of the decoded ``b×t×h×w``
+    uint8 bit arrays of all segments, in order). The first failure raises its
+    :class:`~neuralcodec.errors.StreamError` (the conformance suite's reference reader)."""
+    import hashlib
+
+    reader = ct.Reader(fo)
+    h = reader.header
+    digest = hashlib.sha256()
+    sink = AudioSink(keep=False)
+    n = 0
+    for _, seg, _ in _segment_plan(reader, h, 0, h.segment_count - 1, use_index=False,
+                                   on_damage=None, audio=sink, to_end=True):
+        digest.update(np.ascontiguousarray(decode_payload(seg, seg.stored_bits(h))).tobytes())
+        n += 1
+    return {"frames": h.frames, "segments": n, "bits_sha256": digest.hexdigest()}
 
 
 # ---- inspection -----------------------------------------------------------------------------

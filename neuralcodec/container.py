@@ -47,6 +47,7 @@ MAX_FPS_TERM = 1_000_000  # fps numerator and denominator
 MAX_SEGMENT_FRAMES = 65537
 MAX_SEGMENTS = 1 << 20
 MAX_AUDIO_TRACKS = 16  # audio tracks per stream
+MAX_TIME_BASE_TERM = (1 << 31) - 1  # an audio time base's numerator and denominator (FFmpeg int)
 MAX_AUDIO_TEMPLATE = 1 << 20  # bytes of an audio track's codec-parameter template
 AUDIO_RECORD_TARGET = 1 << 20  # a writer starts a new AUDIO record after this many bytes
 MAX_RECORD_PAYLOAD = 1 << 28  # 256 MiB
@@ -343,8 +344,8 @@ class Segment:
             if not 1 <= len(self.data) <= raw:
                 raise RecordError(f"segment {self.index}: context payload of {len(self.data)} "
                                   f"bytes outside 1..{raw}")
-        else:
-            raise RecordError(f"segment {self.index}: unknown entropy mode {self.entropy}")
+        else:  # a mode from a later version: this reader cannot decode it (spec §5)
+            raise UnsupportedVersion(f"segment {self.index}: unknown entropy mode {self.entropy}")
 
     @classmethod
     def parse(cls, payload: bytes) -> "Segment":
@@ -449,12 +450,15 @@ class Reader:
         types are returned too (callers skip them); unknown critical types raise
         :class:`UnsupportedVersion`."""
         self._seek(self.records_offset)
+        order = RecordOrder(self.header, self.records_offset)
         while True:
             rec = self.read_record()
-            if rec.type not in RECORD_NAMES and rec.flags & FLAG_CRITICAL:
+            if rec.type not in RECORD_NAMES and rec.type != 0 and rec.flags & FLAG_CRITICAL:
                 raise UnsupportedVersion(f"record type {rec.type} is required but unknown")
+            order.check(rec)
             yield rec
             if rec.type == REC_END:
+                self.check_nothing_after(rec)
                 return
 
     def segments(self, start: int = 0) -> Iterator[Segment]:
@@ -469,7 +473,6 @@ class Reader:
                 if seg.index >= start:
                     yield seg
             elif rec.type == REC_END:
-                _parse_end(rec)
                 if expected != self.header.segment_count:
                     raise Truncated(f"stream has {expected} of {self.header.segment_count} segments")
 
@@ -482,6 +485,18 @@ class Reader:
         except (OSError, ValueError, AttributeError):
             raise RecordError("stream is not seekable") from None
         self._pos = rel
+
+    def stream_size(self) -> Optional[int]:
+        """Bytes of the stream (from its first byte to the end of the file), None when the
+        file is not seekable."""
+        if not self.seekable():
+            return None
+        try:
+            size = self.fo.seek(0, 2) - self.base
+        except (OSError, ValueError):
+            return None
+        self._pos = -1  # the next read seeks
+        return size
 
     def seekable(self) -> bool:
         try:
@@ -517,7 +532,53 @@ class Reader:
             raise RecordError(f"END points to a record of type {rec.type}, not INDEX")
         if rec.offset + rec.size != end - END_RECORD_SIZE:
             raise RecordError("INDEX is not followed by END")
-        return _parse_index(rec.payload, self.header, self.records_offset, rec.offset)
+        entries = _parse_index(rec.payload, self.header, self.records_offset, rec.offset)
+        starts = self._segment_starts(rec.offset)
+        if starts != [e.offset for e in entries]:
+            raise RecordError("INDEX offsets do not match the SEGMENT records of the file")
+        return entries
+
+    def _segment_starts(self, stop: int) -> List[int]:
+        """Offsets of the SEGMENT records among the records from the first one to ``stop``
+        (the INDEX), walking the record heads only (payloads are skipped, not read): an
+        INDEX entry must name a real record boundary, never bytes inside another record."""
+        out: List[int] = []
+        pos = self.records_offset
+        while pos < stop:
+            self._seek(pos)
+            raw = self.fo.read(RECORD_HEAD.size) or b""
+            self._pos = -1
+            if len(raw) < RECORD_HEAD.size:
+                raise RecordError("INDEX does not match the records of the file")
+            sync, rtype, _, _, length = RECORD_HEAD.unpack(raw)
+            if sync != RECORD_SYNC or length > MAX_RECORD_PAYLOAD:
+                raise RecordError("INDEX does not match the records of the file")
+            if rtype == REC_SEGMENT:
+                out.append(pos)
+            pos += RECORD_HEAD.size + length + CRC.size
+            if len(out) > self.header.segment_count:
+                break
+        if pos != stop:
+            raise RecordError("INDEX does not follow the last record before it")
+        return out
+
+    def check_nothing_after(self, end: Record) -> None:
+        """Spec §4: nothing follows END → :class:`RecordError` for trailing bytes (a second
+        END included)."""
+        after = end.offset + end.size
+        try:
+            if self.seekable():
+                size = self.fo.seek(0, 2) - self.base
+                self._pos = -1
+                extra = size - after
+            else:
+                self._pos = after
+                extra = len(self.fo.read(1) or b"")
+        except (OSError, ValueError):
+            return
+        if extra > 0:
+            raise RecordError(f"{'bytes' if extra > 1 else 'data'} after the END record "
+                              f"(offset {after})")
 
     def segment_at(self, offset: int, expected_index: Optional[int] = None) -> Segment:
         """Read and check the SEGMENT record at ``offset`` (relative to the stream start)."""
@@ -573,7 +634,7 @@ class Reader:
                     return
                 pos = nxt
                 continue
-            if rec.type not in RECORD_NAMES and rec.flags & FLAG_CRITICAL:
+            if rec.type not in RECORD_NAMES and rec.type != 0 and rec.flags & FLAG_CRITICAL:
                 raise UnsupportedVersion(f"record type {rec.type} is required but unknown")
             yield rec
             if rec.type == REC_END:
@@ -596,6 +657,52 @@ class Reader:
                 return None
             pos += len(block) - len(RECORD_SYNC) + 1
         return None
+
+
+class RecordOrder:
+    """Spec §4 record order, checked record by record: no type 0; SEGMENTs, then at most one
+    INDEX (after the last SEGMENT, its entries naming the SEGMENT records seen), then END,
+    whose offset names that INDEX (0 when there is none). :meth:`check` raises
+    :class:`RecordError`; call :meth:`segment` for each SEGMENT accepted."""
+
+    def __init__(self, header: Header, records_offset: int) -> None:
+        self.header = header
+        self.records_offset = records_offset
+        self.segment_offsets: List[int] = []
+        self.index_offset: Optional[int] = None
+        self.complete = True  # False once a caller lost a segment (recovery: skip INDEX checks)
+
+    def check(self, rec: Record) -> None:
+        if rec.type == 0:
+            raise RecordError(f"record type 0 (invalid) at offset {rec.offset}")
+        if self.index_offset is not None and rec.type not in (REC_END, REC_INDEX, REC_SEGMENT):
+            raise RecordError(f"a record of type {rec.type} between the INDEX and END")
+        if rec.type == REC_SEGMENT:
+            if self.index_offset is not None:
+                raise RecordError(f"SEGMENT after the INDEX at offset {rec.offset}")
+            self.segment_offsets.append(rec.offset)
+        elif rec.type == REC_INDEX:
+            if self.index_offset is not None:
+                raise RecordError(f"a second INDEX at offset {rec.offset}")
+            self.index_offset = rec.offset
+            if not self.complete:
+                return
+            if len(self.segment_offsets) < self.header.segment_count:
+                return  # a SEGMENT after it is refused; END after it: the stream is truncated
+            entries = _parse_index(rec.payload, self.header, self.records_offset, rec.offset)
+            if [e.offset for e in entries] != self.segment_offsets:
+                raise RecordError("INDEX offsets do not match the SEGMENT records")
+        elif rec.type == REC_END:
+            off = _parse_end(rec)
+            if off != (self.index_offset or 0):
+                raise RecordError(f"END names offset {off}, but the INDEX is at "
+                                  f"{self.index_offset or 0}")
+
+    def drop_last_segment(self) -> None:
+        """The caller rejected the SEGMENT just checked (damage): it is not indexed."""
+        if self.segment_offsets:
+            self.segment_offsets.pop()
+        self.complete = False
 
 
 @dataclass(frozen=True)
@@ -701,9 +808,10 @@ class AudioPackets:
         return b"".join(out)
 
 
-def parse_audio(payload: bytes) -> Union[AudioTrack, AudioPackets]:
-    """AUDIO record payload → :class:`AudioTrack` or :class:`AudioPackets`
-    (:class:`RecordError` when malformed; every length is checked against the payload)."""
+def parse_audio(payload: bytes) -> Union[AudioTrack, AudioPackets, None]:
+    """AUDIO record payload → :class:`AudioTrack` or :class:`AudioPackets`, None for a kind
+    this version does not define (skipped) → :class:`RecordError` when malformed; every
+    length is checked against the payload."""
     try:
         kind, track = AUDIO_TRACK_HEAD.unpack_from(payload)
         if track >= MAX_AUDIO_TRACKS:
@@ -716,7 +824,8 @@ def parse_audio(payload: bytes) -> Union[AudioTrack, AudioPackets]:
             pos = 3 + n
             num, den, rate, ch, start, tlen = AUDIO_TRACK_FIXED.unpack_from(payload, pos)
             pos += AUDIO_TRACK_FIXED.size
-            if not (num and den) or not 1 <= rate <= 1_000_000 or not 1 <= ch <= 255:
+            if (not 1 <= num <= MAX_TIME_BASE_TERM or not 1 <= den <= MAX_TIME_BASE_TERM
+                    or not 1 <= rate <= 1_000_000 or not 1 <= ch <= 255):
                 raise RecordError("AUDIO track has a bad time base, sample rate or channel count")
             if tlen > MAX_AUDIO_TEMPLATE or pos + tlen != len(payload):
                 raise RecordError(f"AUDIO track template of {tlen} bytes does not fit the record")
@@ -739,7 +848,7 @@ def parse_audio(payload: bytes) -> Union[AudioTrack, AudioPackets]:
             if pos != len(payload):
                 raise RecordError(f"{len(payload) - pos} unexpected bytes after the AUDIO packets")
             return AudioPackets(track, tuple(pk))
-        raise RecordError(f"unknown AUDIO payload kind {kind}")
+        return None  # a kind from a later minor version: skipped (spec §8a, §10)
     except (struct.error, IndexError):
         raise RecordError("AUDIO record is too short") from None
 

@@ -38,7 +38,7 @@ Each call is independent (a segment restarts all adaptation). Decode is vectoriz
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Iterator, Tuple
 
 import constriction
 import numpy as np
@@ -251,15 +251,72 @@ def encode_bits(bits: np.ndarray) -> bytes:
     return enc.get_compressed().astype("<u4").tobytes()
 
 
-def decode_bits(data: bytes, shape) -> np.ndarray:
-    """Inverse of :func:`encode_bits`: payload bytes and shape ``(K, t, h, w)`` → uint8 array
-    ``K×t×h×w`` in {0, 1}. Raises :class:`PayloadError` for a bad shape or a payload that is
-    truncated, corrupted or inconsistent."""
+#: Symbols per payload word a valid stream can never exceed on the least number of symbols a
+#: segment codes (each symbol costs at least log2(2**24 / cut(16)) ≈ 0.000352 bits, i.e. at
+#: most ~90,900 symbols per 32-bit word; spec §7 "Payload length").
+SYMBOLS_PER_WORD_BOUND = 1 << 17
+
+
+def min_payload_bytes(shape) -> int:
+    """Smallest valid context payload for ``shape`` (spec §7): 4·floor(n_min / 2**17) with
+    n_min = K·h·w + (t − 1)·h·w + 16 symbols (intra frame, one flag per later token, check)."""
+    k, t, h, w = _validate_shape(shape)
+    n_min = k * h * w + (t - 1) * h * w + len(SENTINEL)
+    return 4 * (n_min // SYMBOLS_PER_WORD_BOUND)
+
+
+def _check_payload(data, shape) -> Tuple[int, int, int, int]:
     k, t, h, w = _validate_shape(shape)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise PayloadError("payload must be bytes")
     if len(data) == 0 or len(data) % 4:
         raise PayloadError(f"context payload length {len(data)} is not a positive multiple of 4")
+    if len(data) < min_payload_bytes(shape):
+        raise PayloadError(f"context payload of {len(data)} bytes is too short for {k}×{t}×{h}×{w}"
+                           f" bits (at least {min_payload_bytes(shape)})")
+    return k, t, h, w
+
+
+def iter_decode_bits(data: bytes, shape) -> Iterator[np.ndarray]:
+    """Like :func:`decode_bits`, one latent frame at a time: yields ``K×h×w`` uint8 arrays
+    (memory of two frames, whatever ``t``). The end check runs after the last frame, so a
+    caller that must not use bits of a corrupted payload consumes the generator once to
+    validate it (:class:`PayloadError` at the end) before using the frames of a second pass."""
+    k, t, h, w = _check_payload(data, shape)
+    words = np.frombuffer(bytes(data), dtype="<u4").astype(np.uint32)
+    try:
+        dec = constriction.stream.queue.RangeDecoder(words)
+    except Exception as e:
+        raise PayloadError(f"context payload does not decode: {e}") from e
+
+    def code(probs, sym):
+        return np.asarray(dec.decode(_MODEL, probs), dtype=np.int32)
+
+    model = _Model(k, h, w, code, encoding=False)
+    prev = hist = None
+    for ti in range(t):
+        cur = np.zeros((k, h * w), np.uint8)
+        try:
+            model.frame(ti, cur, prev, hist)
+        except Exception as e:
+            raise PayloadError(f"context payload does not decode: {e}") from e
+        if prev is not None:
+            hist = (cur != prev).sum(axis=0)
+        yield cur.reshape(k, h, w)
+        prev = cur
+    try:
+        tail = np.asarray(dec.decode(_MODEL, _HALF), dtype=np.int32)
+    except Exception as e:
+        raise PayloadError(f"context payload does not decode: {e}") from e
+    if not np.array_equal(tail, SENTINEL):
+        raise PayloadError("context payload corrupted (end check failed)")
+
+
+def decode_bits(data: bytes, shape) -> np.ndarray:
+    """Inverse of :func:`encode_bits`: payload bytes and shape ``(K, t, h, w)`` → uint8 array
+    ``K×t×h×w`` in {0, 1}. Raises :class:`PayloadError` for a bad shape or a payload that is
+    truncated, corrupted or inconsistent."""
+    k, t, h, w = _check_payload(data, shape)
     words = np.frombuffer(bytes(data), dtype="<u4").astype(np.uint32)
     frames = np.zeros((t, k, h * w), np.uint8)
     try:

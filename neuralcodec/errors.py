@@ -59,3 +59,11 @@ class RecordError(StreamError):
 
 class PayloadError(StreamError):
     """A segment payload does not decode (entropy-coded data corrupted or inconsistent)."""
+
+
+class ResourceError(MGVError):
+    """The work would need more memory than is available (a frame too large to decode or
+    encode here, out of memory), or a damaged stream would need more concealment than the
+    file can justify."""
+
+    exit_code = 1

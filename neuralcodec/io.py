@@ -77,19 +77,27 @@ def _ffmsg(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e).splitlines()[0]
 
 
-def _rate(c, s) -> Fraction:
-    rate = None
+def _rate(c, s, path="input") -> Fraction:
+    """The stream's frame rate (FFmpeg's best estimate); 25 fps when FFmpeg has none;
+    :class:`InputError` when it is outside the 1/1000..1000 fps an .mgv header can store
+    (never silently another rate)."""
+    cands = []
     if c.format.name.split(",")[0] in RAW_FORMATS:
-        rate = s.guessed_rate or s.base_rate
-    rate = rate or s.average_rate or s.guessed_rate or s.base_rate
-    try:
-        rate = Fraction(rate) if rate else DEFAULT_FPS
-    except (TypeError, ValueError, ZeroDivisionError):
-        rate = DEFAULT_FPS
-    if not Fraction(1, 1000) <= rate <= 1000:
-        rate = DEFAULT_FPS
-    # keep the fraction small enough for the container header (num, den <= 10^6)
-    return rate.limit_denominator(1_000_000) if rate.denominator > 1_000_000 else rate
+        cands += [s.guessed_rate, s.base_rate]
+    cands += [s.average_rate, s.guessed_rate, s.base_rate]
+    for r in cands:
+        try:
+            rate = Fraction(r) if r else None
+        except (TypeError, ValueError, ZeroDivisionError):
+            rate = None
+        if rate is None or rate <= 0:
+            continue
+        if not Fraction(1, 1000) <= rate <= 1000:
+            raise InputError(f"{path}: frame rate {float(rate):.6g} fps is outside the "
+                             f"1/1000..1000 fps an .mgv stream can store")
+        # keep the fraction small enough for the container header (num, den <= 10^6)
+        return rate.limit_denominator(1_000_000) if rate.denominator > 1_000_000 else rate
+    return DEFAULT_FPS
 
 
 def _first_rotation(c, s) -> int:
@@ -126,7 +134,7 @@ def probe(path) -> VideoMeta:
         rot = _first_rotation(c, s)
         if rot % 180:
             w, h = h, w
-        return VideoMeta(int(w), int(h), _rate(c, s), frames, str(pix), rot)
+        return VideoMeta(int(w), int(h), _rate(c, s, path), frames, str(pix), rot)
     finally:
         c.close()
 
@@ -219,8 +227,7 @@ def output_kind(path) -> str:
     p = str(path)
     ext = os.path.splitext(p)[1].lower()
     if ext == ".png":
-        if not PATTERN_RE.search(os.path.basename(p)):
-            raise OutputError(f"{p}: PNG output needs a frame number pattern, e.g. out_%05d.png")
+        check_pattern(p)
         return "png"
     if ext in (".mkv", ".mp4", ".y4m", ".nut"):
         return ext[1:]
@@ -228,9 +235,36 @@ def output_kind(path) -> str:
                       f"%05d.png)")
 
 
+_CONVERSION_RE = re.compile(r"%(%|0?[1-9]?\d?d)")
+
+
+def check_pattern(path) -> None:
+    """A PNG output name holds exactly one frame number ``%d`` / ``%0Nd`` (N ≤ 99) in its file
+    name, and any other ``%`` is written ``%%`` → :class:`OutputError`."""
+    p = str(path)
+    base = os.path.basename(p)
+    numbers = 0
+    i = 0
+    while i < len(base):
+        if base[i] != "%":
+            i += 1
+            continue
+        m = _CONVERSION_RE.match(base, i)
+        if m is None:
+            raise OutputError(f"{p}: a '%' in a PNG pattern must be a frame number (%d, %05d) "
+                              f"or written '%%'")
+        numbers += m.group(1) != "%"
+        i = m.end()
+    if numbers != 1:
+        raise OutputError(f"{p}: PNG output needs exactly one frame number pattern, e.g. "
+                          f"out_%05d.png")
+
+
 def pattern_names(pattern, count: int, start: int = 1) -> List[str]:
-    """File names a ``%0Nd`` pattern produces for ``count`` frames numbered from ``start``."""
-    return [str(pattern) % i for i in range(start, start + count)]
+    """File names a ``%0Nd`` pattern produces for ``count`` frames numbered from ``start``
+    (the pattern is in the file name; the directory is taken as it is)."""
+    d, base = os.path.split(str(pattern))
+    return [os.path.join(d, base % i) for i in range(start, start + count)]
 
 
 _Y4M_FORMATS = ("yuv420p", "yuv422p", "yuv444p", "yuv411p", "gray", "yuv420p10le",
@@ -300,7 +334,15 @@ def _add_audio(c, kind: str, audio, warn: Callable[[str], None]) -> dict:
     return out
 
 
-def _mux_audio(c, streams: dict, audio) -> None:
+I64 = (-(1 << 63) + 1, (1 << 63) - 1)  # int64 timestamps FFmpeg takes (-2^63 means "none")
+MAX_AUDIO_SECONDS = 10 ** 9  # |timestamp| beyond ~31 years is forged or damaged, never muxed
+
+
+def _mux_audio(c, streams: dict, audio, warn: Callable[[str], None], last: dict) -> None:
+    """Mux the sink's pending packets. A packet FFmpeg would refuse (timestamps outside
+    int64 after the shift by −start, a decoding timestamp not after the previous one of its
+    track, or any mux error) is dropped with one warning per track: the video is never lost
+    for a damaged or forged audio packet. ``last``: track → last dts muxed (state)."""
     import av
 
     while audio.packets:
@@ -308,14 +350,79 @@ def _mux_audio(c, streams: dict, audio) -> None:
         if track not in streams:
             continue
         s, t = streams[track]
-        pkt = av.Packet(p.data)
-        pkt.pts = None if p.pts is None else p.pts - t.start
-        pkt.dts = None if p.dts is None else p.dts - t.start
-        pkt.duration = p.duration
-        pkt.time_base = t.time_base
-        pkt.is_keyframe = p.keyframe
-        pkt.stream = s
-        c.mux(pkt)
+        pts = None if p.pts is None else p.pts - t.start
+        dts = None if p.dts is None else p.dts - t.start
+        why = None
+        if any(v is not None and not (I64[0] <= v <= I64[1] and abs(v * t.time_base) <= MAX_AUDIO_SECONDS)
+               for v in (pts, dts)):
+            why = "timestamp out of range"
+        elif dts is not None and track in last and dts <= last[track]:
+            why = "out of order"
+        elif pts is not None and dts is not None and pts < dts:
+            why = "pts before dts"
+        if why is None:
+            try:
+                pkt = av.Packet(p.data)
+                pkt.pts, pkt.dts = pts, dts
+                pkt.duration = p.duration
+                pkt.time_base = t.time_base
+                pkt.is_keyframe = p.keyframe
+                pkt.stream = s
+                c.mux(pkt)
+                if dts is not None:
+                    last[track] = dts
+                continue
+            except (av.FFmpegError, OverflowError, ValueError) as e:
+                why = _ffmsg(e)
+        dropped = last.setdefault(("dropped", track), 0)
+        if not dropped:
+            warn(f"audio track {track}: dropped a packet that cannot be muxed ({why}); "
+                 f"further drops in this track are not reported")
+        last[("dropped", track)] = dropped + 1
+
+
+def _codec_opens(codec: str, width: int, height: int, pix: str, options: dict, fps: Fraction) -> bool:
+    """Whether FFmpeg's ``codec`` accepts this frame size, pixel format and options (some
+    refuse small or odd sizes: FFV1's slices, 4:2:0 in libx264)."""
+    import av
+
+    try:
+        cc = av.CodecContext.create(codec, "w")
+        cc.width, cc.height, cc.pix_fmt = width, height, pix
+        cc.time_base = Fraction(1) / fps
+        cc.options = dict(options)
+        cc.open()
+        return True
+    except (av.FFmpegError, ValueError, TypeError, OverflowError):
+        return False
+
+
+def output_codec(kind: str, meta: VideoMeta, crf: int = 12):
+    """(codec, pixel format, options) for writing ``meta``'s frames as ``kind``: the source
+    pixel format where the codec supports it (else the nearest), then fall-backs for sizes a
+    codec refuses (one FFV1 slice; full chroma for odd sizes) → :class:`OutputError` with a
+    clear message when none fits (checked before any frame is decoded)."""
+    import av
+
+    if kind == "mp4":
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    else:
+        codec = {"mkv": "ffv1", "y4m": "rawvideo", "png": "png", "nut": "rawvideo"}[kind]
+    options = {"libx264": {"crf": str(int(crf)), "preset": "medium"},
+               "mpeg4": {"qscale": "2"}, "ffv1": {"level": "3", "slicecrc": "1"}}.get(codec, {})
+    pix = choose_pix_fmt(meta.pix_fmt, _supported(kind, codec))
+    if codec not in ("libx264", "mpeg4", "ffv1"):
+        return codec, pix, options
+    supported = _supported(kind, codec)
+    pixes = [pix] + [p for p in ("yuv444p", "yuv420p") if p in supported and p != pix]
+    cands = [(p, options) for p in pixes]
+    if codec == "ffv1":
+        cands += [(p, {**options, "slices": "1"}) for p in pixes]
+    for p, o in cands:
+        if _codec_opens(codec, meta.width, meta.height, p, o, meta.fps):
+            return codec, p, o
+    raise OutputError(f"{kind} output ({codec}) cannot hold {meta.width}x{meta.height} frames; "
+                      f"use .y4m or a PNG pattern")
 
 
 def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
@@ -335,24 +442,15 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
     import av
 
     warn = warn or (lambda m: None)
-    frames = iter(frames)
-    first = next(frames, None)  # decoding frame 0 reads the AUDIO track records before it
-
     to_fobj = hasattr(path, "write")  # a binary file object (stdout): written, not closed
     kind = kind or output_kind(path)
     if to_fobj and kind not in PIPE_KINDS:
         raise OutputError(f"{kind} cannot be written to a pipe (use {', '.join(PIPE_KINDS)})")
     fmt = {"mkv": "matroska", "mp4": "mp4", "y4m": "yuv4mpegpipe", "png": "image2",
            "nut": "nut"}[kind]
-    if kind == "mp4":
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    else:
-        codec = {"mkv": "ffv1", "y4m": "rawvideo", "png": "png", "nut": "rawvideo"}[kind]
-    options = {"libx264": {"crf": str(int(crf)), "preset": "medium"},
-               "mpeg4": {"qscale": "2"}, "ffv1": {"level": "3", "slicecrc": "1"}}.get(codec, {})
-    pix = choose_pix_fmt(meta.pix_fmt, _supported(kind, codec))
-    if codec in ("libx264", "mpeg4") and pix not in ("yuv420p",) and meta.width % 2 + meta.height % 2:
-        pix = "yuv444p" if codec == "libx264" else pix  # 4:2:0 needs even sizes
+    codec, pix, options = output_codec(kind, meta, crf)  # refuses before any frame is decoded
+    frames = iter(frames)
+    first = next(frames, None)  # decoding frame 0 reads the AUDIO track records before it
     # single-file outputs go through a Python file object: FFmpeg's own file protocol drops
     # write errors (a full disk would give a truncated file and success); Python's write
     # raises, and PyAV re-raises it from the next call (at the latest from close)
@@ -375,6 +473,7 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
         s.width, s.height, s.pix_fmt = meta.width, meta.height, pix
         s.time_base = Fraction(1) / meta.fps
         astreams = _add_audio(c, kind, audio, warn) if audio is not None and first is not None else {}
+        alast: dict = {}
         started = False
         for arr in (itertools.chain([first], frames) if first is not None else ()):
             if arr.shape != (meta.height, meta.width, 3) or arr.dtype != np.uint8:
@@ -390,11 +489,11 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
             if progress:
                 progress(1)
             if astreams and started:  # the first video packet writes the header (time bases)
-                _mux_audio(c, astreams, audio)
+                _mux_audio(c, astreams, audio, warn, alast)
         for pkt in s.encode():
             c.mux(pkt)
         if astreams:
-            _mux_audio(c, astreams, audio)
+            _mux_audio(c, astreams, audio, warn, alast)
         ok = True
     except av.FFmpegError as e:
         raise OutputError(f"{name}: writing failed ({_ffmsg(e)})") from None

@@ -172,3 +172,69 @@ def test_unreadable_header_is_still_an_error(runner, stream, tmp_path):
     r = runner.invoke(cli.main, ["decode", str(src), "-o", str(tmp_path / "o.mkv"), "-q", "--recover"])
     assert r.exit_code == 2 and r.stderr.strip() == "mgv: error: header CRC mismatch"
     assert not (tmp_path / "o.mkv").exists()
+
+
+def _with_crc(data: bytearray, rec_off: int) -> None:
+    """Recompute the CRC of the record at ``rec_off`` (a forged record that checks)."""
+    import zlib
+    (length,) = struct.unpack_from("<I", data, rec_off + 8)
+    end = rec_off + ct.RECORD_HEAD.size + length
+    struct.pack_into("<I", data, end, zlib.crc32(bytes(data[rec_off:end])))
+
+
+def test_index_into_a_hidden_segment_is_refused_and_reported(tiny, stream):
+    """Issue 16 #3: an INDEX naming a SEGMENT record hidden inside a non-critical record (valid
+    CRCs everywhere) made --frames decode other pictures than a full decode, exit 0."""
+    data, ref, index = stream
+    # a copy of segment 0 renumbered as segment 1, hidden in an unknown non-critical record
+    r0 = ct.Reader(io.BytesIO(data))
+    seg0 = r0.segment_at(index[0].offset, 0)
+    fake_seg = ct.Segment(1, SEG, SEG, seg0.latent_t, seg0.latent_h, seg0.latent_w, seg0.entropy,
+                          seg0.data)
+    buf = io.BytesIO()
+    w = ct.Writer(buf, r0.header)
+    inner = io.BytesIO()
+    wi = ct.Writer.__new__(ct.Writer)
+    wi.fo, wi.pos = inner, 0
+    wi.write_record(ct.REC_SEGMENT, fake_seg.to_payload(), critical=True)
+    for i, e in enumerate(index):
+        seg = r0.segment_at(e.offset, i)
+        w.write_segment(seg)
+        if i == 0:
+            hidden = w.write_record(9, inner.getvalue(), critical=False)
+    w.entries[1] = ct.IndexEntry(hidden + ct.RECORD_HEAD.size, SEG, SEG)
+    w.close()
+    forged = buf.getvalue()
+    out, reports = decode(tiny, forged)  # full decode: every segment, the INDEX reported
+    np.testing.assert_array_equal(out, ref)
+    assert len(reports) == 1 and reports[0].frames == 0
+    with pytest.raises(StreamError):  # strict: the index is refused, not trusted
+        codec.decompress(forged, model=tiny, frames=(5, 10))
+    out, reports = decode(tiny, forged, frames=(5, 10))  # recovery: reported, same pictures
+    np.testing.assert_array_equal(out, ref[5:10])
+    assert reports and "INDEX" in reports[0].reason
+
+
+def test_inconsistent_index_and_end_are_reported(tiny, stream):
+    """Issue 16 #3: an INDEX / END with valid CRCs but wrong contents was silently ignored."""
+    data, ref, index = stream
+    idx_off = struct.unpack("<Q", data[-12:-4])[0]
+    bad = bytearray(data)
+    struct.pack_into("<Q", bad, idx_off + ct.RECORD_HEAD.size + 4 + 16, index[1].offset + 1)
+    _with_crc(bad, idx_off)
+    out, reports = decode(tiny, bytes(bad))
+    np.testing.assert_array_equal(out, ref)
+    assert len(reports) == 1 and reports[0].frames == 0
+    out, reports = decode(tiny, bytes(bad), frames=(7, 12))
+    np.testing.assert_array_equal(out, ref[7:12])
+    assert len(reports) == 1 and reports[0].frames == 0
+    bad = bytearray(data)
+    struct.pack_into("<Q", bad, len(bad) - 12, index[0].offset)  # END names a SEGMENT
+    _with_crc(bad, len(bad) - 24)
+    out, reports = decode(tiny, bytes(bad))
+    np.testing.assert_array_equal(out, ref)
+    assert len(reports) == 1 and "END" in reports[0].reason
+    with pytest.raises(StreamError):
+        codec.decompress(bytes(bad), model=tiny)
+    with pytest.raises(StreamError):
+        codec.decompress(data + b"\0", model=tiny)

@@ -1,6 +1,8 @@
 """Tests of the context entropy coder (neuralcodec.entropy): lossless round trips, determinism,
 compression of correlated bits, and typed errors on damaged payloads."""
 import hashlib
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -164,3 +166,82 @@ def test_wrong_shape_usually_fails():
     for shape in [(k, t + 1, h, w), (k + 1, t, h, w), (k, t, h, w + 3)]:
         with pytest.raises(PayloadError):
             decode_bits(data, shape)
+
+
+# ---- the spec's coder, implemented a second time without constriction (tests/ref_mode1.py) ----
+sys.path.insert(0, os.path.dirname(__file__))
+import ref_mode1  # noqa: E402
+
+
+def golden_vector_1() -> np.ndarray:
+    """bitstream_spec.md §7, golden vector 1 (the input is defined by a formula)."""
+    k, t, y, x = np.meshgrid(*(np.arange(n) for n in (4, 3, 6, 8)), indexing="ij")
+    return (((k + 3 * y + 5 * x) % 7 < 3) ^ ((t >= 1) & (k == 0) & ((x + 2 * y + t) % 5 == 0))
+            ).astype(np.uint8)
+
+
+GOLDEN_1 = bytes.fromhex("e0c178e008c280714c9fb601cc54653553279993c34d8945395e25898bd3699a"
+                         "43f20907ae3af9a71f3c8bee301596ca00a47b00")
+
+
+def test_golden_vector_1_from_the_spec():
+    bits = golden_vector_1()
+    assert encode_bits(bits) == GOLDEN_1
+    assert hashlib.sha256(GOLDEN_1).hexdigest().startswith("6b3e88f9a6f6f213")
+    np.testing.assert_array_equal(np.array(ref_mode1.decode(GOLDEN_1, 4, 3, 6, 8), np.uint8), bits)
+
+
+def reference_agrees(bits: np.ndarray) -> None:
+    """The dependency-free decoder decodes the library's payload to the same bits, and the
+    spec's encoder re-codes the symbols it saw to the library's exact bytes."""
+    data = encode_bits(bits)
+    trace = []
+    out = np.array(ref_mode1.decode(data, *bits.shape, trace=trace), np.uint8)
+    np.testing.assert_array_equal(out, bits)
+    assert ref_mode1.encode_symbols(trace) == data
+    np.testing.assert_array_equal(decode_bits(data, bits.shape), out)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_reference_decoder_agrees_random_shapes(seed):
+    rng = np.random.default_rng(100 + seed)
+    shape = tuple(int(v) for v in (rng.integers(1, 33), rng.integers(1, 6), rng.integers(1, 20),
+                                   rng.integers(1, 20)))
+    if seed % 3 == 0:
+        bits = (rng.random(shape) < rng.random()).astype(np.uint8)
+    else:
+        bits = correlated_bits(*shape, flip=0.02 * seed, seed=seed)
+    reference_agrees(bits)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 3, 4, 5), (18, 1, 9, 7), (32, 4, 1, 1),
+                                   (5, 3, 1, 9), (7, 2, 8, 1), (MAX_K, 2, 3, 3), (18, 4, 6, 10),
+                                   (3, 3, 40, 37)])
+def test_reference_decoder_agrees_test_shapes(shape):
+    reference_agrees(correlated_bits(*shape, seed=7))
+    reference_agrees(np.ones(shape, np.uint8))
+
+
+def test_reference_decoder_agrees_on_a_real_segment():
+    """A full-size segment (18×13×45×80, 842k bits) of LFQ-like bits."""
+    reference_agrees(correlated_bits(18, 13, 45, 80, seed=1))
+
+
+def test_reference_decoder_rejects_what_the_library_rejects():
+    bits = correlated_bits(6, 4, 8, 9, seed=2)
+    data = bytearray(encode_bits(bits))
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        bad = bytearray(data)
+        bad[rng.integers(len(bad))] ^= 1 << int(rng.integers(8))
+        try:
+            lib = decode_bits(bytes(bad), bits.shape)
+        except PayloadError:
+            lib = None
+        try:
+            ref = np.array(ref_mode1.decode(bytes(bad), *bits.shape), np.uint8)
+        except ref_mode1.RefError:
+            ref = None
+        assert (lib is None) == (ref is None)
+        if lib is not None:
+            np.testing.assert_array_equal(lib, ref)

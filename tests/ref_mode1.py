@@ -1,0 +1,245 @@
+"""A second, dependency-free implementation of the entropy mode 1 ("context") decoder,
+written from ``bitstream_spec.md`` §7 alone: plain Python integers, no numpy, no constriction,
+nothing imported from ``neuralcodec``. The tests check that it agrees bit for bit with the
+library path (``neuralcodec.entropy.decode_bits``, which uses constriction) on every test
+stream, so the spec, not one library version, defines the format.
+
+``decode(data, K, T, H, W)`` → nested lists ``B[k][t][y][x]`` of 0/1, or raises
+:class:`RefError` where the spec says the payload is invalid.
+"""
+from __future__ import annotations
+
+M64 = (1 << 64) - 1
+PREC = 24  # probability precision of the range coder
+SENTINEL = 0xA5C3
+
+
+class RefError(Exception):
+    pass
+
+
+def cut(p16: int) -> int:
+    """Width of symbol 0's interval (out of 2**24) for a probability of a 1 of p16 / 65536."""
+    return (((65536 - p16) * ((1 << PREC) - 2)) >> 16) + 1
+
+
+class RangeDecoder:
+    """§7 "Coder": 32-bit words, 64-bit low/range/point, 24-bit probabilities."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) == 0 or len(data) % 4:
+            raise RefError("payload length is not a positive multiple of 4")
+        self.words = [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data), 4)]
+        self.pos = 0
+        self.low = 0
+        self.range = M64
+        self.point = (self._next() << 32) | self._next()
+
+    def _next(self) -> int:
+        if self.pos < len(self.words):
+            w = self.words[self.pos]
+            self.pos += 1
+            return w
+        return 0
+
+    def decode(self, p16: int) -> int:
+        c = cut(p16)
+        scale = self.range >> PREC
+        q = ((self.point - self.low) & M64) // scale
+        if q >= 1 << PREC:
+            raise RefError("invalid data")
+        if q < c:
+            sym, self.range = 0, scale * c
+        else:
+            sym = 1
+            self.low = (self.low + scale * c) & M64
+            self.range = scale * ((1 << PREC) - c)
+        if self.range < 1 << 32:
+            self.low = (self.low << 32) & M64
+            self.range <<= 32
+            self.point = ((self.point << 32) & M64) | self._next()
+        return sym
+
+
+class RangeEncoder:
+    """§7 "Encoder": the reference writer's exact output (carries propagate into the words
+    already written)."""
+
+    def __init__(self) -> None:
+        self.low = 0
+        self.range = M64
+        self.out = []
+
+    def _add(self, v: int) -> None:
+        self.low += v
+        if self.low > M64:  # carry into the words already written
+            self.low &= M64
+            i = len(self.out) - 1
+            while True:
+                self.out[i] = (self.out[i] + 1) & 0xFFFFFFFF
+                if self.out[i]:
+                    break
+                i -= 1
+
+    def encode(self, sym: int, p16: int) -> None:
+        c = cut(p16)
+        scale = self.range >> PREC
+        if sym == 0:
+            self.range = scale * c
+        else:
+            self._add(scale * c)
+            self.range = scale * ((1 << PREC) - c)
+        if self.range < 1 << 32:
+            self.out.append(self.low >> 32)
+            self.low = (self.low << 32) & M64
+            self.range <<= 32
+
+    def finish(self) -> bytes:
+        if self.range != M64:
+            end = (self.low + self.range) & M64
+            low = self.low
+            self._add((1 << 32) - 1)
+            word = self.low >> 32
+            self.out.append(word)
+            if end >> 32 == word:
+                self.out.append(0)
+            self.low = low
+        return b"".join(w.to_bytes(4, "little") for w in self.out)
+
+
+class Counts:
+    """One context set: counts (n0, n1) in half units, both starting at 1."""
+
+    def __init__(self, size: int) -> None:
+        self.n = [[1, 1] for _ in range(size)]
+
+    def p16(self, c: int) -> int:
+        n0, n1 = self.n[c]
+        return min(65520, max(16, (n1 * 65536) // (n0 + n1)))
+
+
+def encode_symbols(trace) -> bytes:
+    """Range-code ``(symbol, p16)`` pairs with :class:`RangeEncoder` → payload bytes."""
+    enc = RangeEncoder()
+    for s, p in trace:
+        enc.encode(s, p)
+    return enc.finish()
+
+
+def chunks(n: int, warmup: bool):
+    if not warmup:
+        if n:
+            yield 0, n
+        return
+    lo = 0
+    while lo < n:
+        hi = min(n, 16) if lo == 0 else min(n, 2 * lo)
+        yield lo, hi
+        lo = hi
+
+
+def decode(data: bytes, K: int, T: int, H: int, W: int, trace=None):
+    """``trace``: a list that receives every ``(symbol, p16)`` in coding order."""
+    rc = RangeDecoder(data)
+    if trace is not None:
+        inner = rc.decode
+
+        def traced(p16):
+            s = inner(p16)
+            trace.append((s, p16))
+            return s
+        rc.decode = traced
+    B = [[[[0] * W for _ in range(H)] for _ in range(T)] for _ in range(K)]
+    sets = {"intra0": Counts(K), "intra1": Counts(9 * K), "flag0": Counts(20),
+            "flag1": Counts(20), "inter0": Counts(40 * K), "inter1": Counts(30 * K)}
+    phase = [[(y, x) for y in range(H) for x in range(W) if (y + x) % 2 == p] for p in (0, 1)]
+
+    def nbrs(y, x):  # in-frame 4-neighbours
+        return [(y2, x2) for y2, x2 in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1))
+                if 0 <= y2 < H and 0 <= x2 < W]
+
+    def edge_nbrs(y, x):  # edge-replicated 4-neighbours
+        return [(max(0, y - 1), x), (min(H - 1, y + 1), x), (y, max(0, x - 1)), (y, min(W - 1, x + 1))]
+
+    def step(name, tokens, ctx_of, warmup, store):
+        """Decode the symbols of ``tokens`` (each token: a list of contexts, one per symbol)
+        chunk by chunk; ``store(token, symbols)`` receives them."""
+        cs = sets[name]
+        for lo, hi in chunks(len(tokens), warmup):
+            coded = []
+            for tok in tokens[lo:hi]:
+                ctxs = ctx_of(tok)
+                syms = [rc.decode(cs.p16(c)) for c in ctxs]
+                coded += zip(ctxs, syms)
+                store(tok, syms)
+            for c, s in coded:
+                cs.n[c][s] += 2
+
+    hist = [[0] * W for _ in range(H)]  # h of each token (bits changed from t-2 to t-1)
+    for t in range(T):
+        warm = t <= 1
+        if t == 0:
+            def put(tok, syms):
+                y, x = tok
+                for k in range(K):
+                    B[k][0][y][x] = syms[k]
+            step("intra0", phase[0], lambda tok: list(range(K)), warm, put)
+
+            def ctx_intra1(tok):
+                y, x = tok
+                out = []
+                for k in range(K):
+                    ones = sum(B[k][0][a][b] for a, b in nbrs(y, x))
+                    zeros = len(nbrs(y, x)) - ones
+                    out.append(9 * k + (ones - zeros + 4))
+                return out
+            step("intra1", phase[1], ctx_intra1, warm, put)
+            continue
+
+        def hq(y, x):
+            h = hist[y][x]
+            return 0 if h == 0 else 1 if h == 1 else 2 if h <= 3 else 3
+
+        F = [[0] * W for _ in range(H)]
+        for ph in (0, 1):
+            def ctx_flag(tok, ph=ph):
+                y, x = tok
+                if ph == 0:
+                    n = sum(1 for a, b in nbrs(y, x) if hist[a][b] > 0)
+                else:
+                    n = sum(F[a][b] for a, b in nbrs(y, x))
+                return [5 * hq(y, x) + n]
+
+            def put_flag(tok, syms):
+                y, x = tok
+                F[y][x] = syms[0]
+                if syms[0] == 0:
+                    for k in range(K):
+                        B[k][t][y][x] = B[k][t - 1][y][x]
+            step("flag%d" % ph, phase[ph], ctx_flag, warm, put_flag)
+
+            def ctx_bits(tok, ph=ph):
+                y, x = tok
+                out = []
+                for k in range(K):
+                    P = B[k][t - 1][y][x]
+                    A = sum(1 for a, b in edge_nbrs(y, x) if B[k][t - 1][a][b] == P)
+                    if ph == 0:
+                        out.append(4 * (5 * (2 * k + P) + A) + hq(y, x))
+                    else:
+                        S = min(2, sum(1 for a, b in nbrs(y, x) if B[k][t][a][b] != B[k][t - 1][a][b]))
+                        out.append(3 * (5 * (2 * k + P) + A) + S)
+                return out
+
+            def put_bits(tok, syms):
+                y, x = tok
+                for k in range(K):
+                    B[k][t][y][x] = syms[k]
+            changed = [tok for tok in phase[ph] if F[tok[0]][tok[1]]]
+            step("inter%d" % ph, changed, ctx_bits, warm, put_bits)
+        hist = [[sum(B[k][t][y][x] != B[k][t - 1][y][x] for k in range(K)) for x in range(W)]
+                for y in range(H)]
+    check = sum(rc.decode(32768) << i for i in range(16))
+    if check != SENTINEL:
+        raise RefError("end check failed")
+    return B

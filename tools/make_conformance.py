@@ -1,0 +1,278 @@
+"""Build the ``.mgv`` conformance suite (``tests/conformance``): small valid and invalid
+streams, each with its expected outcome, listed in ``bitstream_spec.md`` appendix A.
+
+Every vector is made here from a few lines, deterministically; ``tests/test_conformance.py``
+rebuilds them and requires the committed files to be identical, then runs the reference
+reader on each (``codec.verify_stream``) and the dependency-free mode-1 decoder on the valid
+ones. Expected outcomes: ``ok`` (with the frame count and the SHA-256 of the decoded bits of
+all segments, ``b×t×h×w`` uint8 arrays in segment order) or the name of the error class
+(spec §9) a strict reader MUST report.
+
+    python tools/make_conformance.py [--out tests/conformance]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import struct
+import sys
+import zlib
+from fractions import Fraction
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from neuralcodec import container as ct  # noqa: E402
+
+SHA0 = hashlib.sha256(b"").digest()[:16]
+
+
+def header(**kw) -> ct.Header:
+    d = dict(width=8, height=8, frames=1, fps_num=25, fps_den=1, model_bits=2, bits=2,
+             temporal_factor=4, spatial_factor=8, entropy=0, segment_frames=1,
+             model_sha256=SHA0, pix_fmt="rgb24", model_name="example")
+    d.update(kw)
+    return ct.Header(**d)
+
+
+def head_bytes(h: ct.Header, major: int = 1, minor: int = 1, extra: bytes = b"",
+               hlen: int = None, crc_delta: int = 0) -> bytes:
+    body = h.pack_fields() + extra
+    head = ct.PRELUDE.pack(ct.MAGIC, major, minor, len(body) if hlen is None else hlen) + body
+    return head + ct.CRC.pack((zlib.crc32(head) + crc_delta) & 0xFFFFFFFF)
+
+
+def record(rtype: int, payload: bytes, critical: bool, flags: int = None, crc_delta: int = 0) -> bytes:
+    f = (ct.FLAG_CRITICAL if critical else 0) if flags is None else flags
+    head = ct.RECORD_HEAD.pack(ct.RECORD_SYNC, rtype, f, 0, len(payload))
+    return head + payload + ct.CRC.pack((zlib.crc32(payload, zlib.crc32(head)) + crc_delta) & 0xFFFFFFFF)
+
+
+class Stream:
+    """Bytes of a stream under construction, with the offsets a writer would index."""
+
+    def __init__(self, h: ct.Header, **head_kw) -> None:
+        self.h = h
+        self.data = bytearray(head_bytes(h, **head_kw))
+        self.segs: List[Tuple[int, int, int]] = []
+
+    def add(self, rec: bytes) -> int:
+        off = len(self.data)
+        self.data += rec
+        return off
+
+    def segment(self, seg: ct.Segment, **kw) -> int:
+        off = self.add(record(ct.REC_SEGMENT, seg.to_payload(), True, **kw))
+        self.segs.append((off, seg.first_frame, seg.frames))
+        return off
+
+    def index_payload(self) -> bytes:
+        return struct.pack("<I", len(self.segs)) + b"".join(
+            ct.INDEX_ENTRY.pack(*e) for e in self.segs)
+
+    def index(self) -> int:
+        return self.add(record(ct.REC_INDEX, self.index_payload(), False))
+
+    def end(self, index_offset: int) -> bytes:
+        self.add(record(ct.REC_END, ct.END_PAYLOAD.pack(index_offset), True))
+        return bytes(self.data)
+
+    def close(self) -> bytes:
+        return self.end(self.index())
+
+
+def seg1(entropy: int = 0, data: bytes = b"\x01", **kw) -> ct.Segment:
+    d = dict(index=0, first_frame=0, frames=1, latent_t=1, latent_h=1, latent_w=1)
+    d.update(kw)
+    return ct.Segment(entropy=entropy, data=data, **d)
+
+
+def example() -> Stream:
+    s = Stream(header())
+    s.segment(seg1())
+    return s
+
+
+GOLDEN_1 = bytes.fromhex("e0c178e008c280714c9fb601cc54653553279993c34d8945395e25898bd3699a"
+                         "43f20907ae3af9a71f3c8bee301596ca00a47b00")
+
+
+def audio_track(track: int = 0) -> bytes:
+    t = ct.AudioTrack(track, "pcm_s16le", Fraction(1, 8000), 8000, 1, 0, b"template")
+    return t.to_payload()
+
+
+def audio_packets(track: int = 0) -> bytes:
+    return ct.AudioPackets(track, (ct.AudioPacket(0, 0, 80, True, b"\0" * 160),)).to_payload()
+
+
+def vectors() -> Dict[str, Tuple[bytes, str, str]]:
+    """name → (bytes, expected outcome, what it tests)."""
+    v: Dict[str, Tuple[bytes, str, str]] = {}
+
+    def add(name, data, outcome, why):
+        v[name] = (bytes(data), outcome, why)
+
+    # ---- valid ----------------------------------------------------------------------------
+    add("valid/example.mgv", example().close(), "ok", "the worked example of §11")
+    g = Stream(header(width=64, height=48, frames=9, model_bits=4, bits=4, entropy=1,
+                      segment_frames=9))
+    g.segment(ct.Segment(0, 0, 9, 3, 6, 8, ct.ENTROPY_CONTEXT, GOLDEN_1))
+    add("valid/mode1_golden.mgv", g.close(), "ok", "golden vector 1 of §7 as a mode-1 segment")
+    s = Stream(header(frames=3, model_bits=3, bits=2, temporal_factor=1, segment_frames=1))
+    for i in range(3):
+        s.segment(seg1(index=i, first_frame=i, data=bytes([i + 1])))
+    add("valid/three_segments_b_lt_k.mgv", s.close(), "ok", "3 segments, bits 2 of model_bits 3")
+    s = example()
+    add("valid/no_index.mgv", s.end(0), "ok", "no INDEX; END holds 0")
+    s = Stream(header(), minor=2)
+    s.segment(seg1(bits=1))
+    add("valid/segment_bits_1_2.mgv", s.close(), "ok",
+        "1.2: a segment storing b_i = 1 of the header's 2 bits (the §11 variant)")
+    s = Stream(header())
+    s.add(record(ct.REC_AUDIO, audio_track(), False))
+    s.segment(seg1())
+    s.add(record(ct.REC_AUDIO, audio_packets(), False))
+    s.add(record(7, b"future", False))
+    add("valid/audio_and_unknown_record.mgv", s.close(), "ok",
+        "AUDIO track + packets, and an unknown non-critical type 7 (skipped)")
+    s = Stream(header())
+    s.add(record(ct.REC_AUDIO, bytes([9, 0]) + b"a later kind", False))
+    s.segment(seg1())
+    add("valid/audio_unknown_kind.mgv", s.close(), "ok", "an AUDIO kind of a later minor (skipped)")
+    s = Stream(header(), minor=7, extra=b"\x07\x07")
+    s.segment(seg1())
+    add("valid/newer_minor_extra_header.mgv", s.close(), "ok",
+        "minor 7 with 2 header bytes this reader does not know (skipped)")
+    s = Stream(header())
+    s.segment(seg1())
+    s.add(record(ct.REC_AUDIO, audio_track(), False))  # audio after the last segment
+    add("valid/audio_after_last_segment.mgv", s.close(), "ok", "AUDIO between the last SEGMENT and INDEX")
+
+    # ---- invalid --------------------------------------------------------------------------
+    good = example().close()
+    add("invalid/bad_magic.mgv", b"\x89MGX" + good[4:], "BadMagic", "magic")
+    add("invalid/major_2.mgv", head_bytes(header(), major=2) + good[78:], "UnsupportedVersion",
+        "major version 2")
+    add("invalid/header_crc.mgv", head_bytes(header(), crc_delta=1) + good[78:], "CRCMismatch",
+        "header CRC")
+    add("invalid/header_len_4097.mgv", ct.PRELUDE.pack(ct.MAGIC, 1, 1, 4097), "HeaderError",
+        "header_len over the cap (refused before reading it)")
+    body = bytearray(header().pack_fields())
+    struct.pack_into("<I", body, 8, 1001)  # fps 1001/1
+    head = ct.PRELUDE.pack(ct.MAGIC, 1, 1, len(body)) + body
+    add("invalid/fps_1001.mgv", head + ct.CRC.pack(zlib.crc32(head)) + good[78:], "HeaderError",
+        "fps above 1000")
+    add("invalid/extra_header_bytes_minor_1.mgv",
+        head_bytes(header(), extra=b"\0") + good[78:], "HeaderError",
+        "bytes after the fields of a minor this reader knows")
+    add("invalid/bytes_after_end.mgv", good + b"\0", "RecordError", "a byte after END")
+    add("invalid/second_end.mgv", good + good[-24:], "RecordError", "a second END")
+    s = example()
+    s.index()
+    add("invalid/two_index.mgv", s.close(), "RecordError", "two INDEX records")
+    s = Stream(header(frames=2, temporal_factor=1, segment_frames=1))
+    s.segment(seg1())
+    idx = s.index()
+    s.segment(seg1(index=1, first_frame=1))
+    add("invalid/index_before_last_segment.mgv", s.end(idx), "RecordError",
+        "INDEX before the last SEGMENT")
+    s = example()
+    idx = s.index()
+    s.add(record(ct.REC_AUDIO, audio_track(), False))
+    add("invalid/record_between_index_and_end.mgv", s.end(idx), "RecordError",
+        "an AUDIO record between INDEX and END")
+    s = example()
+    s.add(record(0, b"", False))
+    add("invalid/record_type_0.mgv", s.close(), "RecordError", "record type 0")
+    s = example()
+    s.add(record(0, b"", True))
+    add("invalid/record_type_0_critical.mgv", s.close(), "RecordError",
+        "record type 0 with the CRITICAL flag (invalid, not an unknown type)")
+    s = example()
+    s.add(record(7, b"future", True))
+    add("invalid/unknown_critical.mgv", s.close(), "UnsupportedVersion", "unknown critical type 7")
+    s = Stream(header())
+    s.segment(seg1(entropy=2))
+    add("invalid/entropy_mode_2.mgv", s.close(), "UnsupportedVersion", "unknown entropy mode 2")
+    add("invalid/cut_before_end.mgv", good[:-24], "Truncated", "no END")
+    s = Stream(header(frames=2, temporal_factor=1, segment_frames=1))
+    s.segment(seg1())
+    add("invalid/missing_segment.mgv", s.close(), "Truncated", "END with 1 of 2 segments")
+    s = Stream(header())
+    s.segment(seg1(), crc_delta=1)
+    add("invalid/record_crc.mgv", s.close(), "CRCMismatch", "SEGMENT CRC")
+    s = Stream(header())
+    s.segment(seg1(), flags=3)
+    add("invalid/record_flag_bits.mgv", s.close(), "RecordError", "reserved record flag bit set")
+    s = Stream(header(), minor=2)
+    s.segment(seg1(bits=3))
+    add("invalid/segment_bits_over_header.mgv", s.close(), "RecordError",
+        "1.2: a segment claiming 3 bits per token under a header of 2")
+    s = Stream(header())
+    s.segment(seg1(data=b"\x01\x00"))
+    add("invalid/raw_length.mgv", s.close(), "RecordError", "mode-0 data longer than R(t)")
+    s = example()
+    add("invalid/end_offset.mgv", s.end(0x4E), "RecordError",
+        "END names the SEGMENT, not the INDEX")
+    # INDEX pointing into a non-critical record that holds a valid-looking SEGMENT record
+    s = Stream(header())
+    s.segment(seg1())
+    fake = record(ct.REC_SEGMENT, seg1(data=b"\x02").to_payload(), True)
+    off = s.add(record(9, fake, False))
+    s.segs = [(off + 12, 0, 1)]
+    add("invalid/index_into_record.mgv", s.close(), "RecordError",
+        "INDEX names a SEGMENT hidden in a non-critical record")
+    bad = bytearray(GOLDEN_1)
+    bad[-5] ^= 0x10
+    g = Stream(header(width=64, height=48, frames=9, model_bits=4, bits=4, entropy=1,
+                      segment_frames=9))
+    g.segment(ct.Segment(0, 0, 9, 3, 6, 8, ct.ENTROPY_CONTEXT, bytes(bad)))
+    add("invalid/mode1_check_bits.mgv", g.close(), "PayloadError",
+        "golden vector 1 with a flipped bit: the 16 check bits fail")
+    g = Stream(header(width=64, height=48, frames=9, model_bits=4, bits=4, entropy=1,
+                      segment_frames=9))
+    g.segment(ct.Segment(0, 0, 9, 3, 6, 8, ct.ENTROPY_CONTEXT, GOLDEN_1[:-2]))
+    add("invalid/mode1_length.mgv", g.close(), "PayloadError",
+        "a mode-1 payload whose length is not a multiple of 4")
+    s = Stream(header())
+    s.add(record(ct.REC_AUDIO, bytes([1, 0, 5, 0, 0, 0]), False))
+    s.segment(seg1())
+    add("invalid/audio_count.mgv", s.close(), "RecordError",
+        "AUDIO packets record claiming more packets than it holds")
+    return v
+
+
+def build(out: Path) -> Dict[str, Tuple[bytes, str, str]]:
+    """Write every vector and ``expected.json`` under ``out``; return the vectors."""
+    from neuralcodec import codec
+
+    v = vectors()
+    table = []
+    for name, (data, outcome, why) in sorted(v.items()):
+        p = out / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        row = {"file": name, "outcome": outcome, "tests": why}
+        if outcome == "ok":
+            import io
+
+            r = codec.verify_stream(io.BytesIO(data))
+            row.update(frames=r["frames"], bits_sha256=r["bits_sha256"])
+        table.append(row)
+    (out / "expected.json").write_text(json.dumps({"vectors": table}, indent=1) + "\n")
+    return v
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests" / "conformance"))
+    a = ap.parse_args()
+    v = build(Path(a.out))
+    print(f"{len(v)} vectors written to {a.out}")
+
+
+if __name__ == "__main__":
+    main()
