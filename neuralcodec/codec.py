@@ -328,7 +328,7 @@ def frames_to_tensor(frames: List[np.ndarray], device: torch.device) -> torch.Te
 
 def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
     """``1×3×T×H×W`` float in [-1, 1] → ``T×H×W×3`` uint8 (rounded)."""
-    y = ((x[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    y = (x[0] + 1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)  # = clamp to [-1, 1] first
     return y.permute(1, 2, 3, 0).cpu().numpy()
 
 

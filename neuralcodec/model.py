@@ -229,7 +229,7 @@ class Tokenizer(nn.Module):
     def decode(self, codes: torch.Tensor, bits: int | None = None) -> torch.Tensor:
         """Codes ``B×K×t×h×w`` in {-1, +1} → video ``B×3×(1+f·(t-1))×h·s×w·s`` in [-1, 1]
         (clamped). With ``bits`` = b < K only the first b bits are used (the rest read as 0)."""
-        return self.decoder(mask_bits(codes.to(self.dtype), bits)).float().clamp(-1, 1)
+        return self.decoder(mask_bits(codes.to(self.dtype), bits)).float().clamp_(-1, 1)
 
     def forward(self, video: torch.Tensor, bits: int | None = None):
         """Training pass: padded video → (reconstruction, LFQOutput)."""

@@ -103,9 +103,10 @@ def load_weights_file(path: Path, expected_sha256: str | None = None) -> Tokeniz
         raise
     except Exception as e:  # safetensors raises several types for a malformed file
         raise WeightsError(f"cannot read weights {path.name}: {e}") from None
-    model = Tokenizer(cfg)
+    with torch.device("meta"):  # no random init of weights that are replaced right away
+        model = Tokenizer(cfg)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
         raise WeightsError(f"weights {path.name} do not fit their config: {str(e).splitlines()[0]}") from None
     return model.eval()
