@@ -156,7 +156,8 @@ def bench(a) -> dict:
             mgv, out = work / "long.mgv", work / "long.mkv.out.mkv"
             enc = run_measured(ROOT, True, ["encode", str(clip), "-o", str(mgv)], a.threads)
             dec = run_measured(ROOT, True, ["decode", str(mgv), "-o", str(out)], a.threads)
-            res["long"] = {"frames": n, "seconds": a.long, "encode": enc, "decode": dec}
+            res["long"] = {"frames": n, "seconds": a.long, "encode": enc, "decode": dec,
+                           "threads": a.threads}
             print(f"1080p {a.long:g} s ({n} frames) fast-bf16: encode {enc['fps']:.2f} fps "
                   f"{enc['rss_mb']} MB, decode {dec['fps']:.2f} fps {dec['rss_mb']} MB", flush=True)
     finally:
@@ -196,7 +197,7 @@ def report(res: dict, prefix: Path) -> None:
         lines += ["", f"Long clip, shipped configuration: 1080p, {lg['seconds']:g} s ({lg['frames']} "
                   f"frames): encode {lg['encode']['fps']:.2f} fps in {lg['encode']['rss_mb']} MB, "
                   f"decode {lg['decode']['fps']:.2f} fps in {lg['decode']['rss_mb']} MB peak RSS "
-                  f"(run {lg.get('run', '')})."]
+                  f"(torch threads {lg.get('threads', res['threads'])}, run {lg.get('run', '')})."]
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -225,7 +226,8 @@ def main(argv=None) -> None:
         for k, v in old.get("sizes", {}).items():
             res["sizes"].setdefault(k, {**v, "run": v.get("run", old.get("run", "?"))})
         if "long" not in res and "long" in old:
-            res["long"] = {**old["long"], "run": old["long"].get("run", old.get("run", "?"))}
+            res["long"] = {**old["long"], "run": old["long"].get("run", old.get("run", "?")),
+                           "threads": old["long"].get("threads", old.get("threads"))}
     if a.report:
         report(res, Path(a.report))
 
