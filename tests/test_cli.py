@@ -2,6 +2,7 @@
 real ``python -m neuralcodec`` subprocess (registered default model): encode → info → decode,
 fps and frame count survive, overwrite refusal, bad inputs, truncated streams, one-line
 errors, and interrupted or failing writes that leave no file behind."""
+import copy
 import errno
 import json
 import os
@@ -38,7 +39,7 @@ def runner(tiny, monkeypatch):
     def load(name=weights.DEFAULT_MODEL):
         if name != "tiny-test" and name != weights.DEFAULT_MODEL:
             raise weights.WeightsError(f"unknown model '{name}'")
-        return tiny
+        return copy.deepcopy(tiny)  # a fresh model per load, as the real loader gives
 
     monkeypatch.setattr(weights, "load_model", load)
     return CliRunner()

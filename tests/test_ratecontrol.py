@@ -4,7 +4,6 @@ and equals the writer's bytes, 1.1 streams are still written byte for byte as be
 segment's bit count above the header's or a payload of the wrong length is refused. Codec:
 the target is met within 10 % on a test clip (or the miss is reported), the accounting equals
 the file size, and rate-controlled streams decode and tokenize like any other."""
-import hashlib
 import io
 import json
 import re
@@ -15,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from neuralcodec import cli, codec, weights
+from neuralcodec import cli, codec
 from neuralcodec import container as ct
 from neuralcodec import tokens as tk
 from neuralcodec.errors import InputError, RecordError
 
 from test_cli import leftovers, make_video, one_error_line  # noqa: E402
-from test_tokens import clip  # noqa: E402
+from test_codec import clip  # noqa: E402
+from test_container import example_header  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = Fraction(25)
@@ -34,23 +33,7 @@ def tiny(make_tiny):
     return make_tiny(0.05)
 
 
-@pytest.fixture
-def runner(tiny, monkeypatch):
-    from click.testing import CliRunner
-
-    monkeypatch.setattr(weights, "load_model", lambda name=None: tiny)
-    return CliRunner()
-
-
 # ---- format: version 1.2 ------------------------------------------------------------------------
-def example_header(**kw) -> ct.Header:
-    d = dict(width=8, height=8, frames=1, fps_num=25, fps_den=1, model_bits=2, bits=2,
-             temporal_factor=4, spatial_factor=8, entropy=0, segment_frames=1,
-             model_sha256=hashlib.sha256(b"").digest()[:16], pix_fmt="rgb24", model_name="example")
-    d.update(kw)
-    return ct.Header(**d)
-
-
 def spec_dump(tag: str) -> bytes:
     text = (ROOT / "bitstream_spec.md").read_text()
     block = re.search(r"```" + re.escape(tag) + r"\n(.*?)```", text, re.S).group(1)

@@ -14,18 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file, save_file
 
-from neuralcodec import cli, codec, weights
+from neuralcodec import cli, codec
 from neuralcodec import container as ct
 from neuralcodec import io as vio
 from neuralcodec import tokens as tk
-from neuralcodec.configs import CONFIGS
 from neuralcodec.errors import InputError
-from neuralcodec.model import Tokenizer
 
-from test_cli import leftovers, make_video, one_error_line, RUNNER  # noqa: E402
+from test_cli import leftovers, make_video, one_error_line, runner, RUNNER, tiny_file  # noqa: E402,F401
+from test_codec import clip  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = Fraction(30000, 1001)
@@ -36,28 +34,6 @@ def tiny(make_tiny):
     return make_tiny(0.05)
 
 
-@pytest.fixture
-def runner(tiny, monkeypatch):
-    from click.testing import CliRunner
-
-    def load(name=weights.DEFAULT_MODEL):
-        if name not in ("tiny-test", weights.DEFAULT_MODEL):
-            raise weights.WeightsError(f"unknown model '{name}'")
-        return tiny
-
-    monkeypatch.setattr(weights, "load_model", load)
-    return CliRunner()
-
-
-def clip(t=13, h=30, w=42, seed=0):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    frames = [np.stack([(x * 6 + i * 9) % 256, (y * 7 + i * 4) % 256, (x + y) * 3 % 256], -1)
-              for i in range(t)]
-    v = np.stack(frames).astype(np.int16) + rng.integers(-8, 9, (t, h, w, 3))
-    return np.clip(v, 0, 255).astype(np.uint8)
-
-
 def stored_bits(data: bytes):
     r = ct.Reader(io.BytesIO(data))
     return r.header, [codec.decode_payload(s, r.header.bits) for s in r.segments()]
@@ -65,7 +41,7 @@ def stored_bits(data: bytes):
 
 # ---- API -------------------------------------------------------------------------------------
 def test_tokens_equal_the_stored_bits(tiny):
-    v = clip()
+    v = clip(t=13)
     data = codec.compress(tiny, v, segment_frames=5, fps=RATE, bits=6)
     header, bits = stored_bits(data)
     tok = tk.tokens_from_stream(io.BytesIO(data))
@@ -89,7 +65,7 @@ def test_tokens_equal_the_stored_bits(tiny):
 
 
 def test_detokenize_equals_decode_and_edits_change_the_video(tiny):
-    v = clip()
+    v = clip(t=13)
     data = codec.compress(tiny, v, segment_frames=9, fps=RATE)
     _, want = codec.decompress(data, model=tiny)
     tok = tk.tokens_from_stream(io.BytesIO(data))
@@ -100,7 +76,7 @@ def test_detokenize_equals_decode_and_edits_change_the_video(tiny):
 
 
 def test_file_loads_with_safetensors_alone_and_round_trips(tiny, tmp_path):
-    v = clip()
+    v = clip(t=13)
     tok = tk.tokenize(tiny, v, segment_frames=9, fps=RATE)
     k = tiny.cfg.bits
     path = tmp_path / "t.safetensors"
@@ -247,14 +223,6 @@ def test_cli_pipe_errors(runner, tmp_path):
     r = runner.invoke(cli.main, ["decode", "-", "-o", "-", "--format", "y4m"], input=b"garbage!" * 4)
     assert "magic" in one_error_line(r, 2)
     assert leftovers(tmp_path) == [] and not (tmp_path / "p.mgv").exists()
-
-
-@pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory):
-    torch.manual_seed(0)
-    m = Tokenizer(CONFIGS["tiny"])
-    path = tmp_path_factory.mktemp("wf") / "tiny.safetensors"
-    return path, weights.save_weights(m, path, "tiny-test")
 
 
 def real_mgv(tiny_file, cwd, args, stdin=None):
