@@ -70,7 +70,7 @@ def make_input(src: Path, out: Path, frames: int, width: int, height: int) -> np
     import torch
     import torch.nn.functional as F
 
-    from neuralcodec.io import VideoMeta, read_frames, write_video
+    from neuralcodec.video_io import VideoMeta, read_frames, write_video
 
     got: List[np.ndarray] = []
     for f in read_frames(src):
@@ -115,7 +115,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def read_all(path: Path) -> np.ndarray:
-    from neuralcodec.io import read_frames
+    from neuralcodec.video_io import read_frames
     return np.stack(list(read_frames(path)))
 
 

@@ -2,27 +2,31 @@
 
 The CLI only parses arguments, shows progress (tqdm, stderr), prints results (stdout) and maps
 errors to one line on stderr and an exit code (:mod:`neuralcodec.errors`; 130 for Ctrl-C).
-Outputs are written to a temporary file beside the target and renamed into place on success,
-so a failed or interrupted command leaves no partial file.
+Outputs are written to a temporary file beside the target and renamed into place on success
+(:mod:`neuralcodec.outputs`), so a failed or interrupted command leaves no partial file.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import shutil
 import signal
 import stat
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import click
 
 from . import __version__
-from .errors import InputError, MGVError, OutputError
+from . import video_io as vio
+from .container import MAGIC
+from .errors import InputError, MGVError, OutputError, StreamError
+from .outputs import atomic_output, atomic_pattern
+from .resources import is_out_of_memory, release_large_blocks
+
+# the modules that import torch are imported by the commands that need them (--help stays fast)
 
 EXIT_INTERRUPTED = 130
 
@@ -55,138 +59,12 @@ def _run(fn, *args, **kw):
     except MemoryError:
         _fail("out of memory", 1)
     except RuntimeError as e:  # torch reports a failed allocation as a RuntimeError
-        from .codec import is_out_of_memory
-
         if not is_out_of_memory(e):
             raise
         _fail("out of memory", 1)
     except OSError as e:
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         _fail(f"{e.strerror or e}{where}", OutputError.exit_code)
-
-
-# ---- atomic outputs -----------------------------------------------------------------------------
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
-
-
-def _place(tmp: str, target: Path, force: bool) -> None:
-    """Move the finished ``tmp`` to ``target``: replace it with ``force``; otherwise create it
-    exclusively (a hard link fails if the target appeared meanwhile, e.g. a second command
-    writing the same new file), so no output is ever silently lost."""
-    if force:
-        os.replace(tmp, target)
-        return
-    try:
-        os.link(tmp, target)
-    except FileExistsError:
-        raise OutputError(f"{target} exists (use -y to overwrite)") from None
-    except OSError:  # no hard links here: claim the name exclusively, then replace it
-        try:
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            raise OutputError(f"{target} exists (use -y to overwrite)") from None
-        os.replace(tmp, target)
-        return
-    os.unlink(tmp)
-
-
-def _name_target(e: BaseException, tmp: str, target) -> BaseException:
-    """An error that names the hidden temporary file names the target instead."""
-    if isinstance(e, OutputError) and tmp in str(e):
-        return OutputError(str(e).replace(tmp, str(target)))
-    if isinstance(e, OSError) and e.filename is not None and str(e.filename).startswith(tmp):
-        e.filename = str(target)
-    return e
-
-
-def _special(target: Path) -> bool:
-    """An existing target that is not a regular file or directory (a device node, a FIFO, a
-    socket): written in place, never replaced by a rename."""
-    try:
-        mode = os.stat(target).st_mode
-    except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-
-
-@contextlib.contextmanager
-def atomic_output(target: Path, force: bool) -> Iterator[Path]:
-    """Yield a temporary path beside ``target`` (``.NAME.XXXXXX.part``); on success it is
-    renamed to ``target`` (created exclusively without ``force``), on any failure (Ctrl-C,
-    SIGTERM/SIGHUP/SIGQUIT, disk full) it is deleted. An existing device node or FIFO is
-    written in place (with ``force``), never replaced."""
-    target = Path(target)
-    if os.path.lexists(target) and not force:
-        raise OutputError(f"{target} exists (use -y to overwrite)")
-    if target.is_dir():
-        raise OutputError(f"{target} is a directory")
-    if _special(target):
-        yield target
-        return
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{parent}: output directory does not exist")
-    # hidden, and ending in ".part" (not the target's extension), so a leftover of a killed
-    # process (SIGKILL runs no cleanup) is never taken for an output
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        _place(tmp, target, force)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        err = _name_target(e, tmp, target)
-        if err is not e:
-            raise err from None
-        raise
-
-
-@contextlib.contextmanager
-def atomic_pattern(pattern: str, count: int, force: bool) -> Iterator[str]:
-    """Like :func:`atomic_output` for a ``%05d.png`` pattern: frames are written into a
-    temporary directory beside the targets and moved into place on success; if moving fails
-    midway, the frames already moved are removed again (all or nothing)."""
-    from .io import pattern_names
-
-    parent = Path(pattern).parent if str(Path(pattern).parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{parent}: output directory does not exist")
-    names = pattern_names(pattern, count)
-    if not force:
-        for n in names:
-            if os.path.lexists(n):
-                raise OutputError(f"{n} exists (use -y to overwrite)")
-    tmpdir = tempfile.mkdtemp(dir=parent, prefix=".mgv-frames.", suffix=".part")
-    moved: List[str] = []
-    try:
-        inner = os.path.join(tmpdir, Path(pattern).name)
-        try:
-            yield inner
-        except BaseException as e:
-            err = _name_target(e, tmpdir, parent)
-            if err is not e:
-                raise err from None
-            raise
-        written = pattern_names(inner, count)
-        try:
-            for src, dst in zip(written, names):
-                if os.path.isdir(dst):
-                    raise OutputError(f"{dst} is a directory")
-                os.chmod(src, 0o666 & ~_umask())
-                _place(src, Path(dst), force)
-                moved.append(dst)
-        except BaseException:
-            for dst in moved:
-                with contextlib.suppress(OSError):
-                    os.unlink(dst)
-            raise
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def _progress(total: Optional[int], quiet: bool, desc: str):
@@ -230,21 +108,18 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _check_output(input: Path, output, force: bool, kind: Optional[str] = None) -> None:
+    """Refuse an existing output without ``force`` (a PNG pattern is checked name by name
+    later) and an output that is the input → :class:`OutputError`."""
+    if output == "-":
+        return
+    if kind != "png" and Path(output).exists() and not force:
+        raise OutputError(f"{output} exists (use -y to overwrite)")
+    if _same_file(input, Path(output)):
+        raise OutputError("input and output are the same file")
+
+
 # ---- commands -------------------------------------------------------------------------------------
-def _release_large_blocks() -> None:
-    """Serve allocations of 1 MiB and more (frames, activations) with their own mappings, so
-    that freeing one returns it to the system: glibc's adaptive threshold otherwise moves such
-    blocks onto the heap after the first frees and peak RSS grows by the fragmentation (1080p
-    decode: 1.68 → 1.41 GB for the decoder's working set). glibc only; elsewhere a no-op."""
-    import ctypes
-    import ctypes.util
-
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        if hasattr(libc, "mallopt") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-            libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-
-
 EXIT_USAGE = InputError.exit_code  # a bad option or argument is bad input (3), not a damaged stream
 
 
@@ -274,7 +149,7 @@ class _Main(click.Group):
 @click.version_option(__version__, prog_name="mgv")
 def main() -> None:
     """mgv: a neural video codec (causal LFQ tokenizer, .mgv files)."""
-    _release_large_blocks()
+    release_large_blocks()
     for name in ("SIGTERM", "SIGHUP", "SIGQUIT"):  # each removes partial outputs, exit 130
         sig = getattr(signal, name, None)
         if sig is not None:
@@ -313,9 +188,10 @@ def encode(input: Path, output: Path, model_name: Optional[str], bits: Optional[
 
 def _encode(input: Path, output: Path, model_name, bits, entropy, device, segment_frames,
             force, quiet, bitrate=None, bpp=None, precision="auto") -> None:
-    from . import codec, io
+    from . import codec
+    from .payload import parse_rate
 
-    rate = codec.parse_rate(bitrate) if bitrate is not None else None
+    rate = parse_rate(bitrate) if bitrate is not None else None
     if rate is not None and bpp is not None:
         raise InputError("give --bitrate or --bpp, not both")
     if bpp is not None and not 0 < bpp < float("inf"):
@@ -325,20 +201,19 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
         raise OutputError("encode writes a file (the frame count is patched into its header)")
     if _same_file(input, output):
         raise OutputError("input and output are the same file")
-    if output.exists() and not force:
-        raise OutputError(f"{output} exists (use -y to overwrite)")
+    _check_output(input, output, force)
     if str(input) == "-":
         if sys.stdin is not None and sys.stdin.isatty():
             raise InputError("stdin is a terminal: pipe a video into it (e.g. from ffmpeg -f yuv4mpegpipe -)")
-        meta, frames = io.open_pipe(click.get_binary_stream("stdin"))
+        meta, frames = vio.open_pipe(click.get_binary_stream("stdin"))
         video = (meta, frames)
     else:
-        meta = io.probe(input)
+        meta = vio.probe(input)
         video = input
     model = _load_model(model_name, device, precision)
     codec.check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
     t0 = time.perf_counter()
-    total = meta.frames if meta.frames is not None or video is not input else io.count_frames(input)
+    total = meta.frames if meta.frames is not None or video is not input else vio.count_frames(input)
     with atomic_output(output, force) as tmp, _progress(total, quiet, "encode") as bar:
         with open(tmp, "wb") as fo:
             res = codec.compress_to_file(model, video, fo, bits=bits, entropy=entropy,
@@ -372,30 +247,26 @@ FORMAT_OPTION = click.option("--format", "fmt", type=click.Choice(["y4m", "nut",
 
 
 def _output_kind(output: str, fmt: Optional[str]) -> str:
-    from . import io
-
     if output == "-":
         if fmt is None:
             raise OutputError("-o - (stdout) needs --format y4m, nut or mkv")
         if sys.stdout.isatty():
             raise OutputError("refusing to write video to a terminal (redirect stdout or use -o FILE)")
         return fmt
-    return fmt or io.output_kind(output)
+    return fmt or vio.output_kind(output)
 
 
 def _write_output(output: str, kind: str, meta, frames, force: bool, quiet: bool, desc: str,
                   audio=None) -> int:
     """Write ``frames`` to ``output`` (a file through a temporary name, a PNG pattern, or
     stdout for "-") → frames written."""
-    from . import io
-
     if output == "-":
         with _progress(meta.frames, quiet, desc) as bar:
-            return io.write_video(click.get_binary_stream("stdout"), meta, frames, kind=kind,
+            return vio.write_video(click.get_binary_stream("stdout"), meta, frames, kind=kind,
                                   progress=bar.update, audio=audio, warn=_warn)
     ctx = atomic_pattern(output, meta.frames, force) if kind == "png" else atomic_output(Path(output), force)
     with ctx as tmp, _progress(meta.frames, quiet, desc) as bar:
-        return io.write_video(tmp, meta, frames, kind=kind, progress=bar.update, audio=audio,
+        return vio.write_video(tmp, meta, frames, kind=kind, progress=bar.update, audio=audio,
                               warn=_warn)
 
 
@@ -431,14 +302,11 @@ def decode(input: Path, output: str, fmt: Optional[str], frames: Optional[str], 
 def _decode(input: Path, output: str, frames_spec, force, quiet, recover=False, fmt=None,
             precision="auto") -> None:
     from . import codec
-    from .errors import StreamError
+    from .audio import AudioSink
 
     kind = _output_kind(output, fmt)
     rng = _parse_frames(frames_spec)
-    if output != "-" and kind != "png" and Path(output).exists() and not force:
-        raise OutputError(f"{output} exists (use -y to overwrite)")
-    if output != "-" and _same_file(input, Path(output)):
-        raise OutputError("input and output are the same file")
+    _check_output(input, output, force, kind)
     damage: List = []
 
     def on_damage(d) -> None:
@@ -446,7 +314,7 @@ def _decode(input: Path, output: str, frames_spec, force, quiet, recover=False, 
         click.echo(f"mgv: damaged: {d}", err=True)
 
     t0 = time.perf_counter()
-    sink = codec.AudioSink()
+    sink = AudioSink()
     with _open_input(input) as fo:
         meta, it = codec.decompress_from_file(fo, frames=rng, on_damage=on_damage, audio=sink,
                                               precision=precision)
@@ -485,29 +353,22 @@ def info(input: Path, as_json: bool) -> None:
 
 
 def _info(input: Path, as_json: bool) -> None:
-    from . import codec, container
-
-    from .errors import StreamError
+    from .streaminfo import stream_info
 
     with _open_input(input) as fo:
-        d = codec.stream_info(fo)
-        fo.seek(0)
-        rows = container.Reader(fo).header.describe()
-    damaged = d["damaged"]
+        info = stream_info(fo)
     if as_json:
-        click.echo(json.dumps(d, indent=2))
+        click.echo(json.dumps(info.to_dict(), indent=2))
     else:
-        _print_info(input, d, rows)
-    if damaged:
-        for x in damaged:
-            click.echo(f"mgv: damaged: {x['message']}", err=True)
-        raise StreamError(f"damaged stream: {sum(x['end_frame'] - x['first_frame'] for x in damaged)}"
-                          f" frames in {len(damaged)} damaged range(s)")
+        click.echo("\n".join(info.lines(str(input))))
+    if info.damaged:
+        for x in info.damaged:
+            click.echo(f"mgv: damaged: {x}", err=True)
+        raise StreamError(f"damaged stream: {sum(x.frames for x in info.damaged)}"
+                          f" frames in {len(info.damaged)} damaged range(s)")
 
 
 def _is_mgv(path: Path) -> bool:
-    from .container import MAGIC
-
     try:
         with open(path, "rb") as f:
             return f.read(len(MAGIC)) == MAGIC
@@ -517,14 +378,15 @@ def _is_mgv(path: Path) -> bool:
 
 def _load_model(model_name: Optional[str], device: str, precision: str = "auto"):
     """A registered model ready for inference on ``device`` (cast as ``precision`` says)."""
-    from . import codec, weights
+    from . import weights
     from .errors import ModelError
+    from .model import for_inference
 
     try:
         model = weights.load_model(model_name or weights.DEFAULT_MODEL)
     except weights.WeightsError as e:
         raise ModelError(str(e)) from None
-    return codec.for_inference(model, _device(device), precision)
+    return for_inference(model, _device(device), precision)
 
 
 @main.command()
@@ -556,14 +418,13 @@ def tokens(input: Path, output: Path, model_name: Optional[str], bits: Optional[
 
 def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_frames, device,
             force, quiet) -> None:
-    from . import codec, io
+    from . import codec
     from . import tokens as tk
 
     split = tk.parse_split(split_spec)
     if _same_file(input, output):
         raise OutputError("input and output are the same file")
-    if output.exists() and not force:
-        raise OutputError(f"{output} exists (use -y to overwrite)")
+    _check_output(input, output, force)
     t0 = time.perf_counter()
     if _is_mgv(input):
         if model_name is not None or segment_frames is not None:
@@ -572,7 +433,7 @@ def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_fra
         with _open_input(input) as fo:
             tok = tk.tokens_from_stream(fo, bits=bits)
     else:
-        meta = io.probe(input)
+        meta = vio.probe(input)
         model = _load_model(model_name, device)
         codec.check_encode_args(model, bits=bits, segment_frames=segment_frames)
         if split:
@@ -610,10 +471,7 @@ def _detokenize(input: Path, output: str, fmt, device, force, quiet) -> None:
     from . import tokens as tk
 
     kind = _output_kind(output, fmt)
-    if output != "-" and kind != "png" and Path(output).exists() and not force:
-        raise OutputError(f"{output} exists (use -y to overwrite)")
-    if output != "-" and _same_file(input, Path(output)):
-        raise OutputError("input and output are the same file")
+    _check_output(input, output, force, kind)
     tok = tk.Tokens.load(input)
     model = _load_model(tok.header.model_name, device)
     t0 = time.perf_counter()
@@ -622,33 +480,6 @@ def _detokenize(input: Path, output: str, fmt, device, force, quiet) -> None:
     dt = time.perf_counter() - t0
     _report(output, f"{output}: {n} frames {meta.width}x{meta.height} @ {meta.fps.numerator}/"
                     f"{meta.fps.denominator} fps, {dt:.2f} s ({n / dt:.2f} fps)")
-
-
-def _print_info(input: Path, d: dict, rows) -> None:
-    h = d["header"]
-    lines: List[str] = [f"{input}: .mgv version {d['version']}"]
-    lines += [f"  {name:<16} {value:<34} {doc}" for name, value, doc in rows]
-    lines.append(f"  {'fps':<16} {h['fps']} ({float(h['fps_num']) / h['fps_den']:.3f})")
-    lines.append(f"  {'duration':<16} {h['duration_s']:.3f} s")
-    if "file_bytes" in d:
-        lines.append(f"  {'size':<16} {d['file_bytes']} bytes, {d['bpp']:.4f} bpp, {d['kbps']:.1f} kbps")
-    lines.append(f"  segments: {len(d['segments'])}")
-    lines.append(f"    {'#':>5} {'first':>8} {'frames':>6} {'bits':>4} {'entropy':>8} {'bytes':>10} {'bpp':>8}")
-    for s in d["segments"]:
-        if s["damaged"]:
-            last = f"-{s['last_index']}" if s["last_index"] != s["index"] else ""
-            lines.append(f"    {str(s['index']) + last:>5} {s['first_frame']:>8} {s['frames']:>6} "
-                         f"DAMAGED: {s['error']}")
-            continue
-        lines.append(f"    {s['index']:>5} {s['first_frame']:>8} {s['frames']:>6} {s['bits']:>4} {s['entropy']:>8} "
-                     f"{s['bytes']:>10} {s['bpp']:>8.4f}")
-    for a in d["audio"]:
-        lines.append(f"  audio track {a['track']}: {a['codec']} {a['sample_rate']} Hz "
-                     f"{a['channels']} ch, {a['packets']} packets, {a['bytes']} bytes (carried as-is)")
-    if d["damaged"]:
-        lines.append(f"  damaged: {len(d['damaged'])} range(s)")
-        lines += [f"    {x['message']}" for x in d["damaged"]]
-    click.echo("\n".join(lines))
 
 
 if __name__ == "__main__":  # pragma: no cover

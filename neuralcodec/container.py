@@ -71,8 +71,8 @@ INDEX_ENTRY = struct.Struct("<QII")  # record offset, first frame, frames
 END_PAYLOAD = struct.Struct("<Q")  # offset of the INDEX record (0: none)
 END_RECORD_SIZE = RECORD_HEAD.size + END_PAYLOAD.size + CRC.size  # 24
 
-_NAME_RE = re.compile(rb"^[A-Za-z0-9._-]+$")
-_PIXFMT_RE = re.compile(rb"^[a-z0-9_]+$")
+NAME_RE = re.compile(rb"^[A-Za-z0-9._-]+$")
+PIXFMT_RE = re.compile(rb"^[a-z0-9_]+$")
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,8 @@ FIELDS: Tuple[Field, ...] = (
     Field("reserved", "u8", 0, 0, "must be 0"),
     Field("segment_frames", "u32", 1, MAX_SEGMENT_FRAMES, "frames per segment (1 + f·k)"),
     Field("model_sha256", "bytes16", 16, 16, "first 16 bytes of the model weights' sha256"),
-    Field("pix_fmt", "str8", 1, 32, "source pixel format (FFmpeg name)", _PIXFMT_RE),
-    Field("model_name", "str8", 1, 64, "registered model name", _NAME_RE),
+    Field("pix_fmt", "str8", 1, 32, "source pixel format (FFmpeg name)", PIXFMT_RE),
+    Field("model_name", "str8", 1, 64, "registered model name", NAME_RE),
 )
 
 
@@ -750,7 +750,7 @@ AUDIO_TRACK_FIXED = struct.Struct("<IIIHqI")  # tb_num, tb_den, sample_rate, cha
 AUDIO_PACKETS_HEAD = struct.Struct("<BBI")  # kind, track, count
 AUDIO_PACKET = struct.Struct("<qqIBI")  # pts, dts, duration, flags, size
 NO_PTS = -(1 << 63)  # pts/dts value meaning "unknown"
-_CODEC_RE = re.compile(rb"^[a-z0-9_]+$")
+CODEC_RE = re.compile(rb"^[a-z0-9_]+$")
 
 
 @dataclass(frozen=True)
@@ -819,7 +819,7 @@ def parse_audio(payload: bytes) -> Union[AudioTrack, AudioPackets, None]:
         if kind == AUDIO_TRACK:
             n = payload[2]
             codec = bytes(payload[3:3 + n])
-            if not 1 <= n <= 32 or len(codec) != n or not _CODEC_RE.match(codec):
+            if not 1 <= n <= 32 or len(codec) != n or not CODEC_RE.match(codec):
                 raise RecordError("AUDIO track has a bad codec name")
             pos = 3 + n
             num, den, rate, ch, start, tlen = AUDIO_TRACK_FIXED.unpack_from(payload, pos)

@@ -19,7 +19,7 @@ frames <= t only, the first frame is coded as an image, and :meth:`Tokenizer.enc
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -160,9 +160,14 @@ class Decoder(StreamingModule):
 class Tokenizer(nn.Module):
     """Encoder + LFQ + decoder. See the module docstring for the data flow."""
 
-    def __init__(self, cfg: TokenizerConfig) -> None:
+    def __init__(self, cfg: TokenizerConfig, name: Optional[str] = None,
+                 sha256: Optional[str] = None) -> None:
+        """``name`` / ``sha256``: the model's identity (registered name, hex sha256 of its
+        weights file) that a stream's header records; None for a model not (yet) saved."""
         super().__init__()
         self.cfg = cfg
+        self.name = name
+        self.sha256 = sha256
         self.encoder = Encoder(cfg)
         self.quantizer = LFQ(cfg.bits)
         self.decoder = Decoder(cfg)

@@ -30,10 +30,16 @@ from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import torch
 
-from . import codec
 from . import container as ct
+from .chunks import Progress, decode_segment, encode_segment
+from .codec import VideoInput, open_video, stream_header
 from .errors import InputError, MGVError
-from .io import VideoMeta
+from .kernels import token_indices
+from .model import for_inference
+from .payload import decode_payload
+from .quantizer import indices_to_codes
+from .video_io import VideoMeta
+from .weights import ModelSource, resolve_model
 
 FORMAT = "mgv-tokens"  # value of the metadata key "format"
 FORMAT_VERSION = 1  # bumped when the file layout changes incompatibly
@@ -65,6 +71,13 @@ class Tokens:
         tok = self.segments[i]
         k = np.arange(self.bits[i], dtype=np.int64).reshape(-1, 1, 1, 1)
         return ((tok[None] >> k) & 1).astype(np.uint8)
+
+    def segment_codes(self, i: int, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Segment ``i`` as codes ``1×b×t×h×w`` in {-1, +1} on ``device`` (what the decoder
+        reads; bit k of every token on channel k)."""
+        tok = torch.from_numpy(self.segments[i]).to(device)
+        return indices_to_codes(tok, self.bits[i], dim=0, dtype=dtype).unsqueeze(0)
 
     def split(self, sizes: Sequence[int]) -> List[List[np.ndarray]]:
         """Sub-tokens: for each segment, one array per group of ``sizes`` (low bits first),
@@ -232,7 +245,7 @@ def tokens_from_stream(fo: BinaryIO, bits: Optional[int] = None) -> Tokens:
     segs, nbits = [], []
     for seg in reader.segments():
         b = seg.stored_bits(header)
-        arr = codec.decode_payload(seg, b)
+        arr = decode_payload(seg, b)
         if bits is not None and bits < b:
             arr, b = arr[:bits], bits
         segs.append(bits_to_tokens(arr))
@@ -242,25 +255,27 @@ def tokens_from_stream(fo: BinaryIO, bits: Optional[int] = None) -> Tokens:
     return Tokens(header, tuple(segs), tuple(nbits))
 
 
-def tokenize(model: torch.nn.Module, video: codec.VideoInput, *, bits: Optional[int] = None,
+def tokenize(model: torch.nn.Module, video: VideoInput, *, bits: Optional[int] = None,
              segment_frames: Optional[int] = None, fps: Optional[Fraction] = None,
-             progress: codec.Progress = None) -> Tokens:
-    """Encode ``video`` (see :func:`codec.open_video`) → the tokens ``mgv encode`` with the
-    same options would store (``bits`` per token, default K; ``segment_frames`` as there)."""
-    meta, it = codec.open_video(video, fps)
-    header = codec.stream_header(model, meta, bits=bits, segment_frames=segment_frames)
+             progress: Progress = None) -> Tokens:
+    """Encode ``video`` (see :func:`neuralcodec.codec.open_video`) → the tokens ``mgv encode``
+    with the same options would store (``bits`` per token, default K; ``segment_frames`` as
+    there). The token indices are computed on the model's device
+    (:func:`neuralcodec.kernels.token_indices`)."""
+    meta, it = open_video(video, fps)
+    header = stream_header(model, meta, bits=bits, segment_frames=segment_frames)
     model.eval()
     segs: List[np.ndarray] = []
     total = 0
     while True:
-        n, seg_bits = codec.encode_segment(model, it, meta, header.segment_frames, header.bits,
-                                           progress)
+        n, codes = encode_segment(model, it, meta, header.segment_frames, header.bits, progress)
         if n == 0:
             break
         total += n
         if total > ct.MAX_FRAMES:
             raise InputError(f"input has more than {ct.MAX_FRAMES} frames")
-        segs.append(bits_to_tokens(seg_bits))
+        idx = token_indices(codes)[0].to(torch.int64) & 0xFFFFFFFF  # 32 bits: int32 wraps
+        segs.append(idx.cpu().numpy())
         if n < header.segment_frames:
             break
     if total == 0:
@@ -269,29 +284,29 @@ def tokenize(model: torch.nn.Module, video: codec.VideoInput, *, bits: Optional[
     return Tokens(header, tuple(segs), (header.bits,) * len(segs))
 
 
-def detokenize_frames(model, tokens: Tokens, progress: codec.Progress = None,
+def detokenize_frames(model: ModelSource, tokens: Tokens, progress: Progress = None,
                       precision: str = "auto") -> Tuple[VideoMeta, Iterator[np.ndarray]]:
     """Tokens → (metadata, iterator of ``H×W×3`` uint8 RGB frames), decoded segment by segment
-    exactly as :func:`codec.decompress_from_file` decodes the same bits. ``model``: as in
-    :func:`codec.resolve_model` (checked against the tokens' model name and sha256);
-    ``precision``: as in :func:`codec.decompress_from_file`."""
+    exactly as :func:`neuralcodec.codec.decompress_from_file` decodes the same bits.
+    ``model``: as in :func:`neuralcodec.weights.resolve_model` (checked against the tokens'
+    model name and sha256); ``precision``: as in :func:`~neuralcodec.codec.decompress_from_file`."""
     header = tokens.header
-    m = codec.resolve_model(header, model).eval()
+    m = resolve_model(header, model).eval()
     if model is None:  # as decompress_from_file runs a model it loads
-        codec.for_inference(m, "cpu", precision)
+        for_inference(m, "cpu", precision)
     h, w = header.latent_hw
 
     def gen() -> Iterator[np.ndarray]:
         for i, tok in enumerate(tokens.segments):
             first, n = header.segment_bounds(i)
             seg = ct.Segment(i, first, n, tok.shape[0], h, w, ct.ENTROPY_NONE, b"", tokens.bits[i])
-            yield from codec.decode_segment(m, header, seg, tokens.segment_bits(i), progress)
+            yield from decode_segment(m, header, seg, tokens.segment_codes(i, dtype=m.dtype),
+                                      progress)
 
     return tokens.meta, gen()
 
 
-def detokenize(model, tokens: Tokens) -> np.ndarray:
+def detokenize(model: ModelSource, tokens: Tokens) -> np.ndarray:
     """Tokens → the decoded video ``T×H×W×3`` uint8 RGB (see :func:`detokenize_frames`)."""
     _, it = detokenize_frames(model, tokens)
     return np.stack(list(it))
-

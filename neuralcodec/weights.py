@@ -11,10 +11,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
+from . import container as ct
 from .configs import TokenizerConfig
 from .errors import ModelError
 from .model import Tokenizer
@@ -58,6 +59,7 @@ def registry(models_dir: Optional[Path] = None) -> Dict[str, ModelEntry]:
 
 
 def file_sha256(path: Path) -> str:
+    """Hex sha256 of the file at ``path`` (read in 1 MiB blocks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -79,21 +81,22 @@ def save_weights(model: Tokenizer, path: Path, name: str) -> str:
     return file_sha256(path)
 
 
-def load_weights_file(path: Path, expected_sha256: str | None = None) -> Tokenizer:
-    """Load a safetensors weights file → :class:`Tokenizer` in eval mode (float32).
+def load_weights_file(path: Path, expected_sha256: str | None = None,
+                      name: Optional[str] = None) -> Tokenizer:
+    """Load a safetensors weights file → :class:`Tokenizer` in eval mode (float32) whose
+    identity is ``name`` (default: the name stored in the file) and the file's sha256.
 
-    Raises :class:`WeightsError` if the hash does not match, the file is not safetensors,
-    or its tensors do not fit its config.
+    Raises :class:`WeightsError` if the hash does not match ``expected_sha256``, the file is
+    not safetensors, or its tensors do not fit its config.
     """
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
-    if expected_sha256 is not None:
-        got = file_sha256(path)
-        if got != expected_sha256:
-            raise WeightsError(f"sha256 mismatch for {path.name}: expected {expected_sha256[:16]}…, got {got[:16]}…")
+    got = file_sha256(path)
+    if expected_sha256 is not None and got != expected_sha256:
+        raise WeightsError(f"sha256 mismatch for {path.name}: expected {expected_sha256[:16]}…, got {got[:16]}…")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -104,7 +107,7 @@ def load_weights_file(path: Path, expected_sha256: str | None = None) -> Tokeniz
     except Exception as e:  # safetensors raises several types for a malformed file
         raise WeightsError(f"cannot read weights {path.name}: {e}") from None
     with torch.device("meta"):  # no random init of weights that are replaced right away
-        model = Tokenizer(cfg)
+        model = Tokenizer(cfg, name=name or meta.get("name"), sha256=got)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
@@ -120,10 +123,7 @@ def load_model(name: str = DEFAULT_MODEL, models_dir: Optional[Path] = None) -> 
         known = ", ".join(sorted(reg)) or "none"
         raise WeightsError(f"unknown model '{name}' (known: {known})")
     e = reg[name]
-    model = load_weights_file(e.path, e.sha256)
-    model.name = name  # type: ignore[attr-defined]
-    model.sha256 = e.sha256  # type: ignore[attr-defined]
-    return model
+    return load_weights_file(e.path, e.sha256, name=name)
 
 
 def register(name: str, file: str, sha256: str, models_dir: Optional[Path] = None) -> None:
@@ -133,3 +133,51 @@ def register(name: str, file: str, sha256: str, models_dir: Optional[Path] = Non
     data = json.loads(reg_file.read_text()) if reg_file.exists() else {}
     data[name] = {"file": file, "sha256": sha256}
     reg_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# ---- identity checks --------------------------------------------------------------------------
+ModelSource = Union[torch.nn.Module, Callable[[str], torch.nn.Module], None]
+
+
+def model_identity(model: torch.nn.Module) -> Tuple[str, bytes]:
+    """(name, first 16 bytes of the weights' sha256) of a model: the identity a stream's
+    header records → :class:`ModelError` when the model has none (load it with
+    :func:`load_model`, or construct it with ``Tokenizer(cfg, name=…, sha256=…)``)."""
+    name = getattr(model, "name", None)
+    sha = getattr(model, "sha256", None)
+    if not isinstance(name, str) or not isinstance(sha, str):
+        raise ModelError("the model has no name/sha256 (load it with weights.load_model, or "
+                         "construct it with Tokenizer(cfg, name=..., sha256=...))")
+    try:
+        digest = bytes.fromhex(sha)
+    except ValueError:
+        raise ModelError(f"model sha256 {sha!r} is not hex") from None
+    if len(digest) < 16:
+        raise ModelError("model sha256 is shorter than 16 bytes")
+    return name, digest[:16]
+
+
+def resolve_model(header: ct.Header, model: ModelSource = None) -> torch.nn.Module:
+    """The model a stream names, checked against the header (sha256 prefix, K and factors).
+
+    ``model``: None (load the registered model of that name), a callable ``name → model``, or
+    a model object. Raises :class:`ModelError`.
+    """
+    try:
+        if model is None:
+            m = load_model(header.model_name)
+        elif isinstance(model, torch.nn.Module):
+            m = model
+        else:
+            m = model(header.model_name)
+    except WeightsError as e:
+        raise ModelError(str(e)) from None
+    name, prefix = model_identity(m)
+    if prefix != header.model_sha256:
+        raise ModelError(f"stream needs model {header.model_name} with sha256 "
+                         f"{header.model_sha256.hex()}…, got {name} with {prefix.hex()}…")
+    cfg = m.cfg
+    if (cfg.bits, cfg.temporal_factor, cfg.spatial_factor) != (
+            header.model_bits, header.temporal_factor, header.spatial_factor):
+        raise ModelError("model geometry (bits, temporal, spatial factor) does not match the stream")
+    return m

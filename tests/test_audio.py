@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from neuralcodec import cli, codec
+from neuralcodec import audio, cli, codec
 from neuralcodec import container as ct
 
 
@@ -129,7 +129,7 @@ def test_damaged_audio_record_is_reported(tiny, tmp_path):
     recs = [rec for rec in ct.Reader(io.BytesIO(bytes(data))).records() if rec.type == ct.REC_AUDIO]
     data[recs[1].offset + 40] ^= 0xFF  # a packets record
     reports = []
-    sink = codec.AudioSink()
+    sink = audio.AudioSink()
     _, it = codec.decompress_from_file(io.BytesIO(bytes(data)), model=tiny, on_damage=reports.append,
                                        audio=sink)
     assert len(list(it)) == 10

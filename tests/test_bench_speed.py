@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import bench_speed as B
-from neuralcodec import io as vio
+from neuralcodec import video_io as vio
 
 ROOT = Path(__file__).resolve().parents[1]
 

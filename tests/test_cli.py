@@ -21,7 +21,8 @@ import torch
 from click.testing import CliRunner
 
 from neuralcodec import cli, codec, weights
-from neuralcodec import io as vio
+from neuralcodec import container as ct
+from neuralcodec import video_io as vio
 from neuralcodec.configs import CONFIGS
 from neuralcodec.model import Tokenizer
 
@@ -366,8 +367,8 @@ def test_bits_and_frames_identical_across_thread_counts(tiny):
     assert outs[0][0] == outs[1][0]  # the bits (and their entropy coding) do not depend on threads
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
     # and a stream made with 2 threads decodes bit-exactly to the same bits with 1
-    r = codec.ct.Reader(_io.BytesIO(outs[1][0]))
-    assert [s.data for s in r.segments()] == [s.data for s in codec.ct.Reader(_io.BytesIO(outs[0][0])).segments()]
+    r = ct.Reader(_io.BytesIO(outs[1][0]))
+    assert [s.data for s in r.segments()] == [s.data for s in ct.Reader(_io.BytesIO(outs[0][0])).segments()]
 
 
 def test_help_names_the_default_model_and_every_model_has_a_card():
@@ -396,7 +397,7 @@ def test_progress_has_a_total_for_raw_h264(runner, tmp_path):
     for p in s.encode():
         c.mux(p)
     c.close()
-    from neuralcodec import io as vio
+    from neuralcodec import video_io as vio
     assert vio.probe(src).frames is None and vio.count_frames(src) == 13
     totals = []
     real = cli._progress

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from neuralcodec import codec
+from neuralcodec import chunks, codec, payload
 from neuralcodec import container as ct
-from neuralcodec import io as vio
+from neuralcodec import video_io as vio
 from neuralcodec.configs import CONFIGS
 from neuralcodec.errors import InputError, ModelError, OutputError
 from neuralcodec.model import Tokenizer
@@ -34,7 +34,7 @@ def clip(t=23, h=30, w=42, seed=0):
 
 def reference_codes(model, frames, bits):
     """One-piece (non-streaming) sign bits of a segment: ``b×t×h×w`` uint8."""
-    x = codec.frames_to_tensor(list(frames), torch.device("cpu"))
+    x = chunks.frames_to_tensor(list(frames), torch.device("cpu"))
     z = model.encode_latents(model.pad_video(x))
     return (z[0, :bits] > 0).to(torch.uint8).numpy()
 
@@ -57,17 +57,17 @@ def test_streamed_segments_equal_one_piece_coding(model):
     """Chunked encoding with per-segment state gives the same bits as encoding each segment
     alone in one piece; decoding gives the same frames as a one-piece decode."""
     v = clip(t=23)
-    old = codec.CHUNK_FRAMES
-    codec.CHUNK_FRAMES = 4  # several chunks per segment
+    old = chunks.CHUNK_FRAMES
+    chunks.CHUNK_FRAMES = 4  # several chunks per segment
     try:
         data = codec.compress(model, v, entropy="none", segment_frames=13)
     finally:
-        codec.CHUNK_FRAMES = old
+        chunks.CHUNK_FRAMES = old
     r = ct.Reader(io.BytesIO(data))
     segs = list(r.segments())
     assert [(s.first_frame, s.frames, s.latent_t) for s in segs] == [(0, 13, 4), (13, 10, 4)]
     for s in segs:
-        got = codec.decode_payload(s, r.header.bits)
+        got = payload.decode_payload(s, r.header.bits)
         ref = reference_codes(model, v[s.first_frame:s.first_frame + s.frames], r.header.bits)
         np.testing.assert_array_equal(got, ref)
         # raw payload layout: channel fastest, LSB first (spec §6), checked with numpy
@@ -76,8 +76,8 @@ def test_streamed_segments_equal_one_piece_coding(model):
     _, out = codec.decompress(data, model=model)
     # one-piece decode of segment 1
     s = segs[1]
-    codes = torch.from_numpy(codec.decode_payload(s, 6)).float()[None] * 2 - 1
-    y = codec.tensor_to_frames(model.decode(codes))[: s.frames, :30, :42]
+    codes = torch.from_numpy(payload.decode_payload(s, 6)).float()[None] * 2 - 1
+    y = chunks.tensor_to_frames(model.decode(codes))[: s.frames, :30, :42]
     assert np.abs(y.astype(int) - out[13:].astype(int)).max() <= 1
 
 
@@ -90,7 +90,7 @@ def test_encoder_sees_bounded_chunks(model):
         codec.compress(model, clip(t=70, h=8, w=8), segment_frames=65)
     finally:
         hook.remove()
-    assert max(seen) <= codec.CHUNK_FRAMES and seen[0] == 1 and len(seen) > 5
+    assert max(seen) <= chunks.CHUNK_FRAMES and seen[0] == 1 and len(seen) > 5
 
 
 def test_bits_selection_zero_pads_dropped_channels(model):
@@ -103,7 +103,7 @@ def test_bits_selection_zero_pads_dropped_channels(model):
     _, out = codec.decompress(data, model=model)
     full = reference_codes(model, v, 6).astype(np.float32) * 2 - 1
     full[3:] = 0
-    y = codec.tensor_to_frames(model.decode(torch.from_numpy(full)[None]))[:, :30, :42]
+    y = chunks.tensor_to_frames(model.decode(torch.from_numpy(full)[None]))[:, :30, :42]
     assert np.abs(y.astype(int) - out.astype(int)).max() <= 1
     for b in (0, 7):
         with pytest.raises(InputError):
@@ -131,8 +131,8 @@ def test_frame_range_decodes_only_needed_segments(model, monkeypatch):
     data = codec.compress(model, v, segment_frames=9)
     _, full = codec.decompress(data, model=model)
     calls = []
-    real = codec.decode_payload
-    monkeypatch.setattr(codec, "decode_payload", lambda s, b: calls.append(s.index) or real(s, b))
+    real = codec.decode_codes
+    monkeypatch.setattr(codec, "decode_codes", lambda s, b, *a: calls.append(s.index) or real(s, b, *a))
     meta, part = codec.decompress(data, model=model, frames=(20, 30))
     assert meta.frames == 10 and calls == [2, 3]
     np.testing.assert_array_equal(part, full[20:30])
@@ -141,6 +141,34 @@ def test_frame_range_decodes_only_needed_segments(model, monkeypatch):
     for bad in ((5, 5), (40, 50), (-1, 3)):
         with pytest.raises(InputError):
             codec.decompress(data, model=model, frames=bad)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_codec_reaches_the_triton_kernels(model, monkeypatch, lazy):
+    """Raw payloads are packed and unpacked by the kernels on the model's device: asked for
+    backend="triton" (the interpreter here, CUDA on a GPU), the codec's own encode and decode
+    run the Triton kernels and give the bytes and frames of the PyTorch path."""
+    from neuralcodec import kernels
+
+    if not kernels.triton_available("cpu"):
+        pytest.skip("Triton is not available (needs TRITON_INTERPRET=1 on a CPU)")
+    calls = []
+    for name in ("_pack_triton", "_unpack_triton"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
+    if lazy:  # long segments are unpacked one latent frame at a time
+        monkeypatch.setattr(codec, "LAZY_BITS", 0)
+    v = clip(t=9)
+    ref = codec.compress(model, v, entropy="none")
+    _, frames = codec.decompress(ref, model=model)
+    assert calls == []  # on a CPU the default is the PyTorch reference
+    data = codec.compress(model, v, entropy="none", backend="triton")
+    assert data == ref and calls == ["_pack_triton"]
+    _, got = codec.decompress(data, model=model, backend="triton")
+    assert calls[1:] and set(calls[1:]) == {"_unpack_triton"}
+    np.testing.assert_array_equal(got, frames)
+    with pytest.raises(ValueError):
+        codec.compress(model, v, entropy="none", backend="cuda-magic")
 
 
 def test_model_identity_checked(model, tmp_path):
@@ -260,6 +288,6 @@ def test_32_bit_model_round_trip(entropy):
         r = ct.Reader(io.BytesIO(data))
         assert (r.header.model_bits, r.header.bits) == (32, bits)
         seg = next(iter(r.segments()))
-        assert np.array_equal(codec.decode_payload(seg, bits), reference_codes(m, v, bits))
+        assert np.array_equal(payload.decode_payload(seg, bits), reference_codes(m, v, bits))
         _, out = codec.decompress(data, model=m)
         assert out.shape == v.shape

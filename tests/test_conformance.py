@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuralcodec import codec
+from neuralcodec import codec, payload, streaminfo
 from neuralcodec import container as ct
 from neuralcodec import errors
 
@@ -55,8 +55,8 @@ def test_committed_vectors_are_what_the_generator_builds():
 def test_vector_outcome(row):
     data = (SUITE / row["file"]).read_bytes()
     if row["outcome"] == "ok":
-        r = codec.verify_stream(io.BytesIO(data))
-        assert (r["frames"], r["bits_sha256"]) == (row["frames"], row["bits_sha256"])
+        r = streaminfo.verify_stream(io.BytesIO(data))
+        assert (r.frames, r.bits_sha256) == (row["frames"], row["bits_sha256"])
         # the seeking path agrees: the index (when present) names the same segments
         rd = ct.Reader(io.BytesIO(data))
         idx = rd.index()
@@ -65,7 +65,7 @@ def test_vector_outcome(row):
                 ct.Reader(io.BytesIO(data)).segments())
     else:
         with pytest.raises(getattr(errors, row["outcome"])) as ei:
-            codec.verify_stream(io.BytesIO(data))
+            streaminfo.verify_stream(io.BytesIO(data))
         assert type(ei.value).__name__ == row["outcome"]  # exactly this class, not a subclass
 
 
@@ -77,7 +77,7 @@ def test_valid_vectors_mode1_with_reference_decoder(row):
     digest = hashlib.sha256()
     for seg in rd.segments():
         shape = (seg.stored_bits(h), seg.latent_t, seg.latent_h, seg.latent_w)
-        bits = codec.decode_payload(seg, seg.stored_bits(h))
+        bits = payload.decode_payload(seg, seg.stored_bits(h))
         if seg.entropy == ct.ENTROPY_CONTEXT:
             np.testing.assert_array_equal(np.array(ref_mode1.decode(seg.data, *shape), np.uint8), bits)
         digest.update(bits.tobytes())
@@ -108,6 +108,6 @@ def test_reference_decoder_on_real_codec_streams(make_tiny):
                 continue
             sb = seg.stored_bits(rd.header)
             ref = np.array(ref_mode1.decode(seg.data, sb, seg.latent_t, seg.latent_h, seg.latent_w), np.uint8)
-            np.testing.assert_array_equal(ref, codec.decode_payload(seg, sb))
+            np.testing.assert_array_equal(ref, payload.decode_payload(seg, sb))
             n += 1
     assert n >= 8

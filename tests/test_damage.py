@@ -13,7 +13,7 @@ import pytest
 
 from neuralcodec import cli, codec
 from neuralcodec import container as ct
-from neuralcodec import io as vio
+from neuralcodec import video_io as vio
 from neuralcodec.errors import CRCMismatch, StreamError, Truncated
 
 SEG = 5
@@ -238,3 +238,22 @@ def test_inconsistent_index_and_end_are_reported(tiny, stream):
         codec.decompress(bytes(bad), model=tiny)
     with pytest.raises(StreamError):
         codec.decompress(data + b"\0", model=tiny)
+
+
+def test_runs_of_three_damaged_segments_reported_alike(tiny, stream):
+    """One merger of damaged runs (neuralcodec.recovery.DamageRuns): segments 0-2 damaged
+    give one report naming all three, the same from the decoder and from stream_info."""
+    from neuralcodec.streaminfo import stream_info
+
+    data, ref, index = stream
+    bad = data
+    for seg in (0, 1, 2):
+        bad = flip(bad, payload_byte(index, seg))
+    out, reports = decode(tiny, bad)
+    np.testing.assert_array_equal(out[15:], ref[15:])
+    assert [(d.first_frame, d.end_frame, d.segments) for d in reports] == [(0, 15, (0, 1, 2))]
+    info = stream_info(io.BytesIO(bad))
+    assert info.damaged == tuple(reports)
+    row = info.segments[0]
+    assert (row.damaged, row.index, row.last_index, row.frames) == (True, 0, 2, 15)
+    assert str(reports[0]).startswith("frames 0-14 concealed (segments 0-2 damaged")

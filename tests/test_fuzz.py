@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import fuzz_mgv  # noqa: E402
 
-from neuralcodec import codec  # noqa: E402
+from neuralcodec import codec, streaminfo  # noqa: E402
 from neuralcodec import container as ct  # noqa: E402
 from neuralcodec.errors import HeaderError, MGVError, UnsupportedVersion  # noqa: E402
 
@@ -158,10 +158,10 @@ def test_hostile_headers_refused_before_allocation(fz):
     with pytest.raises(MGVError):
         list(codec.decompress_from_file(io.BytesIO(data), model=m)[1])
     tracemalloc.start()
-    info = codec.stream_info(io.BytesIO(data))
+    info = streaminfo.stream_info(io.BytesIO(data))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert info["damaged"][-1]["end_frame"] == 1 << 22 and len(info["segments"]) <= 4
+    assert info.damaged[-1].end_frame == 1 << 22 and len(info.segments) <= 4
     assert peak < 8 << 20, peak
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from neuralcodec import weights
 from neuralcodec.configs import CONFIGS
-from neuralcodec.io import VideoMeta, write_video
+from neuralcodec.video_io import VideoMeta, write_video
 from neuralcodec.train import data as tdata
 
 ROOT = Path(__file__).resolve().parents[1]

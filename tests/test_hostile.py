@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuralcodec import codec, weights
+from neuralcodec import codec, payload, weights
 from neuralcodec import container as ct
 from neuralcodec.configs import CONFIGS
 from neuralcodec.errors import MGVError, ResourceError, StreamError, Truncated
@@ -45,7 +45,7 @@ def stream(h: ct.Header, segments=True) -> bytes:
     for i in range(h.segment_count if segments else 0):
         first, n = h.segment_bounds(i)
         t = h.latent_frames(n)
-        mode, data = codec.encode_payload(np.zeros((h.bits, t, lh, lw), np.uint8), ct.ENTROPY_CONTEXT)
+        mode, data = payload.encode_payload(torch.zeros((1, h.bits, t, lh, lw)), ct.ENTROPY_CONTEXT)
         w.write_segment(ct.Segment(i, first, n, t, lh, lw, mode, data))
     if segments:
         w.close()
@@ -130,7 +130,7 @@ def test_long_segment_codes_are_built_per_chunk(tiny, monkeypatch):
         return out
     monkeypatch.setattr(torch, "zeros", spy)
     monkeypatch.setattr(codec, "LAZY_BITS", 1 << 16)
-    monkeypatch.setattr(codec, "decode_payload", lambda *a: pytest.fail("eager bits"))
+    monkeypatch.setattr(codec, "decode_codes", lambda *a: pytest.fail("eager bits"))
     meta, it = codec.decompress_from_file(io.BytesIO(data), model=tiny)
     frames = [next(it) for _ in range(30)]
     assert len(frames) == 30 and frames[0].shape == (32, 32, 3)
@@ -145,7 +145,7 @@ def test_lazy_and_eager_segment_decodes_agree(tiny, monkeypatch):
         ref = codec.decompress(data, model=tiny)[1]
         with monkeypatch.context() as mp:
             mp.setattr(codec, "LAZY_BITS", 0)
-            mp.setattr(codec, "decode_payload", lambda *a: pytest.fail("eager bits"))
+            mp.setattr(codec, "decode_codes", lambda *a: pytest.fail("eager bits"))
             np.testing.assert_array_equal(codec.decompress(data, model=tiny)[1], ref)
 
 
@@ -323,7 +323,7 @@ def test_odd_sizes_write_every_documented_output(tmp_path, w, h, kind, pix):
     (FFV1 refuses narrow frames with its default slices)."""
     import av
 
-    from neuralcodec import io as vio
+    from neuralcodec import video_io as vio
 
     meta = vio.VideoMeta(w, h, Fraction(25), 3, pix)
     frames = [np.full((h, w, 3), 40 * i, np.uint8) for i in range(3)]

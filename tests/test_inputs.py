@@ -7,8 +7,8 @@ import av
 import numpy as np
 import pytest
 
-from neuralcodec import cli, codec
-from neuralcodec import io as vio
+from neuralcodec import cli, codec, streaminfo
+from neuralcodec import video_io as vio
 from neuralcodec.errors import InputError
 
 
@@ -137,7 +137,7 @@ def test_bad_files_give_one_line(runner, tmp_path, kind):
     r = runner.invoke(cli.main, ["encode", str(src), "-o", str(out), "-q"])
     if r.exit_code == 0:  # FFmpeg could still decode it: a correct, complete stream
         assert kind == "garbled_mp4" and out.exists()
-        assert codec.stream_info(open(out, "rb"))["damaged"] == []
+        assert streaminfo.stream_info(open(out, "rb")).damaged == ()
     else:
         assert one_line(r, 3)
         assert not out.exists()

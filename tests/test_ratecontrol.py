@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuralcodec import cli, codec
+from neuralcodec import cli, codec, payload, streaminfo
 from neuralcodec import container as ct
 from neuralcodec import tokens as tk
 from neuralcodec.errors import InputError, RecordError
@@ -58,9 +58,9 @@ def test_spec_12_example_is_the_writers_and_decodes():
     assert r.version == (1, 2)
     (seg,) = list(r.segments())
     assert seg.bits == 1 and seg.stored_bits(r.header) == 1 and r.header.bits == 2
-    bits = codec.decode_payload(seg, seg.stored_bits(r.header))
+    bits = payload.decode_payload(seg, seg.stored_bits(r.header))
     assert bits.shape == (1, 1, 1, 1) and bits.ravel().tolist() == [1]
-    assert codec.stream_info(io.BytesIO(data))["segments"][0]["bits"] == 1
+    assert streaminfo.stream_info(io.BytesIO(data)).segments[0].bits == 1
 
 
 def test_writers_keep_11_unless_segments_carry_bits():
@@ -103,7 +103,7 @@ def test_bad_segment_bits_refused():
     w.write_segment(ct.Segment(0, 0, 1, 1, 1, 8, ct.ENTROPY_NONE, b"\xff", 1))
     w.close()
     (seg,) = list(ct.Reader(io.BytesIO(buf.getvalue())).segments())
-    assert codec.decode_payload(seg, 1).sum() == 8
+    assert payload.decode_payload(seg, 1).sum() == 8
 
 
 # ---- codec --------------------------------------------------------------------------------------
@@ -152,11 +152,11 @@ def test_bitrate_targets_out_of_reach_are_reported(tiny):
     for bad in (dict(bitrate=0), dict(bitrate=-5), dict(bpp=float("nan")), dict(bitrate=1e3, bpp=0.1)):
         with pytest.raises(InputError):
             codec.compress(tiny, v, fps=RATE, **bad)
-    assert codec.parse_rate("50k") == 50000 and codec.parse_rate("1.5M") == 1.5e6
-    assert codec.parse_rate("64000") == 64000
+    assert payload.parse_rate("50k") == 50000 and payload.parse_rate("1.5M") == 1.5e6
+    assert payload.parse_rate("64000") == 64000
     for bad in ("", "k", "fast", "-3k", "0"):
         with pytest.raises(InputError):
-            codec.parse_rate(bad)
+            payload.parse_rate(bad)
 
 
 def test_cli_bitrate(runner, tmp_path):

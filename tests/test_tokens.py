@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from neuralcodec import cli, codec
+from neuralcodec import cli, codec, payload
 from neuralcodec import container as ct
-from neuralcodec import io as vio
+from neuralcodec import video_io as vio
 from neuralcodec import tokens as tk
 from neuralcodec.errors import InputError
 
@@ -36,7 +36,7 @@ def tiny(make_tiny):
 
 def stored_bits(data: bytes):
     r = ct.Reader(io.BytesIO(data))
-    return r.header, [codec.decode_payload(s, r.header.bits) for s in r.segments()]
+    return r.header, [payload.decode_payload(s, r.header.bits) for s in r.segments()]
 
 
 # ---- API -------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from benchmarks.rd.metrics import ms_ssim_rgb  # noqa: E402
 from neuralcodec import codec  # noqa: E402
-from neuralcodec.io import probe  # noqa: E402
+from neuralcodec.video_io import probe  # noqa: E402
 from neuralcodec.train.data import VIDEO_EXTS, decode_video_rgb  # noqa: E402
 from neuralcodec.weights import DEFAULT_MODEL, load_model  # noqa: E402
 

@@ -5,7 +5,7 @@ one-frame and multi-segment streams). Each case mutates one seed (bit flips, ran
 interesting 32-bit values in record fields, inserted / deleted / duplicated ranges, truncation),
 optionally re-computes the header and record CRCs so the mutation reaches the checks behind
 them, and then runs every entry point on it: strict decode, recovering decode, a frame-range
-decode and ``stream_info``. A case passes when each one ends in a correct decode (frames of the
+decode and ``streaminfo.stream_info``. A case passes when each one ends in a correct decode (frames of the
 header's size, and with recovery exactly the header's frame count) or an
 :class:`neuralcodec.errors.MGVError`; any other exception or a case running past its time limit
 fails, and its input is saved to the corpus directory.
@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from neuralcodec import codec  # noqa: E402
+from neuralcodec import audio, codec, streaminfo  # noqa: E402
 from neuralcodec import container as ct  # noqa: E402
 from neuralcodec.errors import MGVError  # noqa: E402
 
@@ -487,7 +487,7 @@ def run_case(data: bytes, model) -> Optional[str]:
             meta, it = codec.decompress_from_file(
                 io.BytesIO(data), model=model, frames=frames,
                 on_damage=reports.append if recover else None,
-                audio=codec.AudioSink())
+                audio=audio.AudioSink())
             _consume(meta, it, recover, None)
         return go
 
@@ -495,9 +495,9 @@ def run_case(data: bytes, model) -> Optional[str]:
         import itertools
         import tempfile
 
-        from neuralcodec import io as vio
+        from neuralcodec import video_io as vio
 
-        sink = codec.AudioSink()
+        sink = audio.AudioSink()
         meta, it = codec.decompress_from_file(io.BytesIO(data), model=model,
                                               on_damage=lambda d: None, audio=sink)
         n = max(1, min(FRAME_CAP, PIXEL_CAP // max(1, meta.width * meta.height)))
@@ -506,7 +506,7 @@ def run_case(data: bytes, model) -> Optional[str]:
                             warn=lambda m: None)
 
     checks += [decode(False), decode(True), decode(True, (1, None)),
-               lambda: codec.stream_info(io.BytesIO(data))]
+               lambda: streaminfo.stream_info(io.BytesIO(data))]
     if ct.RECORD_SYNC + bytes([ct.REC_AUDIO]) in data:
         checks.append(mux)
     for c in checks:

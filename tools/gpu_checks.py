@@ -64,7 +64,7 @@ def stream_bits(data: bytes):
     import numpy as np
 
     from neuralcodec import container as ct
-    from neuralcodec.codec import decode_payload
+    from neuralcodec.payload import decode_payload
 
     r = ct.Reader(io.BytesIO(data))
     return np.concatenate([decode_payload(s, s.stored_bits(r.header)) for s in r.segments()], axis=1)

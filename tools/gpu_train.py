@@ -148,7 +148,7 @@ def check_recipe(args: List[str], clips: Optional[List[dict]] = None):
 def stage_clips(data: Path, dest: Path, short_side: int, crf: int) -> List[dict]:
     """Decode every video in ``data`` here (PyAV, area downscale to ``short_side``) and
     re-encode it as H.264 ``dest/NAME.mp4`` (CRF ``crf``, yuv420p) → one dict per clip."""
-    from neuralcodec.io import VideoMeta, write_video
+    from neuralcodec.video_io import VideoMeta, write_video
     from neuralcodec.train.data import VIDEO_EXTS, decode_video_rgb
     from neuralcodec.weights import file_sha256
 

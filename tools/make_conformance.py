@@ -3,7 +3,7 @@ streams, each with its expected outcome, listed in ``bitstream_spec.md`` appendi
 
 Every vector is made here from a few lines, deterministically; ``tests/test_conformance.py``
 rebuilds them and requires the committed files to be identical, then runs the reference
-reader on each (``codec.verify_stream``) and the dependency-free mode-1 decoder on the valid
+reader on each (``streaminfo.verify_stream``) and the dependency-free mode-1 decoder on the valid
 ones. Expected outcomes: ``ok`` (with the frame count and the SHA-256 of the decoded bits of
 all segments, ``b×t×h×w`` uint8 arrays in segment order) or the name of the error class
 (spec §9) a strict reader MUST report.
@@ -247,7 +247,7 @@ def vectors() -> Dict[str, Tuple[bytes, str, str]]:
 
 def build(out: Path) -> Dict[str, Tuple[bytes, str, str]]:
     """Write every vector and ``expected.json`` under ``out``; return the vectors."""
-    from neuralcodec import codec
+    from neuralcodec import streaminfo
 
     v = vectors()
     table = []
@@ -259,8 +259,8 @@ def build(out: Path) -> Dict[str, Tuple[bytes, str, str]]:
         if outcome == "ok":
             import io
 
-            r = codec.verify_stream(io.BytesIO(data))
-            row.update(frames=r["frames"], bits_sha256=r["bits_sha256"])
+            r = streaminfo.verify_stream(io.BytesIO(data))
+            row.update(frames=r.frames, bits_sha256=r.bits_sha256)
         table.append(row)
     (out / "expected.json").write_text(json.dumps({"vectors": table}, indent=1) + "\n")
     return v

@@ -24,7 +24,6 @@ import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -50,7 +49,9 @@ class VideoMeta:
     # width and height are the displayed (rotated) size
 
 
-def _open(path) -> "av.container.InputContainer":  # noqa: F821
+def open_container(path) -> "av.container.InputContainer":  # noqa: F821
+    """Open ``path`` for reading with PyAV → :class:`InputError` for a missing, empty or
+    unreadable file or one without a video stream."""
     import av
 
     p = str(path)
@@ -64,7 +65,7 @@ def _open(path) -> "av.container.InputContainer":  # noqa: F821
     try:
         c = av.open(p, "r")
     except av.FFmpegError as e:
-        raise InputError(f"{p}: not a readable video ({_ffmsg(e)})") from None
+        raise InputError(f"{p}: not a readable video ({ffmpeg_message(e)})") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise InputError(f"{p}: cannot open ({e})") from None
     if not c.streams.video:
@@ -73,7 +74,8 @@ def _open(path) -> "av.container.InputContainer":  # noqa: F821
     return c
 
 
-def _ffmsg(e: Exception) -> str:
+def ffmpeg_message(e: Exception) -> str:
+    """The first line of an FFmpeg error (its strerror where PyAV has one)."""
     return getattr(e, "strerror", None) or str(e).splitlines()[0]
 
 
@@ -119,7 +121,7 @@ def probe(path) -> VideoMeta:
 
     Raises :class:`InputError` for a missing, empty or unreadable file or one without video.
     """
-    c = _open(path)
+    c = open_container(path)
     try:
         s = c.streams.video[0]
         cc = s.codec_context
@@ -145,7 +147,7 @@ def count_frames(path) -> Optional[int]:
     do not declare a frame count (raw ``.264``/``.265``, some ``.webm``), so that progress
     shows a total."""
     try:
-        c = _open(path)
+        c = open_container(path)
     except InputError:
         return None
     try:
@@ -166,7 +168,7 @@ def read_frames(path, meta: Optional[VideoMeta] = None) -> Iterator[np.ndarray]:
     meta = meta or probe(path)
     k = (meta.rotation // 90) % 4
     w, h = (meta.height, meta.width) if k % 2 else (meta.width, meta.height)
-    c = _open(path)
+    c = open_container(path)
     try:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
@@ -175,7 +177,7 @@ def read_frames(path, meta: Optional[VideoMeta] = None) -> Iterator[np.ndarray]:
                 a = frame.to_ndarray(format="rgb24", width=w, height=h)
                 yield np.ascontiguousarray(np.rot90(a, k)) if k else a
         except av.FFmpegError as e:
-            raise InputError(f"{path}: decoding failed ({_ffmsg(e)})") from None
+            raise InputError(f"{path}: decoding failed ({ffmpeg_message(e)})") from None
     finally:
         c.close()
 
@@ -190,7 +192,7 @@ def open_pipe(fobj, name: str = "stdin") -> tuple:
     try:
         c = av.open(fobj, "r")
     except av.FFmpegError as e:
-        raise InputError(f"{name}: not a readable video ({_ffmsg(e)})") from None
+        raise InputError(f"{name}: not a readable video ({ffmpeg_message(e)})") from None
     except (OSError, ValueError) as e:
         raise InputError(f"{name}: cannot open ({e})") from None
     try:
@@ -211,7 +213,7 @@ def open_pipe(fobj, name: str = "stdin") -> tuple:
             for frame in c.decode(s):
                 yield frame.to_ndarray(format="rgb24", width=meta.width, height=meta.height)
         except av.FFmpegError as e:
-            raise InputError(f"{name}: decoding failed ({_ffmsg(e)})") from None
+            raise InputError(f"{name}: decoding failed ({ffmpeg_message(e)})") from None
         finally:
             c.close()
 
@@ -306,81 +308,6 @@ def choose_pix_fmt(source: str, supported: Sequence[str]) -> str:
     return supported[0] if supported else "yuv420p"
 
 
-# audio codecs the mp4 muxer takes by stream copy (mkv takes any codec FFmpeg knows)
-MP4_AUDIO = {"aac", "mp3", "mp2", "opus", "ac3", "eac3", "alac", "flac", "dts", "truehd"}
-
-
-def _add_audio(c, kind: str, audio, warn: Callable[[str], None]) -> dict:
-    """Output streams (track → (stream, AudioTrack)) for the sink's tracks that ``kind`` can
-    hold by stream copy; the others are dropped with one warning each."""
-    import io as _bio
-
-    import av
-
-    out = {}
-    for t in sorted(audio.tracks.values(), key=lambda t: t.track):
-        if kind in ("y4m", "png", "nut") or (kind == "mp4" and t.codec not in MP4_AUDIO):
-            warn(f"audio track {t.track} ({t.codec}) dropped: {kind} output cannot hold it "
-                 f"(use .mkv)")
-            continue
-        try:
-            tc = av.open(_bio.BytesIO(t.template), "r", format="matroska")
-            try:
-                out[t.track] = (c.add_stream_from_template(tc.streams.audio[0]), t)
-            finally:
-                tc.close()
-        except (av.FFmpegError, IndexError, ValueError) as e:
-            warn(f"audio track {t.track} ({t.codec}) dropped: {_ffmsg(e)}")
-    return out
-
-
-I64 = (-(1 << 63) + 1, (1 << 63) - 1)  # int64 timestamps FFmpeg takes (-2^63 means "none")
-MAX_AUDIO_SECONDS = 10 ** 9  # |timestamp| beyond ~31 years is forged or damaged, never muxed
-
-
-def _mux_audio(c, streams: dict, audio, warn: Callable[[str], None], last: dict) -> None:
-    """Mux the sink's pending packets. A packet FFmpeg would refuse (timestamps outside
-    int64 after the shift by −start, a decoding timestamp not after the previous one of its
-    track, or any mux error) is dropped with one warning per track: the video is never lost
-    for a damaged or forged audio packet. ``last``: track → last dts muxed (state)."""
-    import av
-
-    while audio.packets:
-        track, p = audio.packets.popleft()
-        if track not in streams:
-            continue
-        s, t = streams[track]
-        pts = None if p.pts is None else p.pts - t.start
-        dts = None if p.dts is None else p.dts - t.start
-        why = None
-        if any(v is not None and not (I64[0] <= v <= I64[1] and abs(v * t.time_base) <= MAX_AUDIO_SECONDS)
-               for v in (pts, dts)):
-            why = "timestamp out of range"
-        elif dts is not None and track in last and dts <= last[track]:
-            why = "out of order"
-        elif pts is not None and dts is not None and pts < dts:
-            why = "pts before dts"
-        if why is None:
-            try:
-                pkt = av.Packet(p.data)
-                pkt.pts, pkt.dts = pts, dts
-                pkt.duration = p.duration
-                pkt.time_base = t.time_base
-                pkt.is_keyframe = p.keyframe
-                pkt.stream = s
-                c.mux(pkt)
-                if dts is not None:
-                    last[track] = dts
-                continue
-            except (av.FFmpegError, OverflowError, ValueError) as e:
-                why = _ffmsg(e)
-        dropped = last.setdefault(("dropped", track), 0)
-        if not dropped:
-            warn(f"audio track {track}: dropped a packet that cannot be muxed ({why}); "
-                 f"further drops in this track are not reported")
-        last[("dropped", track)] = dropped + 1
-
-
 def _codec_opens(codec: str, width: int, height: int, pix: str, options: dict, fps: Fraction) -> bool:
     """Whether FFmpeg's ``codec`` accepts this frame size, pixel format and options (some
     refuse small or odd sizes: FFV1's slices, 4:2:0 in libx264)."""
@@ -436,9 +363,10 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
     :data:`PIPE_KINDS`; ``nut`` is raw video in NUT): it is flushed, not closed.
     ``crf``: libx264's constant rate factor for ``.mp4`` (0 = best, 51 = worst).
 
-    ``audio``: a :class:`neuralcodec.codec.AudioSink` filled while ``frames`` is consumed;
+    ``audio``: a :class:`neuralcodec.audio.AudioSink` filled while ``frames`` is consumed;
     its packets are muxed unchanged (stream copy) into outputs that can hold their codec
-    (mkv: any; mp4: :data:`MP4_AUDIO`); other tracks are dropped with a ``warn(message)``."""
+    (:meth:`~neuralcodec.audio.AudioSink.output_streams`); other tracks are dropped with a
+    ``warn(message)``."""
     import av
 
     warn = warn or (lambda m: None)
@@ -465,14 +393,14 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
     except (av.FFmpegError, OSError) as e:
         if fobj is not None and not to_fobj:
             fobj.close()
-        raise OutputError(f"{name}: cannot create ({_ffmsg(e)})") from None
+        raise OutputError(f"{name}: cannot create ({ffmpeg_message(e)})") from None
     n = 0
     ok = False
     try:
         s = c.add_stream(codec, rate=meta.fps, options=options)
         s.width, s.height, s.pix_fmt = meta.width, meta.height, pix
         s.time_base = Fraction(1) / meta.fps
-        astreams = _add_audio(c, kind, audio, warn) if audio is not None and first is not None else {}
+        astreams = audio.output_streams(c, kind, warn) if audio is not None and first is not None else {}
         alast: dict = {}
         started = False
         for arr in (itertools.chain([first], frames) if first is not None else ()):
@@ -489,14 +417,14 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
             if progress:
                 progress(1)
             if astreams and started:  # the first video packet writes the header (time bases)
-                _mux_audio(c, astreams, audio, warn, alast)
+                audio.mux_pending(c, astreams, warn, alast)
         for pkt in s.encode():
             c.mux(pkt)
         if astreams:
-            _mux_audio(c, astreams, audio, warn, alast)
+            audio.mux_pending(c, astreams, warn, alast)
         ok = True
     except av.FFmpegError as e:
-        raise OutputError(f"{name}: writing failed ({_ffmsg(e)})") from None
+        raise OutputError(f"{name}: writing failed ({ffmpeg_message(e)})") from None
     except OSError as e:  # a Python write error, re-raised by PyAV
         raise OutputError(f"{name}: writing failed ({e.strerror or e})") from None
     finally:
@@ -511,7 +439,7 @@ def write_video(path, meta: VideoMeta, frames: Iterable[np.ndarray], *,
         if fobj is not None:
             fobj.flush() if to_fobj else fobj.close()
     except av.FFmpegError as e:
-        raise OutputError(f"{name}: writing failed ({_ffmsg(e)})") from None
+        raise OutputError(f"{name}: writing failed ({ffmpeg_message(e)})") from None
     except OSError as e:
         raise OutputError(f"{name}: writing failed ({e.strerror or e})") from None
     return n
@@ -522,9 +450,3 @@ def frames_of(source) -> Iterator[np.ndarray]:
     for i in range(source.shape[0]):
         yield source[i]
 
-
-def ensure_dir(path) -> Path:
-    d = Path(path).parent
-    if not d.is_dir():
-        raise OutputError(f"{d}: output directory does not exist")
-    return d

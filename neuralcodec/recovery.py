@@ -1,0 +1,190 @@
+"""Damage: which segments of a stream can be decoded, and what is reported for the others.
+
+:func:`segment_plan` walks a stream's segments in order (through the INDEX, or by a
+resynchronizing scan of every record) and says for each one whether it is intact;
+:class:`DamageRuns` merges consecutive damaged segments into one :class:`DamageReport`, the
+single merger used by the decoder (frames it conceals) and by :mod:`neuralcodec.streaminfo`
+(the ranges ``mgv info`` lists). Concealment itself (repeating the last good frame) is the
+decoder's; how much of it a stream may ask for is bounded here (spec §8b).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Tuple
+
+from . import container as ct
+from .audio import AudioSink
+from .errors import RecordError, StreamError, Truncated
+
+CONCEAL_MIN_FRAMES = 1000  # a recovering decode may always conceal this many frames …
+CONCEAL_RATIO = 8  # … or this many per frame of the intact segments it found
+MIN_SEGMENT_RECORD = 16 + 20 + 1  # bytes of the smallest SEGMENT record (framing, head, data)
+
+
+@dataclass(frozen=True)
+class DamageReport:
+    """A damaged part of a stream met while decoding.
+
+    Frames ``first_frame .. end_frame - 1`` (absolute numbers, within the decoded range) were
+    concealed because segments ``segments`` were damaged or missing; ``first_frame ==
+    end_frame`` (and no segments) when the damage cost no frames (a damaged INDEX or AUDIO
+    record, garbage between records)."""
+
+    first_frame: int  # first concealed frame
+    end_frame: int  # one past the last concealed frame
+    segments: Tuple[int, ...]  # every damaged segment of the range, in order
+    reason: str  # first error met in the range (one line)
+
+    @property
+    def frames(self) -> int:
+        return self.end_frame - self.first_frame
+
+    def __str__(self) -> str:
+        if not self.frames:
+            return f"damaged data, no frames lost ({self.reason})"
+        segs = (f"segment {self.segments[0]}" if len(self.segments) == 1
+                else f"segments {self.segments[0]}-{self.segments[-1]}")
+        return (f"frames {self.first_frame}-{self.end_frame - 1} concealed ({segs} damaged: "
+                f"{self.reason})")
+
+
+OnDamage = Optional[Callable[[DamageReport], None]]
+
+
+class DamageRuns:
+    """Merges damaged segments, met in order, into one :class:`DamageReport` per run of
+    consecutive segments (the first segment's reason names the run)."""
+
+    def __init__(self) -> None:
+        self._run: Optional[list] = None  # [first frame, end frame, segments, reason]
+
+    def add(self, segment: int, first: int, end: int, reason: str) -> Optional[DamageReport]:
+        """Segment ``segment`` (frames ``first..end-1``) is damaged → the report of the run it
+        ends, when it does not continue the current one."""
+        run = self._run
+        if run is not None and run[2][-1] == segment - 1 and run[1] == first:
+            run[1] = end
+            run[2].append(segment)
+            return None
+        done = self.close()
+        self._run = [first, end, [segment], reason or "missing"]
+        return done
+
+    def close(self) -> Optional[DamageReport]:
+        """An intact segment or the end: → the report of the current run, if any."""
+        run, self._run = self._run, None
+        return None if run is None else DamageReport(run[0], run[1], tuple(run[2]), run[3])
+
+
+def too_much_concealment(concealed: int, intact: int) -> bool:
+    """A recovering decode conceals at most max(CONCEAL_MIN_FRAMES, CONCEAL_RATIO × intact
+    frames) frames (spec §8b): a forged frame count cannot make it write hours of grey."""
+    return concealed > max(CONCEAL_MIN_FRAMES, CONCEAL_RATIO * intact)
+
+
+def segments_held(reader: ct.Reader) -> Optional[int]:
+    """How many SEGMENT records the bytes of a seekable file can hold at most (None: not
+    seekable): a header announcing more describes a stream that is not there."""
+    size = reader.stream_size()
+    return None if size is None else max(0, (size - reader.records_offset) // MIN_SEGMENT_RECORD)
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0]
+
+
+def segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, use_index: bool,
+                  on_damage: OnDamage, audio: Optional[AudioSink], to_end: bool
+                  ) -> Iterator[Tuple[int, Optional[ct.Segment], str]]:
+    """``(i, segment, "")`` or ``(i, None, reason)`` for every segment ``first..last`` in
+    order. Strict (``on_damage`` None): the first damage raises. Otherwise damaged or missing
+    segments come as None and damage that costs no segment is reported through
+    ``on_damage``. ``to_end``: scan through END after ``last`` (trailing AUDIO records)."""
+    index = None
+    if use_index:
+        try:
+            index = reader.index()
+        except StreamError as e:
+            if on_damage is None:
+                raise
+            index = None  # an inconsistent index: report it, scan instead
+            on_damage(DamageReport(header.frames, header.frames, (), _first_line(e)))
+    if index is not None:
+        for i in range(first, last + 1):
+            try:
+                yield i, reader.segment_at(index[i].offset, i), ""
+            except StreamError as e:
+                if on_damage is None:
+                    raise
+                yield i, None, _first_line(e)
+        return
+    nxt = 0  # next segment number expected
+    lost = ""  # first error of damage not yet attributed to missing segments
+
+    def note(e: StreamError) -> None:
+        nonlocal lost
+        if on_damage is None:
+            raise e
+        lost = lost or _first_line(e)
+
+    def flush_lost() -> None:
+        nonlocal lost
+        if lost and on_damage is not None:
+            on_damage(DamageReport(header.frames, header.frames, (), lost))
+        lost = ""
+
+    order = ct.RecordOrder(header, reader.records_offset)
+    for item in reader.scan():
+        if isinstance(item, ct.Damage):
+            order.complete = False
+            note(item.error)
+            continue
+        try:
+            order.check(item)
+        except StreamError as e:
+            note(e)
+            if item.type != ct.REC_END:
+                continue
+        if item.type == ct.REC_SEGMENT:
+            try:
+                seg = ct.Segment.parse(item.payload)
+                if on_damage is None:
+                    seg.check(header, nxt)
+                else:
+                    seg.check(header)
+                    if seg.index < nxt:
+                        raise RecordError(f"segment {seg.index} repeated or out of order")
+            except StreamError as e:
+                order.drop_last_segment()
+                note(e)
+                continue
+            if seg.index > nxt:
+                for j in range(nxt, seg.index):
+                    if first <= j <= last:
+                        yield j, None, lost or "missing"
+                lost = ""
+            flush_lost()
+            nxt = seg.index + 1
+            if first <= seg.index <= last:
+                yield seg.index, seg, ""
+            if seg.index >= last and not to_end:
+                return
+        elif item.type == ct.REC_AUDIO:
+            if audio is not None:
+                try:
+                    audio.add(ct.parse_audio(item.payload))
+                except StreamError as e:
+                    note(e)
+                    flush_lost()
+        elif item.type == ct.REC_END:
+            try:
+                reader.check_nothing_after(item)
+            except StreamError as e:
+                note(e)
+            break
+    if nxt < header.segment_count:
+        note(Truncated(f"stream has {nxt} of {header.segment_count} segments"))
+        for j in range(max(nxt, first), last + 1):
+            yield j, None, lost
+        lost = ""
+    flush_lost()
