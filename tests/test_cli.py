@@ -244,8 +244,7 @@ def test_subprocess_interrupted_encode_leaves_nothing(tmp_path, sig):
 RUNNER = """
 import sys
 from neuralcodec import cli, weights
-m = weights.load_weights_file(sys.argv[1], sys.argv[2])
-m.name, m.sha256 = "tiny-test", sys.argv[2]
+m = weights.load_weights_file(sys.argv[1], sys.argv[2], name="tiny-test")
 weights.load_model = lambda name=None: m
 sys.argv = ["mgv"] + sys.argv[3:]
 cli.main()

@@ -173,8 +173,7 @@ def test_codec_reaches_the_triton_kernels(model, monkeypatch, lazy):
 
 def test_model_identity_checked(model, tmp_path):
     data = codec.compress(model, clip(t=1))
-    other = Tokenizer(CONFIGS["tiny"])
-    other.name, other.sha256 = "tiny-test", "ab" * 32
+    other = Tokenizer(CONFIGS["tiny"], name="tiny-test", sha256="ab" * 32)
     with pytest.raises(ModelError):
         codec.decompress(data, model=other)
     names = []
@@ -277,11 +276,10 @@ def test_32_bit_model_round_trip(entropy):
     round-trips through the container and both payload modes with the encoder's exact bits."""
     from dataclasses import replace
     torch.manual_seed(0)
-    m = Tokenizer(replace(CONFIGS["tiny"], bits=32)).eval()
+    m = Tokenizer(replace(CONFIGS["tiny"], bits=32), name="tiny-32", sha256="ab" * 32).eval()
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    m.name, m.sha256 = "tiny-32", "ab" * 32
     v = clip(t=9)
     for bits in (32, 24, 5):
         data = codec.compress(m, v, entropy=entropy, bits=bits, segment_frames=9)

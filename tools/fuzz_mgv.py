@@ -64,11 +64,11 @@ def tiny_model():
     from neuralcodec.model import Tokenizer
 
     torch.manual_seed(0)
-    m = Tokenizer(CONFIGS["tiny"]).eval()
+    m = Tokenizer(CONFIGS["tiny"], name="tiny-fuzz",
+                  sha256=hashlib.sha256(b"tiny-fuzz").hexdigest()).eval()
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    m.name, m.sha256 = "tiny-fuzz", hashlib.sha256(b"tiny-fuzz").hexdigest()
     return m
 
 

@@ -47,8 +47,7 @@ def load_checked_model(stage: Path, man: dict, device: str):
     from neuralcodec import weights
 
     if man.get("weights"):
-        m = weights.load_weights_file(stage / man["weights"], man["sha256"])
-        m.name, m.sha256 = man["model"], man["sha256"]
+        m = weights.load_weights_file(stage / man["weights"], man["sha256"], name=man["model"])
     else:
         m = weights.load_model(man["model"])
         if m.sha256 != man["sha256"]:
