@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, Dict, Tuple
+from typing import Callable, Tuple
 
 import torch
 
