@@ -24,7 +24,7 @@ def sign_quantize(z: torch.Tensor) -> torch.Tensor:
 
 
 def codes_to_indices(codes: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Codes ``…×K×…`` in {-1, +1} along ``dim`` (K <= 31) → int64 indices with that dim
+    """Codes ``…×K×…`` in {-1, +1} along ``dim`` (K <= 62) → int64 indices with that dim
     removed: ``Σ_k 2^k·[code_k > 0]``."""
     k = codes.shape[dim]
     if k > 62:

@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -160,26 +160,47 @@ def count_frames(path) -> Optional[int]:
         c.close()
 
 
-def read_frames(path, meta: Optional[VideoMeta] = None) -> Iterator[np.ndarray]:
-    """Decode ``path`` → frames ``H×W×3`` uint8 RGB, one at a time, all at the size of
-    ``meta`` (the probed size by default; frames of another size are rescaled)."""
+def decode_frames(path, fmt: str = "rgb24",
+                  size: Optional[Callable[[int, int], Tuple[int, int]]] = None,
+                  interpolation: Optional[str] = None,
+                  max_frames: Optional[int] = None) -> Iterator[np.ndarray]:
+    """Decode the first video stream of ``path`` one frame at a time → arrays in FFmpeg pixel
+    format ``fmt`` (``H×W×3`` uint8 for ``rgb24``; planar formats as PyAV lays them out), all
+    at ``size(width, height)`` of the first frame (default: its own size), scaled with
+    ``interpolation`` (a swscale name such as ``"AREA"``; default bilinear); at most
+    ``max_frames`` → :class:`InputError` when the file cannot be opened or decoded. The
+    package's one PyAV decoding loop (codec input, training data, the RD benchmark)."""
     import av
 
-    meta = meta or probe(path)
-    k = (meta.rotation // 90) % 4
-    w, h = (meta.height, meta.width) if k % 2 else (meta.width, meta.height)
     c = open_container(path)
     try:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
+        wh = None
+        n = 0
         try:
             for frame in c.decode(s):
-                a = frame.to_ndarray(format="rgb24", width=w, height=h)
-                yield np.ascontiguousarray(np.rot90(a, k)) if k else a
+                if wh is None:
+                    wh = size(frame.width, frame.height) if size else (frame.width, frame.height)
+                yield frame.reformat(width=wh[0], height=wh[1], format=fmt,
+                                     interpolation=interpolation).to_ndarray()
+                n += 1
+                if max_frames is not None and n >= max_frames:
+                    return
         except av.FFmpegError as e:
             raise InputError(f"{path}: decoding failed ({ffmpeg_message(e)})") from None
     finally:
         c.close()
+
+
+def read_frames(path, meta: Optional[VideoMeta] = None) -> Iterator[np.ndarray]:
+    """Decode ``path`` → frames ``H×W×3`` uint8 RGB, one at a time, all at the size of
+    ``meta`` (the probed size by default; frames of another size are rescaled)."""
+    meta = meta or probe(path)
+    k = (meta.rotation // 90) % 4
+    wh = (meta.height, meta.width) if k % 2 else (meta.width, meta.height)
+    for a in decode_frames(path, size=lambda w, h: wh):
+        yield np.ascontiguousarray(np.rot90(a, k)) if k else a
 
 
 def open_pipe(fobj, name: str = "stdin") -> tuple:

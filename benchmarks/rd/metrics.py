@@ -128,7 +128,7 @@ def lpips_model():
 
             path = lpips_cache_path("alexnet")
             _LPIPS["m"] = LPIPS("alexnet", path).eval()
-            from .source import file_sha256
+            from neuralcodec.weights import file_sha256
 
             _LPIPS["id"] = f"neuralcodec LPIPS alexnet sha256 {file_sha256(path)[:16]}"
         except Exception:  # no converted weights (or no such module): try the lpips package

@@ -12,7 +12,6 @@ A source is rebuilt only when its recipe (input path, size, mtime, frames, max s
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,6 +21,8 @@ from typing import Iterable, List, Optional, Tuple
 import numpy as np
 
 from neuralcodec.errors import InputError
+from neuralcodec.video_io import decode_frames, probe
+from neuralcodec.weights import file_sha256
 
 from .y4m import YUVVideo, read_y4m, write_y4m
 
@@ -89,44 +90,19 @@ def find_inputs(paths: Iterable[str]) -> List[Path]:
 
 def decode_input(path: Path, frames: int, max_size: Optional[Tuple[int, int]]) -> YUVVideo:
     """Decode ``frames`` frames of ``path`` with PyAV → 8-bit 4:2:0 :class:`YUVVideo` (area-scaled)."""
-    import av
-
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError) as e:
-        raise InputError(f"cannot open {path}: {e}") from e
-    with container:
-        if not container.streams.video:
-            raise InputError(f"{path}: no video stream")
-        stream = container.streams.video[0]
-        fps = stream.average_rate or stream.guessed_rate
-        if path.suffix.lower() in (".264", ".h264", ".265", ".hevc") or not fps:
-            fps = RAW_STREAM_FPS
-        ys, us, vs = [], [], []
-        size = None
-        for frame in container.decode(stream):
-            if size is None:
-                size = fit_size(frame.width, frame.height, max_size)
-            f = frame.reformat(width=size[0], height=size[1], format="yuv420p", interpolation="AREA")
-            w, h = size
-            arr = f.to_ndarray()  # (H*3/2)×W: Y plane, then U and V planes of H/2×W/2 each
-            ys.append(arr[:h])
-            uv = arr[h:].reshape(2, h // 2, w // 2)
-            us.append(uv[0])
-            vs.append(uv[1])
-            if len(ys) == frames:
-                break
+    fps = probe(path).fps
+    if path.suffix.lower() in (".264", ".h264", ".265", ".hevc"):
+        fps = RAW_STREAM_FPS
+    ys, us, vs = [], [], []
+    for arr in decode_frames(path, "yuv420p", lambda w, h: fit_size(w, h, max_size), "AREA", frames):
+        h, w = arr.shape[0] * 2 // 3, arr.shape[1]  # (H*3/2)×W: Y plane, then U and V of H/2×W/2
+        ys.append(arr[:h])
+        uv = arr[h:].reshape(2, h // 2, w // 2)
+        us.append(uv[0])
+        vs.append(uv[1])
     if not ys:
         raise InputError(f"{path}: no frames decoded")
     return YUVVideo(np.stack(ys), np.stack(us), np.stack(vs), Fraction(fps), 8)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def prepare_source(path: Path, work: Path, frames: int, max_size: Optional[Tuple[int, int]]) -> Source:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..video_io import decode_frames
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".264", ".h264", ".265", ".hevc", ".y4m"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
@@ -46,27 +47,14 @@ def _scaled_size(w: int, h: int, max_short_side: int) -> Tuple[int, int]:
 
 def decode_video_rgb(path: Path, max_short_side: int, max_frames: int = 100000) -> np.ndarray:
     """Decode ``path`` → uint8 array ``T×H×W×3`` (RGB), area-downscaled so that
-    min(H, W) <= max_short_side (even sizes). Uses PyAV; where PyAV is not installed, OpenCV
-    (:func:`decode_video_rgb_cv2`)."""
+    min(H, W) <= max_short_side (even sizes). Uses PyAV (:func:`neuralcodec.video_io.decode_frames`);
+    where PyAV is not installed, OpenCV (:func:`decode_video_rgb_cv2`)."""
     try:
-        import av
+        import av  # noqa: F401 - only to know whether PyAV is there
     except ImportError:
         return decode_video_rgb_cv2(path, max_short_side, max_frames)
-
-    frames = []
-    try:
-        c = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as e:
-        raise InputError(f"{path}: cannot open: {e}") from e
-    with c:
-        s = c.streams.video[0]
-        s.thread_type = "AUTO"
-        for fr in c.decode(s):
-            tw, th = _scaled_size(fr.width, fr.height, max_short_side)
-            frames.append(fr.reformat(width=tw, height=th, format="rgb24",
-                                      interpolation="AREA").to_ndarray())
-            if len(frames) >= max_frames:
-                break
+    frames = list(decode_frames(path, "rgb24", lambda w, h: _scaled_size(w, h, max_short_side),
+                                "AREA", max_frames))
     if not frames:
         raise InputError(f"{path}: no frames")
     return np.stack(frames)
@@ -255,12 +243,6 @@ def make_loader(stream: BatchStream, workers: int, prefetch: int = 4) -> torch.u
     if workers > 0:
         kw = {"prefetch_factor": prefetch, "persistent_workers": True}
     return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, **kw)
-
-
-def decode_image_rgb(path: Path, max_short_side: int) -> np.ndarray:
-    """Decode a still image with PyAV → uint8 ``1×H×W×3`` (RGB), area-downscaled so that
-    min(H, W) <= max_short_side (even sizes)."""
-    return decode_video_rgb(path, max_short_side, max_frames=1)
 
 
 def _cache_file(p: Path, cache: Path, max_short_side: int) -> Path:

@@ -56,12 +56,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))).item()
 
 
-def l1_l2(recon: torch.Tensor, target: torch.Tensor) -> tuple:
-    """(MSE, L1) of two ``B×3×T×H×W`` tensors in [-1, 1] (float32 scalars)."""
-    r, t = recon.float(), target.float()
-    return F.mse_loss(r, t), F.l1_loss(r, t)
-
-
 def frame_subset(x: torch.Tensor, n: int) -> torch.Tensor:
     """``B×C×T×H×W`` → ``B×C×min(n,T)×H×W``: n evenly spaced frames, always frame 0."""
     t = x.shape[2]
