@@ -33,20 +33,16 @@ import torch
 
 from . import container as ct
 from .audio import AudioSink, AudioSource, write_audio
-from .chunks import (Progress, chunk_frames, decode_frames, decoder_step, encode_segment,
-                     model_device)
-from .errors import InputError, MGVError, PayloadError, ResourceError, Truncated
+from .chunks import Progress, chunk_frames, decoder_step, encode_segment
+from .errors import InputError, MGVError, ResourceError, Truncated
 from .model import PRECISIONS, for_inference
-from .payload import (RATE_TOLERANCE, SEGMENT_OVERHEAD, STREAM_TAIL, check_payload,
-                      decode_codes, encode_payload, payload_frames, rate_payload)
-from .recovery import (DamageRuns, OnDamage, segment_plan, segments_held,
-                       too_much_concealment)
+from .payload import RATE_TOLERANCE, SEGMENT_OVERHEAD, STREAM_TAIL, encode_payload, rate_payload
+from .recovery import OnDamage, decode_plan, segment_plan, segments_held, too_much_concealment
 from .resources import check_memory, estimate_bytes, is_out_of_memory
 from .video_io import VideoMeta, frames_of, probe, read_frames
 from .weights import ModelSource, model_identity, resolve_model
 
 SEGMENT_SECONDS = 2.0  # default segment duration
-LAZY_BITS = 1 << 26  # segments with more bits than this are decoded one latent frame at a time
 ENTROPY_MODES = {"none": ct.ENTROPY_NONE, "context": ct.ENTROPY_CONTEXT}
 
 VideoInput = Union[str, Path, np.ndarray, Tuple[VideoMeta, Iterable[np.ndarray]]]
@@ -328,7 +324,7 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
     plan = segment_plan(reader, header, first_seg, last_seg, use_index=a > 0 and reader.seekable(),
                         on_damage=on_damage, audio=audio if full else None, to_end=full)
     meta = VideoMeta(header.width, header.height, header.fps, b - a, header.pix_fmt)
-    frames_out = _decode_plan(m, header, plan, a, b, progress, on_damage, backend)
+    frames_out = decode_plan(m, header, plan, a, b, progress, on_damage, backend)
 
     def gen() -> Iterator[np.ndarray]:
         try:
@@ -340,60 +336,6 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
                                 f"frames") from None
 
     return meta, gen()
-
-
-def _decode_plan(m, header: ct.Header, plan, a: int, b: int, progress: Progress,
-                 on_damage: OnDamage, backend: Optional[str]) -> Iterator[np.ndarray]:
-    """The frames ``a..b-1`` of the segments of ``plan``: intact ones decoded, damaged ones
-    concealed and reported (one report per run of damaged segments)."""
-    device, dtype = model_device(m), m.dtype
-    last_frame: Optional[np.ndarray] = None
-    runs = DamageRuns()
-    intact = concealed = 0
-
-    def report(d) -> None:
-        if d is not None and on_damage is not None:
-            on_damage(d)
-
-    for i, seg, reason in plan:
-        f0, n = header.segment_bounds(i)
-        lo, hi = max(a, f0), min(b, f0 + n)
-        codes = None
-        if seg is not None:
-            try:
-                sb = seg.stored_bits(header)
-                if sb * seg.latent_t * seg.latent_h * seg.latent_w <= LAZY_BITS:
-                    codes = decode_codes(seg, sb, device, dtype, backend)
-                else:  # a long segment: validate, then decode again frame by frame
-                    check_payload(seg, sb)
-                    codes = payload_frames(seg, sb, device, dtype, backend)
-            except PayloadError as e:
-                if on_damage is None:
-                    raise
-                seg, reason = None, str(e).splitlines()[0]
-        if seg is not None:
-            intact += n
-        elif too_much_concealment(concealed + hi - lo, intact):
-            raise Truncated(
-                f"damaged stream: {header.frames - intact} of its {header.frames} frames "
-                f"would have to be concealed, far more than its intact segments justify "
-                f"({intact} frames)")
-        else:
-            concealed += hi - lo
-        if seg is None:
-            report(runs.add(i, lo, hi, reason))
-            fill = last_frame if last_frame is not None else np.full(
-                (header.height, header.width, 3), 128, np.uint8)
-            for _ in range(hi - lo):
-                if progress:
-                    progress(1)
-                yield fill
-            continue
-        report(runs.close())
-        for f in decode_frames(m, header, seg, codes, a, b, progress):
-            last_frame = f
-            yield f
-    report(runs.close())
 
 
 def decompress(data: bytes, **kw) -> Tuple[VideoMeta, np.ndarray]:

@@ -4,21 +4,26 @@
 resynchronizing scan of every record) and says for each one whether it is intact;
 :class:`DamageRuns` merges consecutive damaged segments into one :class:`DamageReport`, the
 single merger used by the decoder (frames it conceals) and by :mod:`neuralcodec.streaminfo`
-(the ranges ``mgv info`` lists). Concealment itself (repeating the last good frame) is the
-decoder's; how much of it a stream may ask for is bounded here (spec §8b).
+(the ranges ``mgv info`` lists). :func:`decode_plan` decodes the intact segments and
+conceals the others (the last good frame repeated), as much as spec §8b allows.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Tuple
 
+import numpy as np
+
 from . import container as ct
 from .audio import AudioSink
-from .errors import RecordError, StreamError, Truncated
+from .chunks import Progress, decode_frames, model_device
+from .errors import PayloadError, RecordError, StreamError, Truncated
+from .payload import check_payload, decode_codes, payload_frames
 
 CONCEAL_MIN_FRAMES = 1000  # a recovering decode may always conceal this many frames …
 CONCEAL_RATIO = 8  # … or this many per frame of the intact segments it found
 MIN_SEGMENT_RECORD = 16 + 20 + 1  # bytes of the smallest SEGMENT record (framing, head, data)
+LAZY_BITS = 1 << 26  # segments with more bits than this are decoded one latent frame at a time
 
 
 @dataclass(frozen=True)
@@ -188,3 +193,60 @@ def segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, us
             yield j, None, lost
         lost = ""
     flush_lost()
+
+
+def decode_plan(m, header: ct.Header, plan, a: int, b: int, progress: Progress,
+                 on_damage: OnDamage, backend: Optional[str]) -> Iterator[np.ndarray]:
+    """The frames ``a..b-1`` (``H×W×3`` uint8) of the segments of ``plan`` (from
+    :func:`segment_plan`): intact ones decoded with the resolved model ``m``, damaged ones
+    concealed (the last good frame repeated; mid-grey before the first) and reported through
+    ``on_damage``, one :class:`DamageReport` per run of damaged segments. ``backend``: the
+    kernels that unpack raw payloads on the model's device."""
+    device, dtype = model_device(m), m.dtype
+    last_frame: Optional[np.ndarray] = None
+    runs = DamageRuns()
+    intact = concealed = 0
+
+    def report(d) -> None:
+        if d is not None and on_damage is not None:
+            on_damage(d)
+
+    for i, seg, reason in plan:
+        f0, n = header.segment_bounds(i)
+        lo, hi = max(a, f0), min(b, f0 + n)
+        codes = None
+        if seg is not None:
+            try:
+                sb = seg.stored_bits(header)
+                if sb * seg.latent_t * seg.latent_h * seg.latent_w <= LAZY_BITS:
+                    codes = decode_codes(seg, sb, device, dtype, backend)
+                else:  # a long segment: validate, then decode again frame by frame
+                    check_payload(seg, sb)
+                    codes = payload_frames(seg, sb, device, dtype, backend)
+            except PayloadError as e:
+                if on_damage is None:
+                    raise
+                seg, reason = None, _first_line(e)
+        if seg is not None:
+            intact += n
+        elif too_much_concealment(concealed + hi - lo, intact):
+            raise Truncated(
+                f"damaged stream: {header.frames - intact} of its {header.frames} frames "
+                f"would have to be concealed, far more than its intact segments justify "
+                f"({intact} frames)")
+        else:
+            concealed += hi - lo
+        if seg is None:
+            report(runs.add(i, lo, hi, reason))
+            fill = last_frame if last_frame is not None else np.full(
+                (header.height, header.width, 3), 128, np.uint8)
+            for _ in range(hi - lo):
+                if progress:
+                    progress(1)
+                yield fill
+            continue
+        report(runs.close())
+        for f in decode_frames(m, header, seg, codes, a, b, progress):
+            last_frame = f
+            yield f
+    report(runs.close())

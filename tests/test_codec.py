@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuralcodec import chunks, codec, payload
+from neuralcodec import chunks, codec, payload, recovery
 from neuralcodec import container as ct
 from neuralcodec import video_io as vio
 from neuralcodec.configs import CONFIGS
@@ -131,8 +131,8 @@ def test_frame_range_decodes_only_needed_segments(model, monkeypatch):
     data = codec.compress(model, v, segment_frames=9)
     _, full = codec.decompress(data, model=model)
     calls = []
-    real = codec.decode_codes
-    monkeypatch.setattr(codec, "decode_codes", lambda s, b, *a: calls.append(s.index) or real(s, b, *a))
+    real = recovery.decode_codes
+    monkeypatch.setattr(recovery, "decode_codes", lambda s, b, *a: calls.append(s.index) or real(s, b, *a))
     meta, part = codec.decompress(data, model=model, frames=(20, 30))
     assert meta.frames == 10 and calls == [2, 3]
     np.testing.assert_array_equal(part, full[20:30])
@@ -157,7 +157,7 @@ def test_codec_reaches_the_triton_kernels(model, monkeypatch, lazy):
         real = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
     if lazy:  # long segments are unpacked one latent frame at a time
-        monkeypatch.setattr(codec, "LAZY_BITS", 0)
+        monkeypatch.setattr(recovery, "LAZY_BITS", 0)
     v = clip(t=9)
     ref = codec.compress(model, v, entropy="none")
     _, frames = codec.decompress(ref, model=model)

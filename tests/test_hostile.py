@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuralcodec import codec, payload, weights
+from neuralcodec import codec, payload, recovery, weights
 from neuralcodec import container as ct
 from neuralcodec.configs import CONFIGS
 from neuralcodec.errors import MGVError, ResourceError, StreamError, Truncated
@@ -129,8 +129,8 @@ def test_long_segment_codes_are_built_per_chunk(tiny, monkeypatch):
         sizes.append(out.numel())
         return out
     monkeypatch.setattr(torch, "zeros", spy)
-    monkeypatch.setattr(codec, "LAZY_BITS", 1 << 16)
-    monkeypatch.setattr(codec, "decode_codes", lambda *a: pytest.fail("eager bits"))
+    monkeypatch.setattr(recovery, "LAZY_BITS", 1 << 16)
+    monkeypatch.setattr(recovery, "decode_codes", lambda *a: pytest.fail("eager bits"))
     meta, it = codec.decompress_from_file(io.BytesIO(data), model=tiny)
     frames = [next(it) for _ in range(30)]
     assert len(frames) == 30 and frames[0].shape == (32, 32, 3)
@@ -144,8 +144,8 @@ def test_lazy_and_eager_segment_decodes_agree(tiny, monkeypatch):
         data = codec.compress(tiny, v, segment_frames=9, entropy=entropy, bits=5)
         ref = codec.decompress(data, model=tiny)[1]
         with monkeypatch.context() as mp:
-            mp.setattr(codec, "LAZY_BITS", 0)
-            mp.setattr(codec, "decode_codes", lambda *a: pytest.fail("eager bits"))
+            mp.setattr(recovery, "LAZY_BITS", 0)
+            mp.setattr(recovery, "decode_codes", lambda *a: pytest.fail("eager bits"))
             np.testing.assert_array_equal(codec.decompress(data, model=tiny)[1], ref)
 
 
