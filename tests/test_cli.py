@@ -399,9 +399,9 @@ def test_progress_has_a_total_for_raw_h264(runner, tmp_path):
     from neuralcodec import video_io as vio
     assert vio.probe(src).frames is None and vio.count_frames(src) == 13
     totals = []
-    real = cli._progress
+    real = cli.progress
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "_progress", lambda total, *a: totals.append(total) or real(total, *a))
+        mp.setattr(cli, "progress", lambda total, *a: totals.append(total) or real(total, *a))
         r = runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "x.mgv")])
     assert r.exit_code == 0, r.output
     assert totals == [13]

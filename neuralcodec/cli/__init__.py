@@ -1,0 +1,233 @@
+"""The ``mgv`` command line: ``encode``, ``decode``, ``info``, ``tokens``, ``detokenize``.
+
+The CLI only parses arguments, shows progress (tqdm, stderr), prints results (stdout) and maps
+errors to one line on stderr and an exit code (:mod:`neuralcodec.errors`; 130 for Ctrl-C).
+Outputs are written to a temporary file beside the target and renamed into place on success
+(:mod:`neuralcodec.outputs`), so a failed or interrupted command leaves no partial file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import click
+
+from .. import __version__
+from .. import video_io as vio
+from ..errors import InputError, OutputError, StreamError
+from ..outputs import atomic_output
+from ..resources import release_large_blocks
+from .common import (DEVICE_OPTION, EXIT_INTERRUPTED, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP,
+                     QUIET_OPTION, check_output, fail, load_model, on_sigterm, open_input,
+                     output_kind, parse_frames, precision_option, progress, report, run,
+                     same_file, warn, write_output)
+
+# the modules that import torch are imported by the commands that need them (--help stays fast)
+
+EXIT_USAGE = InputError.exit_code  # a bad option or argument is bad input (3), not a damaged stream
+
+
+class _Main(click.Group):
+    """The ``mgv`` group: click's usage errors become one line and exit 3 (click's default is
+    a usage block and exit 2, the code of a damaged stream)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "mgv"
+            fail(f"{e.format_message()} (see '{where} --help')", EXIT_USAGE)
+        except click.exceptions.Abort:
+            fail("interrupted", EXIT_INTERRUPTED)
+        except click.ClickException as e:
+            fail(e.format_message(), e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mgv")
+def main() -> None:
+    """mgv: a neural video codec (causal LFQ tokenizer, .mgv files)."""
+    release_large_blocks()
+    for name in ("SIGTERM", "SIGHUP", "SIGQUIT"):  # each removes partial outputs, exit 130
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            with contextlib.suppress(ValueError):  # not in the main thread (some test runners)
+                signal.signal(sig, on_sigterm)
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path, allow_dash=True))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="output .mgv file")
+@click.option("--model", "model_name", default=None, help="registered model name [default: mgv-default-v2]")
+@click.option("--bits", type=int, default=None, help="LFQ bits stored per token (1..K) [default: K]")
+@click.option("--entropy", type=click.Choice(["none", "context"]), default="context", show_default=True)
+@DEVICE_OPTION
+@precision_option("CPU/GPU")
+@click.option("--segment-frames", type=int, default=None,
+              help="frames per independently decodable segment, 1 + 4k [default: about 2 s]")
+@click.option("--bitrate", default=None,
+              help="target rate of the video, bits/s (50k, 1.5M): each segment stores the most "
+                   "bits per token (up to --bits) that keep the stream within it")
+@click.option("--bpp", type=float, default=None, help="target rate in bits per pixel (like --bitrate)")
+@FORCE_OPTION
+@QUIET_OPTION
+def encode(input: Path, output: Path, model_name: Optional[str], bits: Optional[int], entropy: str,
+           device: str, precision: str, segment_frames: Optional[int], bitrate: Optional[str],
+           bpp: Optional[float], force: bool, quiet: bool) -> None:
+    """Encode a video file (anything FFmpeg reads) into an .mgv stream.
+
+    INPUT "-" reads the video from stdin (y4m, nut, mkv: anything FFmpeg reads from a pipe;
+    its audio is not carried)."""
+    run(_encode, input, output, model_name, bits, entropy, device, segment_frames, force, quiet,
+         bitrate, bpp, precision)
+
+
+def _encode(input: Path, output: Path, model_name, bits, entropy, device, segment_frames,
+            force, quiet, bitrate=None, bpp=None, precision="auto") -> None:
+    from .. import codec
+    from ..payload import parse_rate
+
+    rate = parse_rate(bitrate) if bitrate is not None else None
+    if rate is not None and bpp is not None:
+        raise InputError("give --bitrate or --bpp, not both")
+    if bpp is not None and not 0 < bpp < float("inf"):
+        raise InputError(f"--bpp must be positive, got {bpp}")
+
+    if str(output) == "-":
+        raise OutputError("encode writes a file (the frame count is patched into its header)")
+    if same_file(input, output):
+        raise OutputError("input and output are the same file")
+    check_output(input, output, force)
+    if str(input) == "-":
+        if sys.stdin is not None and sys.stdin.isatty():
+            raise InputError("stdin is a terminal: pipe a video into it (e.g. from ffmpeg -f yuv4mpegpipe -)")
+        meta, frames = vio.open_pipe(click.get_binary_stream("stdin"))
+        video = (meta, frames)
+    else:
+        meta = vio.probe(input)
+        video = input
+    model = load_model(model_name, device, precision)
+    codec.check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
+    t0 = time.perf_counter()
+    total = meta.frames if meta.frames is not None or video is not input else vio.count_frames(input)
+    with atomic_output(output, force) as tmp, progress(total, quiet, "encode") as bar:
+        with open(tmp, "wb") as fo:
+            res = codec.compress_to_file(model, video, fo, bits=bits, entropy=entropy,
+                                         segment_frames=segment_frames, progress=bar.update,
+                                         bitrate=rate, bpp=bpp)
+            fo.flush()
+            if stat.S_ISREG(os.fstat(fo.fileno()).st_mode):  # a FIFO or device cannot sync
+                os.fsync(fo.fileno())
+    dt = time.perf_counter() - t0
+    for w in res.warnings:
+        warn(w)
+    h = res.header
+    click.echo(f"{output}: {h.frames} frames {h.width}x{h.height} @ {h.fps_num}/{h.fps_den} fps, "
+               f"{res.bytes_written} bytes, {res.bpp:.4f} bpp, "
+               f"{8 * res.bytes_written / 1000 / float(h.frames / h.fps):.1f} kbps, "
+               f"{h.bits}/{h.model_bits} bits, {res.context_segments}/{res.segments} segments "
+               f"entropy coded, {dt:.2f} s ({h.frames / dt:.2f} fps)")
+    if rate is not None or bpp is not None:
+        bits_used = res.segment_bits
+        click.echo(f"rate control: video {res.video_kbps:.1f} kbps, bits per token per segment "
+                   f"{min(bits_used)}..{max(bits_used)} (mean {sum(bits_used) / len(bits_used):.2f})")
+        if res.rate_note:
+            warn(res.rate_note)
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path, allow_dash=True))
+@click.option("-o", "--output", required=True, help=OUTPUT_HELP)
+@FORMAT_OPTION
+@click.option("--frames", "frames", default=None,
+              help="decode frames A:B only (0-based, B excluded; audio is dropped)")
+@click.option("--recover", is_flag=True,
+              help="accept damaged streams: conceal lost frames, report them, exit 0")
+@precision_option("CPU")
+@FORCE_OPTION
+@QUIET_OPTION
+def decode(input: Path, output: str, fmt: Optional[str], frames: Optional[str], recover: bool,
+           precision: str, force: bool, quiet: bool) -> None:
+    """Decode an .mgv stream into a video file chosen by the output's extension.
+
+    INPUT "-" reads the stream from stdin; "-o - --format y4m" writes the video to stdout
+    (messages go to stderr). Damaged or missing segments are concealed (the frame count stays
+    exact) and reported on stderr, one line per damaged range; the exit code is then 2 unless
+    --recover is given."""
+    run(_decode, input, output, frames, force, quiet, recover, fmt, precision)
+
+
+def _decode(input: Path, output: str, frames_spec, force, quiet, recover=False, fmt=None,
+            precision="auto") -> None:
+    from .. import codec
+    from ..audio import AudioSink
+
+    kind = output_kind(output, fmt)
+    rng = parse_frames(frames_spec)
+    check_output(input, output, force, kind)
+    damage: List = []
+
+    def on_damage(d) -> None:
+        damage.append(d)
+        click.echo(f"mgv: damaged: {d}", err=True)
+
+    t0 = time.perf_counter()
+    sink = AudioSink()
+    with open_input(input) as fo:
+        meta, it = codec.decompress_from_file(fo, frames=rng, on_damage=on_damage, audio=sink,
+                                              precision=precision)
+        n = write_output(output, kind, meta, it, force, quiet, "decode", audio=sink)
+    dt = time.perf_counter() - t0
+    if n != meta.frames:
+        raise OutputError(f"wrote {n} of {meta.frames} frames")
+    lost = sum(d.frames for d in damage)
+    report(output, f"{output}: {n} frames {meta.width}x{meta.height} @ {meta.fps.numerator}/"
+                    f"{meta.fps.denominator} fps, {dt:.2f} s ({n / dt:.2f} fps)"
+                    + (f", {lost} frames concealed" if damage else ""))
+    if damage and not recover:
+        raise StreamError(f"damaged stream: {lost} of {n} frames concealed in {len(damage)} "
+                          f"range(s); the output was written (use --recover to accept)")
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def info(input: Path, as_json: bool) -> None:
+    """Show the header and segment table of an .mgv stream (nothing is decoded)."""
+    run(_info, input, as_json)
+
+
+def _info(input: Path, as_json: bool) -> None:
+    from ..streaminfo import stream_info
+
+    with open_input(input) as fo:
+        info = stream_info(fo)
+    if as_json:
+        click.echo(json.dumps(info.to_dict(), indent=2))
+    else:
+        click.echo("\n".join(info.lines(str(input))))
+    if info.damaged:
+        for x in info.damaged:
+            click.echo(f"mgv: damaged: {x}", err=True)
+        raise StreamError(f"damaged stream: {sum(x.frames for x in info.damaged)}"
+                          f" frames in {len(info.damaged)} damaged range(s)")
+
+
+from . import tokens as _tokens_commands  # noqa: E402,F401 - registers tokens, detokenize
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

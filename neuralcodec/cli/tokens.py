@@ -1,0 +1,112 @@
+"""``mgv tokens`` and ``mgv detokenize``: LFQ tokens of a video or stream to a .safetensors
+file and back (:mod:`neuralcodec.tokens`)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from .. import video_io as vio
+from ..errors import InputError, OutputError
+from ..outputs import atomic_output
+from . import main
+from .common import (DEVICE_OPTION, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP, QUIET_OPTION,
+                     check_output, is_mgv, load_model, open_input, output_kind, progress, report,
+                     run, same_file, write_output)
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="output .safetensors file")
+@click.option("--model", "model_name", default=None,
+              help="registered model for a video INPUT [default: mgv-default-v2]")
+@click.option("--bits", type=int, default=None,
+              help="bits per token (1..K; for a stream: keep its first B bits) [default: all]")
+@click.option("--split", "split", default=None,
+              help="also write sub-tokens of these bit group sizes, low bits first, e.g. 9,9")
+@click.option("--segment-frames", type=int, default=None,
+              help="frames per segment for a video INPUT, 1 + 4k [default: about 2 s]")
+@DEVICE_OPTION
+@FORCE_OPTION
+@QUIET_OPTION
+def tokens(input: Path, output: Path, model_name: Optional[str], bits: Optional[int],
+           split: Optional[str], segment_frames: Optional[int], device: str, force: bool,
+           quiet: bool) -> None:
+    """Write the LFQ tokens of a video or an .mgv stream to a .safetensors file.
+
+    A video INPUT is encoded (the tokens `mgv encode` would store); an .mgv INPUT is read
+    without running a model (its stored bits, entropy decoding undone). The file holds
+    tokens.{i} (t×h×w, token index sum_k 2^k·bit_k) for segment i, sub-tokens
+    subtokens.{i}.{j} with --split, and the header fields as JSON metadata ("mgv")."""
+    run(_tokens, input, output, model_name, bits, split, segment_frames, device, force, quiet)
+
+
+def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_frames, device,
+            force, quiet) -> None:
+    from .. import codec
+    from .. import tokens as tk
+
+    split = tk.parse_split(split_spec)
+    if same_file(input, output):
+        raise OutputError("input and output are the same file")
+    check_output(input, output, force)
+    t0 = time.perf_counter()
+    if is_mgv(input):
+        if model_name is not None or segment_frames is not None:
+            raise InputError("--model and --segment-frames apply to a video INPUT; an .mgv "
+                             "stream names its model and segments")
+        with open_input(input) as fo:
+            tok = tk.tokens_from_stream(fo, bits=bits)
+    else:
+        meta = vio.probe(input)
+        model = load_model(model_name, device)
+        codec.check_encode_args(model, bits=bits, segment_frames=segment_frames)
+        if split:
+            tk.check_split(split, bits or model.cfg.bits)
+        with progress(meta.frames, quiet, "tokens") as bar:
+            tok = tk.tokenize(model, input, bits=bits, segment_frames=segment_frames,
+                              progress=bar.update)
+    if split:
+        tk.check_split(split, tok.header.bits)
+    with atomic_output(output, force) as tmp:
+        tok.save(tmp, split=split)
+    h = tok.header
+    shapes = sorted({tuple(t.shape) for t in tok.segments})
+    click.echo(f"{output}: {len(tok.segments)} segments of tokens "
+               f"{' / '.join('x'.join(map(str, sh)) for sh in shapes)} (t x h x w), "
+               f"{h.bits}-bit tokens ({max(tok.bits)} max per segment), {h.frames} frames "
+               f"{h.width}x{h.height}, model {h.model_name}, {time.perf_counter() - t0:.2f} s")
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, help=OUTPUT_HELP)
+@FORMAT_OPTION
+@DEVICE_OPTION
+@FORCE_OPTION
+@QUIET_OPTION
+def detokenize(input: Path, output: str, fmt: Optional[str], device: str, force: bool,
+               quiet: bool) -> None:
+    """Decode a tokens .safetensors file (from `mgv tokens`, or a generative model's output
+    with the same tensors and metadata) into a video, as `mgv decode` decodes a stream."""
+    run(_detokenize, input, output, fmt, device, force, quiet)
+
+
+def _detokenize(input: Path, output: str, fmt, device, force, quiet) -> None:
+    from .. import tokens as tk
+
+    kind = output_kind(output, fmt)
+    check_output(input, output, force, kind)
+    tok = tk.Tokens.load(input)
+    model = load_model(tok.header.model_name, device)
+    t0 = time.perf_counter()
+    meta, it = tk.detokenize_frames(model, tok)
+    n = write_output(output, kind, meta, it, force, quiet, "detokenize")
+    dt = time.perf_counter() - t0
+    report(output, f"{output}: {n} frames {meta.width}x{meta.height} @ {meta.fps.numerator}/"
+                    f"{meta.fps.denominator} fps, {dt:.2f} s ({n / dt:.2f} fps)")
+
+
