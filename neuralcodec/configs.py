@@ -16,6 +16,24 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Tuple
 
+# Most LFQ bits per token anywhere in the package: the header's u8 bit fields (spec §3), the
+# kernels' int32 token indices and the entropy coder all stop at 32.
+MAX_BITS = 32
+
+
+def latent_size(height: int, width: int, spatial_factor: int) -> Tuple[int, int]:
+    """Token rows and columns of a ``height×width`` frame: (ceil(H / s), ceil(W / s)) (the
+    frame is edge-padded to multiples of s)."""
+    s = spatial_factor
+    return -(-height // s), -(-width // s)
+
+
+def latent_frames(frames: int, temporal_factor: int) -> int:
+    """Latent frames of ``frames`` (>= 1) frames: 1 + ceil((frames - 1) / f) (the first frame
+    alone, then f frames per latent frame; the last group is padded by repeating a frame)."""
+    return 1 + -(-(max(frames, 1) - 1) // temporal_factor)
+
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -53,8 +71,8 @@ class TokenizerConfig:
         for name in ("spatial_down", "temporal_down"):
             if len(getattr(self, name)) != levels - 1:
                 raise ValueError(f"{name} must have {levels - 1} entries")
-        if not 1 <= self.bits <= 32:
-            raise ValueError("bits must be in 1..32")
+        if not 1 <= self.bits <= MAX_BITS:
+            raise ValueError(f"bits must be in 1..{MAX_BITS}")
         if self.stem_patch < 1:
             raise ValueError("stem_patch must be >= 1")
         for c in self.enc_channels + self.dec_channels:

@@ -43,6 +43,7 @@ from typing import Iterator, Tuple
 import constriction
 import numpy as np
 
+from .configs import MAX_BITS
 from .errors import PayloadError
 
 #: Fixed-point precision of the probabilities handed to the range coder.
@@ -50,7 +51,7 @@ P_BITS = 16
 #: Smallest probability of either symbol, in units of 2**-P_BITS.
 P_MIN = 16
 #: Largest number of bits per token.
-MAX_K = 32
+MAX_K = MAX_BITS
 #: Cap on the bits of one segment (K·t·h·w): refuses absurd shapes before allocating.
 MAX_SEGMENT_BITS = 1 << 30
 #: Cap on the bits of one latent frame (K·h·w).

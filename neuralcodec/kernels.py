@@ -41,6 +41,8 @@ from typing import Callable, Tuple
 
 import torch
 
+from .configs import MAX_BITS  # channels per token the kernels take (int32 token indices)
+
 try:  # Triton is optional: the reference path needs only PyTorch.
     import triton
     import triton.language as tl
@@ -55,7 +57,6 @@ __all__ = ["pack_bits", "unpack_bits", "token_indices", "packed_size", "triton_a
            "token_indices_reference", "BACKENDS"]
 
 BACKENDS = ("torch", "triton")
-MAX_BITS = 32  # channels per token supported by the kernels (int32 token indices)
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _INT32_LIMIT = 2 ** 31 - 1
 

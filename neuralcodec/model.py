@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configs import TokenizerConfig
+from .configs import TokenizerConfig, latent_frames, latent_size
 from .layers import (AdaptiveGroupNorm, CausalConv3d, Downsample, FrameGroupNorm, ResBlock,
                      StreamingModule, Upsample, channels_last, depth_to_space, fast_path,
                      pointwise, space_to_depth)
@@ -183,16 +183,17 @@ class Tokenizer(nn.Module):
     def padded_size(self, height: int, width: int):
         """(H, W) rounded up to multiples of the spatial factor."""
         s = self.cfg.spatial_factor
-        return -(-height // s) * s, -(-width // s) * s
+        h, w = latent_size(height, width, s)
+        return h * s, w * s
 
     def padded_frames(self, frames: int) -> int:
         """Smallest 1 + f·k >= frames."""
         f = self.cfg.temporal_factor
-        return 1 + -(-(max(frames, 1) - 1) // f) * f
+        return 1 + (latent_frames(frames, f) - 1) * f
 
     def latent_frames(self, frames: int) -> int:
         """Latent frames for ``frames`` input frames (after padding)."""
-        return 1 + (self.padded_frames(frames) - 1) // self.cfg.temporal_factor
+        return latent_frames(frames, self.cfg.temporal_factor)
 
     def pad_spatial(self, video: torch.Tensor) -> torch.Tensor:
         """Edge-pad ``B×3×T×H×W`` to the spatial factor."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields as dc_fields
 from fractions import Fraction
 from typing import Dict, List, Optional, Tuple
 
+from ..configs import MAX_BITS, latent_frames, latent_size
 from ..errors import HeaderError
 
 __all__ = ["MAGIC", "MAJOR", "MINOR", "MINOR_SEGMENT_BITS", "MINOR_KNOWN", "PRELUDE",
@@ -95,8 +96,8 @@ FIELDS: Tuple[Field, ...] = (
     Field("frames", "u32", 1, MAX_FRAMES, "number of frames in the stream"),
     Field("fps_num", "u32", 1, MAX_FPS_TERM, "frame rate numerator (fps = num / den)"),
     Field("fps_den", "u32", 1, MAX_FPS_TERM, "frame rate denominator"),
-    Field("model_bits", "u8", 1, 32, "LFQ bits per token of the model (K)"),
-    Field("bits", "u8", 1, 32, "LFQ bits stored per token (b <= K; channels >= b decode as 0)"),
+    Field("model_bits", "u8", 1, MAX_BITS, "LFQ bits per token of the model (K)"),
+    Field("bits", "u8", 1, MAX_BITS, "LFQ bits stored per token (b <= K; channels >= b decode as 0)"),
     Field("bit_order", "u8", 0, 0, "0: channel k is bit k of the token index, LSB first"),
     Field("sign_convention", "u8", 0, 0, "0: z <= 0 -> code -1 (bit 0), z > 0 -> +1 (bit 1)"),
     Field("temporal_factor", "u8", 1, 64, "frames per latent frame (after the first)"),
@@ -140,8 +141,7 @@ class Header:
     @property
     def latent_hw(self) -> Tuple[int, int]:
         """Tokens per latent frame: (ceil(H / s), ceil(W / s))."""
-        s = self.spatial_factor
-        return -(-self.height // s), -(-self.width // s)
+        return latent_size(self.height, self.width, self.spatial_factor)
 
     @property
     def segment_count(self) -> int:
@@ -154,7 +154,7 @@ class Header:
 
     def latent_frames(self, frames: int) -> int:
         """Latent frames of a segment holding ``frames`` frames: 1 + ceil((n - 1) / f)."""
-        return 1 + -(-(frames - 1) // self.temporal_factor)
+        return latent_frames(frames, self.temporal_factor)
 
     def raw_bytes(self, latent_t: int, bits: Optional[int] = None) -> int:
         """Bytes of a raw (entropy mode 0) payload of ``latent_t`` latent frames of ``bits``
