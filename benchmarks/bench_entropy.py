@@ -6,9 +6,9 @@ with ``none`` and ``context``, the saving, and encode/decode throughput in Mbit 
 per second of CPU time (best of ``--reps``, one thread). Results table on stdout (Markdown),
 progress on stderr; ``--json`` also writes them with the tool versions.
 
-    nice -n 19 python3 benchmarks/bench_entropy.py --model mgv-default-v2
-    nice -n 19 python3 benchmarks/bench_entropy.py --checkpoint /work/runs/v1/checkpoint.pt
-    nice -n 19 python3 benchmarks/bench_entropy.py --synthetic     # flip-rate sweep, no model
+    nice -n 19 python3 -m benchmarks.bench_entropy --model mgv-default-v2
+    nice -n 19 python3 -m benchmarks.bench_entropy --checkpoint /work/runs/v1/checkpoint.pt
+    nice -n 19 python3 -m benchmarks.bench_entropy --synthetic     # flip-rate sweep, no model
 """
 from __future__ import annotations
 
@@ -21,13 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import av
+import constriction
+import torch
 
-import av  # noqa: E402
-import constriction  # noqa: E402
-import torch  # noqa: E402
-
-from neuralcodec.entropy import decode_bits, encode_bits  # noqa: E402
+from neuralcodec.entropy import decode_bits, encode_bits
 
 
 def read_clip(path: Path, frames: int, max_w: int, max_h: int) -> np.ndarray:

@@ -10,10 +10,10 @@ speed-up of Triton over the reference. Each Triton result is checked bit for bit
 reference before it is timed. Markdown table on stdout, progress on stderr, ``--json`` also
 writes the results with the tool versions.
 
-    python3 benchmarks/bench_kernels.py                      # CUDA if present, else CPU (reference)
-    nice -n 19 env OMP_NUM_THREADS=1 python3 benchmarks/bench_kernels.py --device cpu
-    python3 benchmarks/bench_kernels.py --interpret --sizes frame360   # Triton interpreter, CPU
-    python3 benchmarks/bench_kernels.py --dtype bfloat16 --json results/kernels.json
+    python3 -m benchmarks.bench_kernels                      # CUDA if present, else CPU (reference)
+    nice -n 19 env OMP_NUM_THREADS=1 python3 -m benchmarks.bench_kernels --device cpu
+    python3 -m benchmarks.bench_kernels --interpret --sizes frame360   # Triton interpreter, CPU
+    python3 -m benchmarks.bench_kernels --dtype bfloat16 --json results/kernels.json
 """
 from __future__ import annotations
 
@@ -28,9 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
+import torch
 
 # name → B×K×T×H×W latent shape (8× spatial, 4× temporal, 18 bits; 17 frames → 5 latents)
 SIZES: Dict[str, tuple] = {

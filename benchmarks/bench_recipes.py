@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Quality per unit of compute: train each recipe variant for the same CPU budget and compare.
 
-    python3 benchmarks/bench_recipes.py --data ../shared/data/train --cpu-minutes 8 --parallel 2
-    python3 benchmarks/bench_recipes.py --variants control,lr2e-3 --cpu-minutes 1   # a subset
-    python3 benchmarks/bench_recipes.py --report-only                              # table + plot
+    python3 -m benchmarks.bench_recipes --data ../shared/data/train --cpu-minutes 8 --parallel 2
+    python3 -m benchmarks.bench_recipes --variants control,lr2e-3 --cpu-minutes 1   # a subset
+    python3 -m benchmarks.bench_recipes --report-only                              # table + plot
 
 Every variant is one run of the package's training loop (``tools/train.py``: same seed, same
 data, same validation clips) that differs from the control in the fields listed in
@@ -17,7 +17,7 @@ folder). The training runs see the other clips only (a folder of links under ``O
 During training the EMA model is evaluated on the validation clips every ``--eval-every``
 steps (full rate) → the PSNR-vs-CPU-minutes curve. After training each variant's EMA model is
 measured once, sequentially, with ``--threads`` threads: PSNR-RGB and MS-SSIM at every rate
-point, bpp coded by the codec's real entropy coder (:func:`neuralcodec.codec.encode_payload`,
+point, bpp coded by the codec's real entropy coder (:func:`neuralcodec.payload.encode_payload`,
 the segment payload of a ``.mgv`` stream), decoder MAC/px and CPU decode fps.
 
 Writes ``OUT/results.json`` and, with ``--report PREFIX``, ``PREFIX.md`` (table) and
@@ -38,17 +38,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from neuralcodec import container as ct  # noqa: E402
-from neuralcodec.codec import encode_payload  # noqa: E402
-from neuralcodec.model import count_parameters, macs_per_pixel  # noqa: E402
-from neuralcodec.train.data import VIDEO_EXTS  # noqa: E402
-from neuralcodec.train.evaluate import evaluate, load_eval_clips  # noqa: E402
-from neuralcodec.train.loop import load_run  # noqa: E402
+from neuralcodec import container as ct
+from neuralcodec.payload import encode_payload
+from neuralcodec.model import count_parameters, macs_per_pixel
+from neuralcodec.train.data import VIDEO_EXTS
+from neuralcodec.train.evaluate import evaluate, load_eval_clips
+from neuralcodec.train.loop import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,11 +134,6 @@ RATES = (2, 6, 10, 14)
 VARIANT_BITS = ""
 
 
-def _bits_of(codes: torch.Tensor, b: int) -> np.ndarray:
-    """Codes ``1×K×t×h×w`` in {-1,+1} → the first ``b`` bits as a ``b×t×h×w`` uint8 array."""
-    return (codes[0, :b] > 0).to(torch.uint8).numpy()
-
-
 @torch.no_grad()
 def decode_fps(model, clip, reps: int = 2) -> float:
     """CPU decode speed (frames/s) of ``model`` on ``clip`` at full rate, after one warm-up."""
@@ -168,7 +160,7 @@ def measure(name: str, run: Path, clips, threads: int) -> dict:
         _, _, t, h, w = c.video.shape
         npix += t * h * w
         for b in rates:
-            _, payload = encode_payload(_bits_of(codes, b), ct.ENTROPY_CONTEXT)
+            _, payload = encode_payload(codes[:, :b], ct.ENTROPY_CONTEXT)
             coded[b] += 8 * len(payload)
     fps = decode_fps(model, clips[0])
     with open(run / "log.csv", newline="") as f:
@@ -218,7 +210,7 @@ def write_report(results: List[dict], prefix: Path, a) -> None:
         "(never `eval/`). PSNR-RGB over all pixels; MS-SSIM mean over frames; bpp = bits of the "
         "context-coded segment payload (the codec's entropy coder) per pixel; decode fps = "
         f"`model.decode` at full rate on the first clip ({a.val_short_side}-px short side, 17 frames), {a.threads} thread(s), measured with nothing else running on that core. Command: "
-        f"`python3 benchmarks/bench_recipes.py --cpu-minutes {a.cpu_minutes:g} --parallel {a.parallel}`.",
+        f"`python3 -m benchmarks.bench_recipes --cpu-minutes {a.cpu_minutes:g} --parallel {a.parallel}`.",
         "",
         "| variant | change | steps | steps/CPU-min | dec MAC/px | dec fps | PSNR@2 | PSNR@6 | PSNR@10 "
         "| PSNR@top | bpp@top | MS-SSIM@top | Δ PSNR@top vs control |",

@@ -2,7 +2,7 @@
 """Time one training step (forward, loss, backward, Adam) of a tokenizer config, float32 vs
 bf16 autocast, on this machine (CPU by default).
 
-    python3 benchmarks/bench_train_step.py [--config default] [--batch 8] [--frames 9] [--crop 64]
+    python3 -m benchmarks.bench_train_step [--config default] [--batch 8] [--frames 9] [--crop 64]
 
 Prints the median seconds per step for each mode (after warm-up steps) and the speed-up.
 bf16 autocast pays off on CPUs with AVX512-BF16 or AMX (``grep -o 'avx512_bf16\\|amx' /proc/cpuinfo``);
@@ -10,18 +10,14 @@ on others it can be slower than float32.
 """
 import argparse
 import statistics
-import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from neuralcodec.configs import CONFIGS  # noqa: E402
-from neuralcodec.model import Tokenizer  # noqa: E402
-from neuralcodec.train.losses import LossWeights, reconstruction_loss  # noqa: E402
+from neuralcodec.configs import CONFIGS
+from neuralcodec.model import Tokenizer
+from neuralcodec.train.losses import LossWeights, reconstruction_loss
 
 
 def time_steps(model, opt, x, bf16: bool, device: str, steps: int, warmup: int) -> float:

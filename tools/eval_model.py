@@ -4,7 +4,7 @@
 PSNR-RGB of the decoded frames against the source (8-bit RGB, all frames pooled) and MS-SSIM
 (RGB, mean over frames; the RD benchmark's metric, ``benchmarks/rd/metrics.py``).
 
-    python tools/eval_model.py --data ../shared/data/eval --frames 97 [--bits 18 14 10 6 4 2] [--json out.json]
+    python -m tools.eval_model --data ../shared/data/eval --frames 97 [--bits 18 14 10 6 4 2] [--json out.json]
 
 Clips are coded at native resolution, in the codec's default segments, with the codec's
 bounded-memory chunking. Prints a markdown table on stdout.
@@ -15,16 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.rd.metrics import ms_ssim_rgb  # noqa: E402
-from neuralcodec import codec  # noqa: E402
-from neuralcodec.video_io import probe  # noqa: E402
-from neuralcodec.train.data import VIDEO_EXTS, decode_video_rgb  # noqa: E402
-from neuralcodec.weights import DEFAULT_MODEL, load_model  # noqa: E402
+from benchmarks.rd.metrics import ms_ssim_rgb
+from neuralcodec import codec
+from neuralcodec.video_io import probe
+from neuralcodec.train.data import VIDEO_EXTS, decode_video_rgb
+from neuralcodec.weights import DEFAULT_MODEL, load_model
 
 
 def main() -> None:

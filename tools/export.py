@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Export the EMA weights of a training checkpoint into the package registry.
 
-    python tools/export.py runs/default/checkpoint.pt --name mgv-default-v2
+    python -m tools.export runs/default/checkpoint.pt --name mgv-default-v2
 
 The architecture comes from the run's ``train_config.json`` beside the checkpoint (its config
 name and ``arch`` overrides); ``--config`` names one for a bare checkpoint.
@@ -10,17 +10,14 @@ Writes ``neuralcodec/models/NAME.safetensors`` (float16, config in metadata) and
 with its sha256 in ``neuralcodec/models/registry.json``.
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from neuralcodec.configs import CONFIGS  # noqa: E402
-from neuralcodec.model import Tokenizer  # noqa: E402
-from neuralcodec.train.loop import load_run  # noqa: E402
-from neuralcodec.weights import MODELS_DIR, register, save_weights  # noqa: E402
+from neuralcodec.configs import CONFIGS
+from neuralcodec.model import Tokenizer
+from neuralcodec.train.loop import load_run
+from neuralcodec.weights import MODELS_DIR, register, save_weights
 
 
 def main() -> None:

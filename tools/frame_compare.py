@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write one frame of a source video and of its decoded version side by side as a PNG.
 
-    python tools/frame_compare.py ../shared/data/eval/foreman_cif.264 foreman.mkv --frame 100 -o docs/foreman_frame100.png
+    python -m tools.frame_compare ../shared/data/eval/foreman_cif.264 foreman.mkv --frame 100 -o docs/foreman_frame100.png
 
 Both videos are decoded to 8-bit RGB; the frame index counts from 0 in decode order.
 """

@@ -16,7 +16,7 @@ timestamps, record types and flags, INDEX / END offsets, segments consistent wit
 header), and writes every header and record with a valid CRC, so each case reaches the checks
 behind the framing. ``--mode mix`` alternates both.
 
-    python tools/fuzz_mgv.py --cases 10000 [--mode struct] [--seed 0] [--save tests/fuzz_corpus]
+    python -m tools.fuzz_mgv --cases 10000 [--mode struct] [--seed 0] [--save tests/fuzz_corpus]
 
 Decodes run with ``MGV_MAX_MEMORY`` (``--max-memory``, default 1G): the decoder refuses frame
 sizes whose decoding would need more, and each decode consumes at most :data:`FRAME_CAP` frames
@@ -40,11 +40,9 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from neuralcodec import audio, codec, streaminfo  # noqa: E402
-from neuralcodec import container as ct  # noqa: E402
-from neuralcodec.errors import MGVError  # noqa: E402
+from neuralcodec import audio, codec, streaminfo
+from neuralcodec import container as ct
+from neuralcodec.errors import MGVError
 
 FRAME_CAP = 300  # frames consumed per decode (a header may validly announce 2^24)
 PIXEL_CAP = 1 << 20  # pixels consumed per decode (a forged header may announce 33 Mpx frames)

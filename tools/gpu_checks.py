@@ -10,9 +10,9 @@ started by tools/gpu_train.py goes on, so the timings are taken on a shared GPU)
   (``$OUT/gpu_frames.npy``); the stream encoded here on the CPU at staging, decoded there
   (``$OUT/cpu_on_gpu_frames.npy``); the GPU encode again with TF32 off (``$OUT/gpu_notf32.mgv``).
 
-    python3 tools/gpu_checks.py stage [--model mgv-default-v2]   # → .gpu_checks/ (clip.npy, cpu.mgv)
-    #   device: python3 tools/gpu_checks.py remote                # (call 2 of gpu_train's stage)
-    python3 tools/gpu_checks.py verify --from DIR                 # here: tokens equal? frames ±1?
+    python3 -m tools.gpu_checks stage [--model mgv-default-v2]   # → .gpu_checks/ (clip.npy, cpu.mgv)
+    #   device: python3 -m tools.gpu_checks remote                # (call 2 of gpu_train's stage)
+    python3 -m tools.gpu_checks verify --from DIR                 # here: tokens equal? frames ±1?
 
 ``verify`` decodes the GPU's stream on the CPU and compares: the tokens with the CPU's
 (fraction of differing bits), the CPU's frames with the GPU's (max abs difference, share of
@@ -31,9 +31,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from gpu_lease import (ROOT, ToolError, check_carry, check_out, gpu_load, hardware, mib,  # noqa: E402
+from .gpu_lease import (ROOT, ToolError, check_carry, check_out, gpu_load, hardware, mib,
                        out_dir, read_json, run_main)
 
 PROG = "gpu_checks"
@@ -104,7 +102,7 @@ def do_stage(a) -> int:
     rel = dest.resolve().relative_to(ROOT) if dest.resolve().is_relative_to(ROOT) else dest
     print(f"staged {clip.shape[0]} frames {clip.shape[2]}x{clip.shape[1]} of {a.clip} and its CPU stream "
           f"({a.model}) in {dest}: {mib(sizes['carry'])}; a call carries {mib(sizes['total'])}")
-    print(f"device call (alone, or first in gpu_train's call 2): run(command=\"python3 tools/gpu_checks.py "
+    print(f"device call (alone, or first in gpu_train's call 2): run(command=\"python3 -m tools.gpu_checks "
           f"remote\", carry=[\"{rel}\"], timeout_s=600), ~3 min with the machine warm")
     return 0
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CARRY_LIMIT = 64 * 2 ** 20  # bytes that may travel: working tree + carried folders
 OUT_MAX_FILES = 8  # files that come back from $OUT

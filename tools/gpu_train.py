@@ -3,12 +3,12 @@
 stage here, three device calls there, import here. A wrapper over tools/train.py and the
 package's training loop, not a second loop.
 
-    python3 tools/gpu_train.py stage                 # → .gpu_stage/ and the exact device calls
-    #   device call 1: python3 tools/gpu_train.py remote start    (setup, detached training, log)
-    #   device call 2: python3 tools/gpu_checks.py remote; python3 tools/gpu_train.py remote follow
-    #   device call 3: python3 tools/gpu_train.py remote finish   (EMA weights in pieces → $OUT)
-    python3 tools/gpu_train.py import --from DIR --name mgv-gpu-20261124
-    python3 tools/gpu_train.py dry-run --minutes 1   # all of it on this CPU (tiny config)
+    python3 -m tools.gpu_train stage                 # → .gpu_stage/ and the exact device calls
+    #   device call 1: python3 -m tools.gpu_train remote start    (setup, detached training, log)
+    #   device call 2: python3 -m tools.gpu_checks remote; python3 -m tools.gpu_train remote follow
+    #   device call 3: python3 -m tools.gpu_train remote finish   (EMA weights in pieces → $OUT)
+    python3 -m tools.gpu_train import --from DIR --name mgv-gpu-20261124
+    python3 -m tools.gpu_train dry-run --minutes 1   # all of it on this CPU (tiny config)
 
 ``stage`` decodes the training clips here (PyAV) at the training resolution and re-encodes
 them as H.264 (.mp4), which the machine decodes with OpenCV (it has no PyAV); it checks that
@@ -32,9 +32,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from gpu_lease import (COMMAND_LIMIT_S, OUT_MAX_FILES, PIECE_BYTES, ROOT, ToolError,  # noqa: E402
+from .gpu_lease import (COMMAND_LIMIT_S, OUT_MAX_FILES, PIECE_BYTES, ROOT, ToolError,
                        check_carry, check_out, copy_into, gpu_load, group_alive, hardware,
                        join_pieces, launch_detached, mib, out_dir, path_bytes, read_json, run_main,
                        split_file, stop_group)
@@ -130,13 +128,13 @@ def check_recipe(args: List[str], clips: Optional[List[dict]] = None):
             init_weights(tc.init, cfg)  # same config, or fewer bits (grown on the machine)
     except InputError as e:
         raise ToolError(f"{e} (use --init '' for a fresh model)") from None
-    if (tc.frames - 1) % cfg.temporal_factor:
-        raise ToolError(f"--frames {tc.frames} is not 1 + {cfg.temporal_factor}k")
-    if clips is not None and not any(c["frames"] >= tc.frames and min(c["width"], c["height"]) >= tc.crop
+    if (tc.batches.frames - 1) % cfg.temporal_factor:
+        raise ToolError(f"--frames {tc.batches.frames} is not 1 + {cfg.temporal_factor}k")
+    if clips is not None and not any(c["frames"] >= tc.batches.frames and min(c["width"], c["height"]) >= tc.batches.crop
                                      for c in clips):
-        raise ToolError(f"no staged clip has {tc.frames} frames of {tc.crop}x{tc.crop} pixels")
-    if clips is not None and not any(min(c["width"], c["height"]) >= tc.image_crop for c in clips):
-        raise ToolError(f"no staged clip is {tc.image_crop} pixels on its short side (--image-crop)")
+        raise ToolError(f"no staged clip has {tc.batches.frames} frames of {tc.batches.crop}x{tc.batches.crop} pixels")
+    if clips is not None and not any(min(c["width"], c["height"]) >= tc.batches.image_crop for c in clips):
+        raise ToolError(f"no staged clip is {tc.batches.image_crop} pixels on its short side (--image-crop)")
     fp16 = 2 * count_parameters(Tokenizer(cfg)) + 2 ** 20  # + header and metadata, generously
     pieces = math.ceil(fp16 / PIECE_BYTES)
     if pieces + len(RESULT_FILES) > OUT_MAX_FILES:
@@ -183,14 +181,14 @@ def device_calls(stage: Path, run: Path, device: str, python: str, follow: tuple
         common += ["--run", str(run)]
     if poll is not None:
         common += ["--poll", str(poll)]
-    tool = [python, "tools/gpu_train.py", "remote"]
+    tool = [python, "-m", "tools.gpu_train", "remote"]
     start = tool + ["start", *common, "--follow-until", str(follow[0])]
     if device != "cuda":
         start += ["--device", device]
     follow_cmd = shlex.join(tool + ["follow", *common, "--until", str(follow[1])])
     carry2: List[str] = []
     if checks is not None:
-        c = [python, "tools/gpu_checks.py", "remote"]
+        c = [python, "-m", "tools.gpu_checks", "remote"]
         if Path(checks).resolve() != CHECKS_DIR:
             c += ["--stage", _rel(checks)]
         if device != "cuda":
@@ -253,7 +251,7 @@ def do_stage(a) -> dict:
     print(f"staged {len(clips)} clips, {sum(c['frames'] for c in clips)} frames: {mib(path_bytes(dest))}; "
           f"working tree {mib(sizes['tree'])}; a call carries {mib(sizes['total'])} of {mib(sizes['limit'])}")
     if checks is None:
-        print(f"(no {_rel(CHECKS_DIR)}/: stage it with tools/gpu_checks.py stage to run the GPU checks in call 2)")
+        print(f"(no {_rel(CHECKS_DIR)}/: stage it with python3 -m tools.gpu_checks stage to run the GPU checks in call 2)")
     print_calls(calls, a.minutes, a.name)
     return manifest
 
@@ -265,7 +263,7 @@ def print_calls(calls: List[dict], minutes: float, name: str) -> None:
               f"timeout_s={c['timeout_s']})\n     ~{c['minutes']:.1f} min: {c['what']}")
     total = 2 + sum(c["minutes"] for c in calls)
     print(f"  about {total:.0f} device minutes with ~2 min of machine start ({minutes:g} min of training)")
-    print(f"then here: python3 tools/gpu_train.py import --from FILES_AT_OF_CALL_3 --name {name}")
+    print(f"then here: python3 -m tools.gpu_train import --from FILES_AT_OF_CALL_3 --name {name}")
 
 
 # ---- remote ---------------------------------------------------------------------------------
@@ -387,7 +385,7 @@ def remote_start(a) -> int:
     args = list(st["train_args"]) + shlex.split(a.recipe_args)
     tc = train_config(args)
     print(f"{hardware()}; python {sys.version.split()[0]}; {_versions()}", flush=True)
-    cmd = [sys.executable, str(ROOT / "tools" / "train.py"), *args, "--data", str(stage_dir / "clips"),
+    cmd = [sys.executable, "-m", "tools.train", *args, "--data", str(stage_dir / "clips"),
            "--out", str(run / "train"), "--cache", str(run / "cache"), "--device", device]
     shutil.copyfile(stage_dir / "stage.json", run / "stage.json")  # for finish, whatever stays
     path = [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
@@ -540,16 +538,16 @@ def model_card(name: str, man: dict, sha: str, size: int, params: int, src: Path
 
 | | |
 |---|---|
-| name | `{name}` (imported {_now()} with `tools/gpu_train.py import`) |
+| name | `{name}` (imported {_now()} with `python3 -m tools.gpu_train import`) |
 | weights | `{name}.safetensors`, float16, {size / 1e6:.1f} MB, sha256 `{sha}` (EMA weights{'' if sha == man['sha256'] else '; as transferred: `' + man['sha256'] + '`'}) |
 | config | `{man['config']}` in `neuralcodec/configs.py`{(' with ' + man['arch']) if man.get('arch') else ''}, {params:,} parameters |
 | hardware | {man['hardware']}, {man['versions']}, device `{man['device']}` |
 | training | {man['step']:,} steps, {man['train_minutes']:.1f} min of training steps, {man['wall_minutes']:.1f} min from launch to export (setup and export included), finished {man['finished']}; ended: {man['ended']} |
-| recipe | `python3 tools/train.py {args}` (plus `--data`, `--out`, `--cache`, `--device` on the machine) |
+| recipe | `python3 -m tools.train {args}` (plus `--data`, `--out`, `--cache`, `--device` on the machine) |
 | data | **only** `{st['data']}`, staged {st['created']}: decoded with PyAV, area-downscaled to short side {st['short_side']}, re-encoded H.264 CRF {st['crf']} (yuv420p) and decoded on the machine with OpenCV; {len(st['clips'])} clips, {sum(c['frames'] for c in st['clips']):,} frames: {clips}. No evaluation footage. |
 | last log row | step {last.get('step', '?')}: loss {last.get('loss', '?')}, train PSNR {last.get('psnr', '?')} dB; EMA PSNR on the fixed train batch {val} |
 | loss curves | {curve} |
-| evaluation | not measured yet: `python3 tools/eval_model.py --model {name} --data ../shared/data/eval --frames 97 --bits 18 14 10 6 4 2` |
+| evaluation | not measured yet: `python3 -m tools.eval_model --model {name} --data ../shared/data/eval --frames 97 --bits 18 14 10 6 4 2` |
 """
 
 

@@ -8,7 +8,7 @@ ones. Expected outcomes: ``ok`` (with the frame count and the SHA-256 of the dec
 all segments, ``b×t×h×w`` uint8 arrays in segment order) or the name of the error class
 (spec §9) a strict reader MUST report.
 
-    python tools/make_conformance.py [--out tests/conformance]
+    python -m tools.make_conformance [--out tests/conformance]
 """
 from __future__ import annotations
 
@@ -16,15 +16,12 @@ import argparse
 import hashlib
 import json
 import struct
-import sys
 import zlib
 from fractions import Fraction
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from neuralcodec import container as ct  # noqa: E402
+from neuralcodec import container as ct
 
 SHA0 = hashlib.sha256(b"").digest()[:16]
 

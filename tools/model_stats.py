@@ -2,19 +2,15 @@
 """Print parameter count, MACs per pixel, and measured training / inference throughput
 (pixels per second) of each tokenizer config on this machine.
 
-    python tools/model_stats.py [--configs paper default tiny] [--frames 9] [--size 64] [--batch 2]
+    python -m tools.model_stats [--configs paper default tiny] [--frames 9] [--size 64] [--batch 2]
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from neuralcodec.configs import CONFIGS  # noqa: E402
-from neuralcodec.model import Tokenizer, count_parameters, macs_per_pixel  # noqa: E402
+from neuralcodec.configs import CONFIGS
+from neuralcodec.model import Tokenizer, count_parameters, macs_per_pixel
 
 
 def timed(fn, reps: int) -> float:

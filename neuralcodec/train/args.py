@@ -1,23 +1,23 @@
-"""The command line of the training entry point (``tools/train.py``): every
-:class:`~neuralcodec.train.loop.TrainConfig` and :class:`~neuralcodec.train.losses.LossWeights`
-field is a ``--flag``. Other tools (``tools/gpu_train.py``) parse and check a recipe with the
-same parser before it is sent anywhere."""
+"""The command line of the training entry point (``python -m tools.train``), generated from the
+dataclasses: every field of :class:`~neuralcodec.train.loop.TrainConfig`, of its
+:class:`~neuralcodec.train.data.BatchSpec` (``batches``) and of its
+:class:`~neuralcodec.train.losses.LossWeights` (``loss``) is a ``--flag`` with the field's
+default, type and comment as help. Other tools (``tools/gpu_train.py``) parse and check a recipe
+with the same parser before it is sent anywhere."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Optional, Sequence
+import inspect
+import re
+import typing
+from typing import Dict, Optional, Sequence
 
+from .data import BatchSpec
 from .losses import LossWeights
 from .loop import TrainConfig
 
-_STR = ("model", "data", "out", "cache", "stills", "device", "eval_dir", "init", "arch", "clock")
-_INT = ("batch", "frames", "crop", "image_batch", "image_crop", "warmup", "threads", "seed",
-        "short_side", "log_every", "steps", "ckpt_every", "workers", "eval_every",
-        "eval_frames", "eval_short_side", "disc_channels", "disc_layers")
-_FLOAT = ("lr", "minutes", "image_frac", "nested_prob", "ema", "ckpt_minutes", "lr_floor", "clip",
-          "still_frac", "disc_lr", "image_first", "adam_beta2")
-_INTS = ("nested_bits", "eval_bits")
+NESTED = {"batches": BatchSpec, "loss": LossWeights}  # TrainConfig fields whose fields are flags
 
 
 def _ints(s: str):
@@ -32,40 +32,65 @@ def _bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"not a boolean: {s}")
 
 
+def field_comments(cls) -> Dict[str, str]:
+    """Field name → the comment lines written above it in the class body, joined (the
+    dataclass convention of this package: one comment per field)."""
+    out: Dict[str, str] = {}
+    pending = []
+    for line in inspect.getsource(cls).splitlines():
+        s = line.strip()
+        if s.startswith("#"):
+            pending.append(s.lstrip("#").strip())
+            continue
+        m = re.match(r"(\w+)\s*:", s)
+        if m and pending:
+            out[m.group(1)] = " ".join(pending)
+        pending = []
+    return out
+
+
+def _add_fields(ap: argparse.ArgumentParser, cls, default, prefix: str, seen: set) -> None:
+    hints = typing.get_type_hints(cls)
+    notes = field_comments(cls)
+    for f in dataclasses.fields(cls):
+        if prefix == "" and f.name in NESTED:
+            continue
+        if f.name in seen:
+            raise ValueError(f"training flag --{f.name} defined twice")
+        seen.add(f.name)
+        tp = hints[f.name]
+        if tp is bool:
+            kind, metavar = _bool, "true/false"
+        elif typing.get_origin(tp) is tuple:
+            kind, metavar = _ints, "B,B,..."
+        else:
+            kind, metavar = tp, f.name.upper()
+        ap.add_argument(f"--{f.name.replace('_', '-')}", dest=prefix + f.name, type=kind,
+                        default=getattr(default, f.name), metavar=metavar,
+                        help=notes.get(f.name, "").replace("%", "%%") + " [default: %(default)s]")
+
+
 def build_parser(**kw) -> argparse.ArgumentParser:
-    """An ArgumentParser with one flag per training setting (defaults from TrainConfig and
-    LossWeights); ``kw`` goes to ArgumentParser."""
+    """An ArgumentParser with one flag per training setting (defaults, types and help from the
+    dataclass fields); ``kw`` goes to ArgumentParser."""
     ap = argparse.ArgumentParser(**kw)
     d = TrainConfig()
-    for name in _STR:
-        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, default=getattr(d, name))
-    for name in _INT:
-        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=getattr(d, name))
-    for name in _FLOAT:
-        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, default=getattr(d, name))
-    for name in _INTS:
-        ap.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_ints, default=getattr(d, name),
-                        help="comma-separated bit counts")
-    ap.add_argument("--bf16", type=_bool, default=d.bf16, help="bf16 autocast on CUDA (true/false)")
-    ap.add_argument("--cpu-bf16", type=_bool, default=d.cpu_bf16,
-                    help="bf16 autocast on CPU too (true/false; fast with AVX512-BF16 or AMX)")
-    ap.add_argument("--init-partial", type=_bool, default=d.init_partial,
-                    help="with --init: copy only tensors whose name and shape match (true/false)")
-    lw = LossWeights()
-    for f in dataclasses.fields(LossWeights):
-        ap.add_argument(f"--{f.name.replace('_', '-')}", dest=f"loss_{f.name}", type=type(getattr(lw, f.name)),
-                        default=getattr(lw, f.name), help=f"loss weight / setting {f.name}")
+    seen: set = set()
+    _add_fields(ap, TrainConfig, d, "", seen)
+    for name, cls in NESTED.items():
+        _add_fields(ap, cls, getattr(d, name), name + ".", seen)
     return ap
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     """Parsed flags of :func:`build_parser` → :class:`TrainConfig`."""
     a = dict(vars(a))
-    loss = LossWeights(**{f.name: a.pop(f"loss_{f.name}") for f in dataclasses.fields(LossWeights)})
-    return TrainConfig(loss=loss, **a)
+    nested = {name: cls(**{f.name: a.pop(f"{name}.{f.name}") for f in dataclasses.fields(cls)})
+              for name, cls in NESTED.items()}
+    return TrainConfig(**a, **nested)
 
 
 def parse_train_args(argv: Optional[Sequence[str]] = None, **kw) -> TrainConfig:
-    """``tools/train.py`` flags (``argv``; default ``sys.argv[1:]``) → :class:`TrainConfig`.
-    A bad flag or value exits with argparse's usage message (status 2)."""
+    """``python -m tools.train`` flags (``argv``; default ``sys.argv[1:]``) →
+    :class:`TrainConfig`. A bad flag or value exits with argparse's usage message (status 2)."""
     return config_from_args(build_parser(**kw).parse_args(argv))

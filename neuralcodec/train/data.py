@@ -164,7 +164,8 @@ class ClipSampler:
 
 @dataclass(frozen=True)
 class BatchSpec:
-    """What a training batch looks like; shared by the in-process and worker samplers."""
+    """What a training batch looks like (``TrainConfig.batches``; each field is a flag of
+    ``tools/train.py``); shared by the in-process and worker samplers."""
 
     # clips per video batch
     batch: int = 8
@@ -179,9 +180,9 @@ class BatchSpec:
     # crop size of image batches (pixels)
     image_crop: int = 96
     # rate points trained as nested codes (kept leading bits); empty = always all bits
-    nested_bits: Tuple[int, ...] = ()
+    nested_bits: Tuple[int, ...] = (2, 4, 6, 10, 14)
     # probability that a step keeps only the first b bits, b drawn from nested_bits
-    nested_prob: float = 0.0
+    nested_prob: float = 0.4
     # probability that an image batch comes from the stills (when there are any)
     still_frac: float = 0.5
 

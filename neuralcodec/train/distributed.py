@@ -1,5 +1,5 @@
 """Distributed data parallel helpers: one process per device, launched by ``torchrun``
-(``torchrun --nproc_per_node N tools/train.py ...``) or any launcher that sets ``RANK``,
+(``torchrun --nproc_per_node N -m tools.train ...``) or any launcher that sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``. The backend is NCCL on
 GPUs and gloo on CPUs. Without those variables everything is a single-process no-op."""
 from __future__ import annotations

@@ -49,25 +49,11 @@ class TrainConfig:
     cache: str = ".cache/frames"
     # short side of the decoded training frames (area downscale)
     short_side: int = 360
-    # clips per video batch
-    batch: int = 8
-    # frames per video clip (1 + 4k)
-    frames: int = 9
-    # crop size of video clips
-    crop: int = 64
-    # fraction of steps that are image (single-frame) batches
-    image_frac: float = 0.3
+    # what the batches look like: clips, frames, crops, image batches, nested rates, stills
+    batches: BatchSpec = field(default_factory=BatchSpec)
     # image-first curriculum: this fraction of the budget trains on image batches only, then
     # the mixed schedule (image_frac) takes over (in-RAM sampler only)
     image_first: float = 0.0
-    # images per image batch
-    image_batch: int = 16
-    # crop size of image batches
-    image_crop: int = 96
-    # rate points trained as nested codes: with prob nested_prob a step keeps only the first b bits
-    nested_bits: Tuple[int, ...] = (2, 4, 6, 10, 14)
-    # probability that a step drops trailing bits
-    nested_prob: float = 0.4
     # peak learning rate (Adam)
     lr: float = 1e-3
     # Adam's second-moment decay (beta1 is 0.9)
@@ -103,8 +89,6 @@ class TrainConfig:
     workers: int = 0
     # folder of still images for the image (first-frame) batches ("" = none)
     stills: str = ""
-    # probability that an image batch comes from the stills (when there are any)
-    still_frac: float = 0.5
     # device: auto (CUDA if available), cpu or cuda
     device: str = "auto"
     # bf16 autocast of the forward passes on CUDA (no-op on CPU)
@@ -136,15 +120,23 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        """Inverse of ``asdict`` (lists → tuples, ``loss`` → LossWeights); unknown keys → error."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        """Inverse of ``asdict`` (lists → tuples, ``loss`` → LossWeights, ``batches`` →
+        BatchSpec; the BatchSpec fields may also stand at the top level, as in the
+        ``train_config.json`` of runs made before they were nested); unknown keys → error."""
+        tup = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        spec_names = {f.name for f in fields(BatchSpec)}
+        spec = {k: tup.pop(k) for k in list(tup) if k in spec_names}
+        unknown = set(tup) - {f.name for f in fields(cls)}
         if unknown:
             raise InputError(f"unknown train config keys {sorted(unknown)}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        if isinstance(kw.get("loss"), dict):
-            kw["loss"] = LossWeights(**kw["loss"])
-        return cls(**kw)
+        if isinstance(tup.get("loss"), dict):
+            tup["loss"] = LossWeights(**tup["loss"])
+        if isinstance(tup.get("batches"), dict) or spec:
+            given = tup.get("batches") or {}
+            given = asdict(given) if isinstance(given, BatchSpec) else given
+            tup["batches"] = BatchSpec(**{k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in {**given, **spec}.items()})
+        return cls(**tup)
 
     def tokenizer_config(self) -> TokenizerConfig:
         """The named config with the ``arch`` overrides applied (InputError when invalid)."""
@@ -394,14 +386,13 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
     videos = load_folder(Path(tc.data), Path(tc.cache), tc.short_side, mmap=use_workers,
                          procs=max(1, tc.workers))
     stills = (load_images(Path(tc.stills), Path(tc.cache), tc.short_side, mmap=use_workers,
-                          procs=max(1, tc.workers), min_size=tc.image_crop) if tc.stills else [])
-    spec = BatchSpec(tc.batch, tc.frames, tc.crop, tc.image_frac, tc.image_batch, tc.image_crop,
-                     tuple(tc.nested_bits), tc.nested_prob, tc.still_frac)
+                          procs=max(1, tc.workers), min_size=tc.batches.image_crop) if tc.stills else [])
+    spec = tc.batches
     sampler = batches = None
     if use_workers:
         batches = iter(make_loader(BatchStream(spec, videos, stills, tc.seed, info.rank, step), tc.workers))
     else:
-        sampler = ClipSampler(videos, seed=tc.seed + step, stills=stills, still_frac=tc.still_frac)
+        sampler = ClipSampler(videos, seed=tc.seed + step, stills=stills, still_frac=spec.still_frac)
         if rng_state:
             sampler.rng.bit_generator.state = json.loads(rng_state)
 
@@ -410,16 +401,16 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
             b = next(batches)
             return b["x"], (None if b["bits"] < 0 else int(b["bits"]))
         image_only = budget_frac(step, elapsed) < tc.image_first
-        if image_only or sampler.rng.random() < tc.image_frac:
-            x = sampler.sample_images(tc.image_batch, tc.image_crop)
+        if image_only or sampler.rng.random() < spec.image_frac:
+            x = sampler.sample_images(spec.image_batch, spec.image_crop)
         else:
-            x = sampler.sample(tc.batch, tc.frames, tc.crop)
+            x = sampler.sample(spec.batch, spec.frames, spec.crop)
         bits = None
-        if tc.nested_bits and sampler.rng.random() < tc.nested_prob:
-            bits = int(sampler.rng.choice(tc.nested_bits))
+        if spec.nested_bits and sampler.rng.random() < spec.nested_prob:
+            bits = int(sampler.rng.choice(spec.nested_bits))
         return x, bits
 
-    val = ClipSampler(videos, seed=12345).sample(8, tc.frames, tc.crop).to(dev) if info.main else None
+    val = ClipSampler(videos, seed=12345).sample(8, spec.frames, spec.crop).to(dev) if info.main else None
     clips = []
     if info.main and tc.eval_dir and tc.eval_every > 0:
         from .evaluate import load_eval_clips

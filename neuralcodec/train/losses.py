@@ -25,7 +25,7 @@ class LossWeights:
     entropy_decay_steps: int = 2000
     # weight of the commitment loss (z - sg(q))²
     commit: float = 0.25
-    # weight of the LPIPS perceptual loss (0 = off; needs tools/convert_lpips.py once)
+    # weight of the LPIPS perceptual loss (0 = off; needs python -m tools.convert_lpips once)
     perceptual: float = 0.0
     # LPIPS backbone: "vgg16" or "alexnet"
     perceptual_net: str = "vgg16"

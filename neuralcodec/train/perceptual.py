@@ -81,7 +81,7 @@ class LPIPS(nn.Module):
 
         path = Path(path)
         if not path.exists():
-            raise ModelError(f"{path}: LPIPS weights missing; run tools/convert_lpips.py first")
+            raise ModelError(f"{path}: LPIPS weights missing; run python -m tools.convert_lpips first")
         st = load_file(str(path))
         want = self.state_dict()
         missing = [k for k in want if k not in st and k not in ("shift", "scale")]
