@@ -70,7 +70,8 @@ def make_input(src: Path, out: Path, frames: int, width: int, height: int) -> np
     import torch
     import torch.nn.functional as F
 
-    from neuralcodec.video_io import VideoMeta, read_frames, write_video
+    from neuralcodec.video_io import VideoMeta, read_frames
+    from neuralcodec.video_out import write_video
 
     got: List[np.ndarray] = []
     for f in read_frames(src):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, List
 
 from .errors import OutputError
-from .video_io import pattern_names
+from .video_out import pattern_names
 
 
 def _umask() -> int:

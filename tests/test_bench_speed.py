@@ -9,6 +9,7 @@ import numpy as np
 
 from benchmarks import bench_speed as B
 from neuralcodec import video_io as vio
+from neuralcodec import video_out as vout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_make_input_scales_and_loops(tmp_path):
     src = tmp_path / "src.mkv"
     frames = np.random.default_rng(0).integers(0, 256, (3, 24, 32, 3), dtype=np.uint8)
-    vio.write_video(src, vio.VideoMeta(32, 24, B.Fraction(25), 3, "rgb24"), iter(frames), kind="mkv")
+    vout.write_video(src, vio.VideoMeta(32, 24, B.Fraction(25), 3, "rgb24"), iter(frames), kind="mkv")
     out = tmp_path / "x.mkv"
     arr = B.make_input(src, out, 5, 16, 12)
     assert arr.shape == (5, 12, 16, 3)
@@ -37,7 +38,7 @@ def test_worker_switches_the_fast_path_off():
 def test_run_measured_and_report(tmp_path):
     src = tmp_path / "s.mkv"
     frames = np.full((2, 24, 32, 3), 100, np.uint8)
-    vio.write_video(src, vio.VideoMeta(32, 24, B.Fraction(25), 2, "rgb24"), iter(frames), kind="mkv")
+    vout.write_video(src, vio.VideoMeta(32, 24, B.Fraction(25), 2, "rgb24"), iter(frames), kind="mkv")
     r = B.run_measured(ROOT, True, ["encode", str(src), "-o", str(tmp_path / "s.mgv")], 1)
     assert r["rss_mb"] > 10 and r["wall"] > 0 and r["fps"] > 0
     res = {"input": "clip.mkv", "baseline": "abc", "threads": 2, "load_before": 0.1, "load_after": 0.2,

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from neuralcodec import cli, codec, weights
 from neuralcodec import container as ct
 from neuralcodec import video_io as vio
+from neuralcodec import video_out as vout
 from neuralcodec.configs import CONFIGS
 from neuralcodec.model import Tokenizer
 
@@ -175,7 +176,7 @@ def test_interrupted_or_failing_writes_leave_nothing(runner, tmp_path, monkeypat
         progress(1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vio, "write_video", interrupted)
+    monkeypatch.setattr(vout, "write_video", interrupted)
     r = runner.invoke(cli.main, ["decode", str(mgv), "-o", str(tmp_path / "o.mkv"), "-q"])
     assert "interrupted" in one_error_line(r, 130)
     monkeypatch.setattr(codec, "compress_to_file",

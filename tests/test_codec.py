@@ -12,6 +12,7 @@ import torch
 from neuralcodec import chunks, codec, payload, recovery
 from neuralcodec import container as ct
 from neuralcodec import video_io as vio
+from neuralcodec import video_out as vout
 from neuralcodec.configs import CONFIGS
 from neuralcodec.errors import InputError, ModelError, OutputError
 from neuralcodec.model import Tokenizer
@@ -217,7 +218,7 @@ def test_video_file_round_trip_keeps_fps_and_count(model, tmp_path, ext):
     assert res.header.frames == 11 and res.segments == 3 and res.header.pix_fmt == "yuv420p"
     meta, frames = codec.decompress_from_file(io.BytesIO(buf.getvalue()), model=model)
     out = tmp_path / f"out{ext}"
-    assert vio.write_video(out, meta, frames) == 11
+    assert vout.write_video(out, meta, frames) == 11
     m2 = vio.probe(out)
     assert (m2.width, m2.height, m2.fps, m2.pix_fmt) == (48, 40, Fraction(30000, 1001), "yuv420p")
     assert sum(1 for _ in vio.read_frames(out)) == 11
@@ -227,7 +228,7 @@ def test_png_pattern_and_image_input(model, tmp_path):
     v = clip(t=3, h=16, w=20)
     pattern = str(tmp_path / "f_%03d.png")
     meta = vio.VideoMeta(20, 16, Fraction(25), 3, "rgb24")
-    assert vio.write_video(pattern, meta, iter(v)) == 3
+    assert vout.write_video(pattern, meta, iter(v)) == 3
     back = np.stack(list(vio.read_frames(tmp_path / "f_001.png")))
     np.testing.assert_array_equal(back[0], v[0])  # PNG is lossless
     assert vio.probe(tmp_path / "f_001.png").frames == 1
@@ -259,15 +260,15 @@ def test_bad_inputs(model, tmp_path):
         codec.compress(model, clip(t=3), entropy="zip")
     for name in ("x.avi", "x.png", "x"):
         with pytest.raises(OutputError):
-            vio.output_kind(name)
+            vout.output_kind(name)
 
 
 def test_choose_pix_fmt():
-    assert vio.choose_pix_fmt("yuv420p", ["yuv420p", "yuv444p"]) == "yuv420p"
-    assert vio.choose_pix_fmt("rgb24", ["yuv420p", "yuv444p"]) == "yuv444p"
-    assert vio.choose_pix_fmt("rgba", ["gbrp", "yuv420p"]) == "gbrp"
-    assert vio.choose_pix_fmt("gray", ["yuv420p", "gray"]) == "gray"
-    assert vio.choose_pix_fmt("nv12", ["yuv420p", "yuv444p"]) == "yuv420p"
+    assert vout.choose_pix_fmt("yuv420p", ["yuv420p", "yuv444p"]) == "yuv420p"
+    assert vout.choose_pix_fmt("rgb24", ["yuv420p", "yuv444p"]) == "yuv444p"
+    assert vout.choose_pix_fmt("rgba", ["gbrp", "yuv420p"]) == "gbrp"
+    assert vout.choose_pix_fmt("gray", ["yuv420p", "gray"]) == "gray"
+    assert vout.choose_pix_fmt("nv12", ["yuv420p", "yuv444p"]) == "yuv420p"
 
 
 @pytest.mark.parametrize("entropy", ["none", "context"])

@@ -12,7 +12,8 @@ import pytest
 
 from neuralcodec import weights
 from neuralcodec.configs import CONFIGS
-from neuralcodec.video_io import VideoMeta, write_video
+from neuralcodec.video_io import VideoMeta
+from neuralcodec.video_out import write_video
 from neuralcodec.train import data as tdata
 
 from tools import gpu_checks, gpu_lease, gpu_train

@@ -325,10 +325,12 @@ def test_odd_sizes_write_every_documented_output(tmp_path, w, h, kind, pix):
 
     from neuralcodec import video_io as vio
 
+    from neuralcodec import video_out as vout
+
     meta = vio.VideoMeta(w, h, Fraction(25), 3, pix)
     frames = [np.full((h, w, 3), 40 * i, np.uint8) for i in range(3)]
     out = tmp_path / f"o.{kind}"
-    assert vio.write_video(out, meta, frames) == 3
+    assert vout.write_video(out, meta, frames) == 3
     with av.open(str(out)) as c:
         got = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(got) == 3 and got[0].shape == (h, w, 3)

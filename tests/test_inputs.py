@@ -9,6 +9,7 @@ import pytest
 
 from neuralcodec import cli, codec, streaminfo
 from neuralcodec import video_io as vio
+from neuralcodec import video_out as vout
 from neuralcodec.errors import InputError
 
 
@@ -37,7 +38,7 @@ def round_trip(tiny, src, tmp_path, ext=".mkv"):
     data = codec.compress(tiny, src, segment_frames=5)
     meta, it = codec.decompress_from_file(__import__("io").BytesIO(data), model=tiny)
     out = tmp_path / f"out{ext}"
-    n = vio.write_video(out, meta, it)
+    n = vout.write_video(out, meta, it)
     return meta, n, out
 
 
@@ -62,7 +63,7 @@ def test_pixel_formats(tiny, tmp_path, pix):
     assert (m2.width, m2.height) == (16, 12)
     # the output keeps the source format where FFV1 has it, else the nearest (alpha is dropped
     # on input and comes back opaque where the output format has an alpha plane)
-    assert m2.pix_fmt == vio.choose_pix_fmt(pix, vio._supported("mkv", "ffv1"))
+    assert m2.pix_fmt == vout.choose_pix_fmt(pix, vout._supported("mkv", "ffv1"))
     assert len(list(vio.read_frames(out))) == 5
 
 
@@ -92,7 +93,7 @@ def test_rotation_is_applied(tiny, tmp_path, rot):
 def test_single_image(tiny, tmp_path):
     p = tmp_path / "img.png"
     av_img = np.random.default_rng(0).integers(0, 256, (9, 11, 3), np.uint8)
-    vio.write_video(str(tmp_path / "img%d.png"), vio.VideoMeta(11, 9, Fraction(25), 1, "rgb24"), [av_img])
+    vout.write_video(str(tmp_path / "img%d.png"), vio.VideoMeta(11, 9, Fraction(25), 1, "rgb24"), [av_img])
     (tmp_path / "img1.png").rename(p)
     m, frames = codec.decompress(codec.compress(tiny, p), model=tiny)
     assert frames.shape == (1, 9, 11, 3)

@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 from neuralcodec import cli, codec, payload
 from neuralcodec import container as ct
 from neuralcodec import video_io as vio
+from neuralcodec import video_out as vout
 from neuralcodec import tokens as tk
 from neuralcodec.errors import InputError
 
@@ -176,7 +177,7 @@ def test_cli_tokens_detokenize(runner, tmp_path):
 
 def y4m_bytes(path: Path, t=9, w=48, h=40) -> bytes:
     src = make_video(path.with_suffix(".mkv"), t=t, w=w, h=h)
-    n = vio.write_video(path, vio.probe(src), vio.read_frames(src))
+    n = vout.write_video(path, vio.probe(src), vio.read_frames(src))
     assert n == t
     return path.read_bytes()
 

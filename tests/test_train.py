@@ -20,7 +20,8 @@ from neuralcodec.train.discriminator import (DiscriminatorConfig, LeCAM, PatchDi
                                              d_hinge_loss, g_adv_loss)
 from neuralcodec.train.evaluate import EvalClip, evaluate
 from neuralcodec.train.losses import LossWeights, entropy_weight, frame_subset
-from neuralcodec.train.loop import TrainConfig, plot_log, train
+from neuralcodec.train.config import TrainConfig
+from neuralcodec.train.loop import plot_log, train
 from neuralcodec.train.perceptual import LPIPS, lpips_cache_path
 
 ROOT = Path(__file__).resolve().parents[1]

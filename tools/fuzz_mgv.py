@@ -493,14 +493,14 @@ def run_case(data: bytes, model) -> Optional[str]:
         import itertools
         import tempfile
 
-        from neuralcodec import video_io as vio
+        from neuralcodec import video_out as vout
 
         sink = audio.AudioSink()
         meta, it = codec.decompress_from_file(io.BytesIO(data), model=model,
                                               on_damage=lambda d: None, audio=sink)
         n = max(1, min(FRAME_CAP, PIXEL_CAP // max(1, meta.width * meta.height)))
         with tempfile.TemporaryDirectory() as d:
-            vio.write_video(Path(d) / "o.mkv", meta, itertools.islice(it, n), audio=sink,
+            vout.write_video(Path(d) / "o.mkv", meta, itertools.islice(it, n), audio=sink,
                             warn=lambda m: None)
 
     checks += [decode(False), decode(True), decode(True, (1, None)),

@@ -146,7 +146,8 @@ def check_recipe(args: List[str], clips: Optional[List[dict]] = None):
 def stage_clips(data: Path, dest: Path, short_side: int, crf: int) -> List[dict]:
     """Decode every video in ``data`` here (PyAV, area downscale to ``short_side``) and
     re-encode it as H.264 ``dest/NAME.mp4`` (CRF ``crf``, yuv420p) → one dict per clip."""
-    from neuralcodec.video_io import VideoMeta, write_video
+    from neuralcodec.video_io import VideoMeta
+    from neuralcodec.video_out import write_video
     from neuralcodec.train.data import VIDEO_EXTS, decode_video_rgb
     from neuralcodec.weights import file_sha256
 
@@ -414,7 +415,8 @@ def remote_finish(a) -> int:
     """Wait for the training's end (or stop it at the deadline), export the EMA weights of
     the last checkpoint (fp16 safetensors, as tools/export.py) in pieces, with a manifest and
     the logs, into $OUT."""
-    from neuralcodec.train.loop import TrainConfig, load_run, plot_log
+    from neuralcodec.train.config import TrainConfig
+    from neuralcodec.train.loop import load_run, plot_log
     from neuralcodec.weights import save_weights
 
     run, out = Path(a.run), out_dir(a.out)

@@ -10,9 +10,9 @@ from typing import Optional, Tuple
 
 import click
 
-from .. import video_io as vio
+from .. import video_out as vout
 from ..container import MAGIC
-from ..errors import InputError, MGVError, OutputError
+from ..errors import InputError, MGVError, ModelError, OutputError
 from ..outputs import atomic_output, atomic_pattern
 from ..resources import is_out_of_memory
 
@@ -134,7 +134,7 @@ def output_kind(output: str, fmt: Optional[str]) -> str:
         if sys.stdout.isatty():
             raise OutputError("refusing to write video to a terminal (redirect stdout or use -o FILE)")
         return fmt
-    return fmt or vio.output_kind(output)
+    return fmt or vout.output_kind(output)
 
 
 def write_output(output: str, kind: str, meta, frames, force: bool, quiet: bool, desc: str,
@@ -143,11 +143,11 @@ def write_output(output: str, kind: str, meta, frames, force: bool, quiet: bool,
     stdout for "-") → frames written."""
     if output == "-":
         with progress(meta.frames, quiet, desc) as bar:
-            return vio.write_video(click.get_binary_stream("stdout"), meta, frames, kind=kind,
+            return vout.write_video(click.get_binary_stream("stdout"), meta, frames, kind=kind,
                                   progress=bar.update, audio=audio, warn=warn)
     ctx = atomic_pattern(output, meta.frames, force) if kind == "png" else atomic_output(Path(output), force)
     with ctx as tmp, progress(meta.frames, quiet, desc) as bar:
-        return vio.write_video(tmp, meta, frames, kind=kind, progress=bar.update, audio=audio,
+        return vout.write_video(tmp, meta, frames, kind=kind, progress=bar.update, audio=audio,
                               warn=warn)
 
 
@@ -180,7 +180,6 @@ def is_mgv(path: Path) -> bool:
 def load_model(model_name: Optional[str], device: str, precision: str = "auto"):
     """A registered model ready for inference on ``device`` (cast as ``precision`` says)."""
     from .. import weights
-    from ..errors import ModelError
     from ..model import for_inference
 
     try:

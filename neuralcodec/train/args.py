@@ -1,5 +1,5 @@
 """The command line of the training entry point (``python -m tools.train``), generated from the
-dataclasses: every field of :class:`~neuralcodec.train.loop.TrainConfig`, of its
+dataclasses: every field of :class:`~neuralcodec.train.config.TrainConfig`, of its
 :class:`~neuralcodec.train.data.BatchSpec` (``batches``) and of its
 :class:`~neuralcodec.train.losses.LossWeights` (``loss``) is a ``--flag`` with the field's
 default, type and comment as help. Other tools (``tools/gpu_train.py``) parse and check a recipe
@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence
 
 from .data import BatchSpec
 from .losses import LossWeights
-from .loop import TrainConfig
+from .config import TrainConfig
 
 NESTED = {"batches": BatchSpec, "loss": LossWeights}  # TrainConfig fields whose fields are flags
 
