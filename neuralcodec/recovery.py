@@ -37,7 +37,7 @@ class DamageReport:
 
     first_frame: int  # first concealed frame
     end_frame: int  # one past the last concealed frame
-    segments: Tuple[int, ...]  # every damaged segment of the range, in order
+    segments: range  # the damaged segments of the range, consecutive (O(1) memory for any run)
     reason: str  # first error met in the range (one line)
 
     @property
@@ -61,24 +61,24 @@ class DamageRuns:
     consecutive segments (the first segment's reason names the run)."""
 
     def __init__(self) -> None:
-        self._run: Optional[list] = None  # [first frame, end frame, segments, reason]
+        self._run: Optional[list] = None  # [first frame, end frame, first segment, end segment, reason]
 
     def add(self, segment: int, first: int, end: int, reason: str) -> Optional[DamageReport]:
         """Segment ``segment`` (frames ``first..end-1``) is damaged → the report of the run it
         ends, when it does not continue the current one."""
         run = self._run
-        if run is not None and run[2][-1] == segment - 1 and run[1] == first:
+        if run is not None and run[3] == segment and run[1] == first:
             run[1] = end
-            run[2].append(segment)
+            run[3] = segment + 1
             return None
         done = self.close()
-        self._run = [first, end, [segment], reason or "missing"]
+        self._run = [first, end, segment, segment + 1, reason or "missing"]
         return done
 
     def close(self) -> Optional[DamageReport]:
         """An intact segment or the end: → the report of the current run, if any."""
         run, self._run = self._run, None
-        return None if run is None else DamageReport(run[0], run[1], tuple(run[2]), run[3])
+        return None if run is None else DamageReport(run[0], run[1], range(run[2], run[3]), run[4])
 
 
 def too_much_concealment(concealed: int, intact: int) -> bool:
@@ -113,7 +113,7 @@ def segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, us
             if on_damage is None:
                 raise
             index = None  # an inconsistent index: report it, scan instead
-            on_damage(DamageReport(header.frames, header.frames, (), _first_line(e)))
+            on_damage(DamageReport(header.frames, header.frames, range(0), _first_line(e)))
     if index is not None:
         for i in range(first, last + 1):
             try:
@@ -135,7 +135,7 @@ def segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, us
     def flush_lost() -> None:
         nonlocal lost
         if lost and on_damage is not None:
-            on_damage(DamageReport(header.frames, header.frames, (), lost))
+            on_damage(DamageReport(header.frames, header.frames, range(0), lost))
         lost = ""
 
     order = ct.RecordOrder(header, reader.records_offset)
