@@ -11,7 +11,8 @@ from typing import Optional, Sequence
 from .losses import LossWeights
 from .loop import TrainConfig
 
-_STR = ("model", "data", "out", "cache", "stills", "device", "eval_dir", "init", "arch", "clock")
+_STR = ("model", "data", "out", "cache", "stills", "device", "eval_dir", "init", "arch", "clock",
+        "train_only")
 _INT = ("batch", "frames", "crop", "image_batch", "image_crop", "warmup", "threads", "seed",
         "short_side", "log_every", "steps", "ckpt_every", "workers", "eval_every",
         "eval_frames", "eval_short_side", "disc_channels", "disc_layers")

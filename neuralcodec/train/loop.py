@@ -133,6 +133,10 @@ class TrainConfig:
     # warm start takes only the tensors whose name and shape match the run's model (e.g. an
     # old encoder and quantizer under a new decoder); the others keep their random init
     init_partial: bool = False
+    # which part learns: "all", or "decoder" (encoder and quantizer frozen: the code, and so
+    # every stream's tokens, stay those of the start model; VidTok's second stage — cheaper
+    # steps, larger crops affordable)
+    train_only: str = "all"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -369,7 +373,15 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
             print(f"warm start from {tc.init} ({cfg.bits} bits{part})", flush=True)
     model.to(dev)
     ema.to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.9, tc.adam_beta2))
+    if tc.train_only == "decoder":
+        if not (tc.init or st is not None):
+            raise InputError("train_only=decoder needs a start model (--init) to freeze")
+        model.encoder.requires_grad_(False)
+        model.quantizer.requires_grad_(False)
+    elif tc.train_only != "all":
+        raise InputError(f"train_only must be 'all' or 'decoder', not {tc.train_only!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=tc.lr, betas=(0.9, tc.adam_beta2))
     if use_gan:
         disc.to(dev)
         lecam.to(dev)
@@ -483,7 +495,7 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
                 terms["g_adv"] = f"{g_adv.item():.4f}"
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
+            torch.nn.utils.clip_grad_norm_(params, tc.clip)
             opt.step()
             if gan_on:
                 from .discriminator import d_hinge_loss
