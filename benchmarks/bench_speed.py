@@ -20,8 +20,9 @@ adds a 1080p clip of S seconds decoded by the shipped configuration only: peak m
 clip (it must not grow with the clip).
 
 Usage: ``python -m benchmarks.bench_speed [--input CLIP] [--baseline REV] [--long 10]
-[--report benchmarks/results/speed]``. Run it on an otherwise idle machine: it reports the load
-average before and after.
+[--repeat 3] [--report benchmarks/results/speed]``. Run it on an otherwise idle machine: it
+reports the load average before and after; ``--repeat`` runs every command several times, the
+configurations in turn, and reports the median.
 """
 from __future__ import annotations
 
@@ -110,6 +111,15 @@ def run_measured(tree: Path, fast: bool, args: List[str], threads: int) -> dict:
             "rss_mb": round(res["rss_kb"] / 1024)}
 
 
+def combine(runs: List[dict]) -> dict:
+    """Repeated measurements of one command → the median fps (and wall time), the largest
+    peak RSS, and every run's fps (``fps_runs``)."""
+    fps = sorted(r["fps"] for r in runs)
+    walls = sorted(r["wall"] for r in runs)
+    return {"wall": walls[len(walls) // 2], "fps": fps[len(fps) // 2],
+            "rss_mb": max(r["rss_mb"] for r in runs), "fps_runs": [r["fps"] for r in runs]}
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
@@ -129,26 +139,32 @@ def bench(a) -> dict:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base),
                     a.baseline], check=True)
     trees = {"base": base, "this": ROOT}
-    res: Dict = {"input": str(src), "baseline": a.baseline, "threads": a.threads,
+    res: Dict = {"input": str(src), "baseline": a.baseline, "threads": a.threads, "repeat": a.repeat,
                  "load_before": os.getloadavg()[0], "sizes": {}}
     try:
         sizes = {k: v for k, v in SIZES.items() if k in a.sizes}
         for name, (n, w, h) in sizes.items():
             clip = work / f"{name}.mkv"
             ref = make_input(src, clip, n, w, h)
+            runs: Dict[str, Dict[str, List[dict]]] = {}
             rows = {}
-            for cname, (tree, fast, extra) in CONFIGS.items():
-                if cname not in a.configs:
-                    continue
-                mgv, out = work / f"{name}-{cname}.mgv", work / f"{name}-{cname}.mkv"
-                enc = run_measured(trees[tree], fast, ["encode", str(clip), "-o", str(mgv), *extra], a.threads)
-                dec = run_measured(trees[tree], fast, ["decode", str(mgv), "-o", str(out),
-                                                       *(extra if tree == "this" else [])], a.threads)
-                rows[cname] = {"encode": enc, "decode": dec, "bytes": mgv.stat().st_size,
-                               "psnr": round(psnr(read_all(out), ref), 3)}
-                print(f"{name} {cname}: encode {enc['fps']:.2f} fps {enc['rss_mb']} MB, decode "
-                      f"{dec['fps']:.2f} fps {dec['rss_mb']} MB, {rows[cname]['psnr']:.2f} dB",
-                      flush=True)
+            for rep in range(a.repeat):  # round robin: a slow spell of the machine hits every config
+                for cname, (tree, fast, extra) in CONFIGS.items():
+                    if cname not in a.configs:
+                        continue
+                    mgv, out = work / f"{name}-{cname}.mgv", work / f"{name}-{cname}.mkv"
+                    enc = run_measured(trees[tree], fast, ["encode", str(clip), "-o", str(mgv), *extra],
+                                       a.threads)
+                    dec = run_measured(trees[tree], fast, ["decode", str(mgv), "-o", str(out),
+                                                           *(extra if tree == "this" else [])], a.threads)
+                    got = runs.setdefault(cname, {"encode": [], "decode": []})
+                    got["encode"].append(enc)
+                    got["decode"].append(dec)
+                    rows[cname] = {"encode": combine(got["encode"]), "decode": combine(got["decode"]),
+                                   "bytes": mgv.stat().st_size, "psnr": round(psnr(read_all(out), ref), 3)}
+                    print(f"{name} {cname} (run {rep + 1}/{a.repeat}): encode {enc['fps']:.2f} fps "
+                          f"{enc['rss_mb']} MB, decode {dec['fps']:.2f} fps {dec['rss_mb']} MB, "
+                          f"{rows[cname]['psnr']:.2f} dB", flush=True)
             res["sizes"][name] = {"frames": n, "width": w, "height": h, "configs": rows}
         if a.long:
             n = int(25 * a.long)
@@ -178,7 +194,8 @@ def report(res: dict, prefix: Path) -> None:
         f"{os.cpu_count()}-core CPU, torch threads {res['threads']}, one command at a time, "
         f"load average {res['load_before']:.2f} before / {res['load_after']:.2f} after. Input: "
         f"`{Path(res['input']).name}` area-scaled, FFV1. `release` = commit `{res['baseline']}`. "
-        "fps as `mgv` prints it (decode includes loading the model), peak RSS of the process, "
+        "fps as `mgv` prints it (decode includes loading the model; the median of "
+        f"{res.get('repeat', 1)} run(s) per command, configs in turn), peak RSS of the process, "
         "PSNR-RGB of the decoded frames against the input.",
         "",
         "| size | frames | config | encode fps | encode RSS (MB) | decode fps | decode RSS (MB) | "
@@ -210,12 +227,17 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES),
                     help="sizes to compare (none: only --long)")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every command this many times (configs in turn) and report the "
+                         "median fps (an odd number; these machines are noisy)")
     ap.add_argument("--long", type=float, default=0.0, help="also a 1080p clip of this many seconds")
     ap.add_argument("--report", default=None, help="write PREFIX.md and PREFIX.json")
     ap.add_argument("--merge", default=None,
                     help="a previous PREFIX.json whose sizes / long clip this run did not measure "
                          "are kept in the report (each row says which run it came from)")
     a = ap.parse_args(argv)
+    if a.repeat < 1:
+        ap.error("--repeat must be >= 1")
     res = bench(a)
     res["run"] = time.strftime("%Y-%m-%d %H:%M")
     for s in res["sizes"].values():

@@ -273,6 +273,35 @@ class AdaptiveGroupNorm(nn.Module):
             return torch.addcmul(beta, frame_group_norm(x, self.groups), gamma.add_(1))
         return frame_group_norm(x, self.groups) * (1 + gamma) + beta
 
+    def forward_latent(self, x: torch.Tensor, cond: torch.Tensor, frames: List[int]) -> torch.Tensor:
+        """Fast path of :meth:`forward` with the condition at its own (lower) resolution:
+        ``cond`` ``B×K×t×h×w`` stands for its nearest-neighbour upsampling to x's ``H×W``
+        (integer factors) and frame ``i`` of ``x`` (``B×C×T×H×W``) takes latent frame
+        ``frames[i]`` (T entries, equal ones adjacent). Same values as :meth:`forward` on the
+        upsampled condition — a 1×1 convolution commutes with the upsampling — without
+        computing γ, β at full resolution or materialising them: they broadcast over the
+        pixels and frames each latent covers. Channels-last in and out."""
+        n = channels_last(frame_group_norm(x, self.groups))
+        gb = pointwise(self.proj, cond).permute(0, 2, 3, 4, 1)  # B×t×h×w×2C
+        b, c, t, hh, ww = n.shape
+        h, w = gb.shape[2:4]
+        if len(frames) != t or hh % h or ww % w:
+            raise ValueError(f"condition {tuple(cond.shape)} does not tile features {tuple(n.shape)}")
+        ry, rx = hh // h, ww // w
+        scale = gb[..., :c] + 1
+        nv = n.permute(0, 2, 3, 4, 1)  # B×T×H×W×C, a view
+        start = 0
+        while start < t:
+            j = frames[start]
+            end = start + 1
+            while end < t and frames[end] == j:
+                end += 1
+            seg = nv[:, start:end].view(b, end - start, h, ry, w, rx, c)
+            torch.addcmul(gb[:, j, :, None, :, None, c:].unsqueeze(1), seg,
+                          scale[:, j, :, None, :, None].unsqueeze(1), out=seg)
+            start = end
+        return n
+
 
 class ResBlock(nn.Module):
     """Pre-activation residual block: (GN, SiLU, conv) × 2 plus a skip (1×1 if needed)."""

@@ -110,9 +110,23 @@ class Decoder(StreamingModule):
         cond = F.interpolate(codes, size=(codes.shape[2],) + tuple(size), mode="nearest")
         return channels_last(cond) if fast_path() else cond
 
-    def _level(self, j: int, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Decoder stage ``j`` (AdaGN with ``cond``, residual blocks, upsampling if any)."""
-        h = self.adanorms[j](h, cond)
+    def _frames(self, latents: int, tf: int) -> List[int]:
+        """The latent frame behind each feature frame at ``tf``× the latent frame rate, for a
+        chunk of ``latents`` latent frames (the alignment of :meth:`_condition`)."""
+        out: List[int] = []
+        for j in range(latents):
+            out += [j] * (1 if tf > 1 and j == 0 and not self.started else tf)
+        return out
+
+    def _level(self, j: int, h: torch.Tensor, cond: torch.Tensor,
+               frames: Optional[List[int]] = None) -> torch.Tensor:
+        """Decoder stage ``j`` (AdaGN with ``cond``, residual blocks, upsampling if any).
+        With ``frames`` (fast path) ``cond`` is the codes themselves, at the latent resolution,
+        and ``frames`` maps h's frames to latent frames (:meth:`AdaptiveGroupNorm.forward_latent`)."""
+        if frames is not None:
+            h = self.adanorms[j].forward_latent(h, cond, frames)
+        else:
+            h = self.adanorms[j](h, cond)
         h = self.levels[j](h)
         return self.ups[j](h) if j < len(self.ups) else h
 
@@ -121,15 +135,14 @@ class Decoder(StreamingModule):
         few frames at a time (:data:`TAIL_PIXELS`): these stages work per frame but for their
         causal convolutions, whose stream state carries across the pieces, so the values are
         those of one piece while activation memory shrinks with the piece."""
-        full = self._condition(codes, self.cfg.temporal_factor, codes.shape[3:])
+        frames = self._frames(codes.shape[2], self.cfg.temporal_factor)
         s = self.cfg.spatial_factor
         n = max(1, TAIL_PIXELS // (codes.shape[3] * codes.shape[4] * s * s))
         outs = []
         for t in range(0, h.shape[2], n):
-            x, c = h[:, :, t:t + n], full[:, :, t:t + n]
+            x = h[:, :, t:t + n]
             for j in range(j0, len(self.levels)):
-                x = self._level(j, x, channels_last(F.interpolate(
-                    c, size=(c.shape[2],) + tuple(x.shape[3:]), mode="nearest")))
+                x = self._level(j, x, codes, frames[t:t + n])
             outs.append(self.out(F.silu(self.norm(x), inplace=True)))
         return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
 
@@ -147,7 +160,10 @@ class Decoder(StreamingModule):
                 h = self._tail(h, codes, j)
                 break
             i = nl - 1 - j  # level index
-            h = self._level(j, h, self._condition(codes, tf, h.shape[3:]))
+            if fast:  # the codes at their own resolution condition every level
+                h = self._level(j, h, codes, self._frames(codes.shape[2], tf))
+            else:
+                h = self._level(j, h, self._condition(codes, tf, h.shape[3:]))
             if j < len(self.ups) and self.cfg.temporal_down[i - 1]:
                 tf *= 2
         else:

@@ -51,3 +51,9 @@ def test_run_measured_and_report(tmp_path):
     md = (tmp_path / "speed.md").read_text()
     assert "| 360p | 9 | fast-bf16 | 3.00 | 100 | 1.50 | 200 | 10 | 20.00 | 3.00× | 3.00× | now |" in md
     assert "1800 MB" in md and json.loads((tmp_path / "speed.json").read_text())["baseline"] == "abc"
+
+
+def test_repeated_runs_report_the_median():
+    runs = [{"wall": w, "fps": f, "rss_mb": m} for w, f, m in ((3.0, 2.0, 100), (1.0, 6.0, 300), (2.0, 3.0, 200))]
+    got = B.combine(runs)
+    assert got == {"wall": 2.0, "fps": 3.0, "rss_mb": 300, "fps_runs": [2.0, 6.0, 3.0]}

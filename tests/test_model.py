@@ -221,6 +221,37 @@ def test_fast_path_matches_the_conv3d_reference(model):
     torch.testing.assert_close(torch.cat(parts, dim=2), y_ref, rtol=1e-4, atol=1e-5)
 
 
+def test_fast_decoder_conditions_at_the_latent_resolution(model, monkeypatch):
+    """The fast decoder computes AdaGN's γ, β from the codes at their own resolution
+    (``forward_latent``: broadcast over the pixels and frames each latent covers), never from
+    the upsampled condition; with its full-rate stages run one frame at a time (a tiny
+    TAIL_PIXELS) it still gives the reference's values."""
+    from neuralcodec import model as M
+    from neuralcodec.layers import AdaptiveGroupNorm
+    x = video(t=9, h=16, w=24)
+    with torch.enable_grad():
+        codes = sign_quantize(model.encoder(x).detach())
+        y_ref = model.decoder(codes).detach()
+    calls = []
+    real = AdaptiveGroupNorm.forward_latent
+    monkeypatch.setattr(AdaptiveGroupNorm, "forward_latent",
+                        lambda self, *a: calls.append(a[0].shape) or real(self, *a))
+    monkeypatch.setattr(AdaptiveGroupNorm, "forward",
+                        lambda *a: pytest.fail("upsampled condition on the fast path"))
+    monkeypatch.setattr(M, "TAIL_PIXELS", 1)
+    with torch.no_grad():
+        y = model.decoder(codes)
+        n_one = len(calls)
+        with streaming(model):
+            parts = [model.decoder(codes[:, :, :1]), model.decoder(codes[:, :, 1:])]
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.cat(parts, dim=2), y_ref, rtol=1e-4, atol=1e-5)
+    assert n_one == len(model.decoder.adanorms)
+    assert any(s[2] == 1 and s[3] > codes.shape[3] for s in calls[n_one:])  # one-frame tail pieces
+    with pytest.raises(ValueError):
+        real(model.decoder.adanorms[0], torch.zeros(1, 32, 2, 5, 6), codes[:, :, :1], [0, 0])
+
+
 def test_codec_runs_the_fast_path_not_conv3d(make_tiny, monkeypatch):
     """The codec's own encode and decode never reach F.conv3d (the slow im2col path on CPU)."""
     import numpy as np

@@ -503,3 +503,26 @@ def test_partial_warm_start_keeps_matching_tensors(tmp_path):
     other = replace(CONFIGS["tiny"], enc_channels=(4, 4, 4), dec_channels=(4, 4, 4), stem_patch=1)
     with pytest.raises(InputError):
         init_weights(str(path), replace(other, bits=2, norm_groups=2), partial=True)
+
+
+def test_decoder_only_training_keeps_the_code(corpus, tmp_path):
+    """train_only="decoder" (VidTok's second stage): the encoder and quantizer of the start model
+    stay bit-exact — so are the tokens of every stream — while the decoder learns; it needs a start
+    model, and an unknown value is refused."""
+    from neuralcodec.weights import save_weights
+    torch.manual_seed(5)
+    start = Tokenizer(CONFIGS["tiny"])
+    path = tmp_path / "start.safetensors"
+    save_weights(start, path, "start")
+    ref = {k: v.half().float() for k, v in start.state_dict().items()}
+    got = train(_tc(corpus, tmp_path / "dec", init=str(path), train_only="decoder", steps=3, ema=0.0))
+    sd = got.state_dict()
+    enc = [k for k in sd if not k.startswith("decoder.")]
+    dec = [k for k in sd if k.startswith("decoder.")]
+    assert enc and dec
+    assert all(torch.equal(sd[k], ref[k]) for k in enc)
+    assert any(not torch.allclose(sd[k], ref[k]) for k in dec)
+    with pytest.raises(InputError):
+        train(_tc(corpus, tmp_path / "cold", train_only="decoder", steps=1))
+    with pytest.raises(InputError):
+        train(_tc(corpus, tmp_path / "bad", init=str(path), train_only="encoder", steps=1))

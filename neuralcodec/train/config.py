@@ -100,6 +100,10 @@ class TrainConfig:
     # warm start takes only the tensors whose name and shape match the run's model (e.g. an
     # old encoder and quantizer under a new decoder); the others keep their random init
     init_partial: bool = False
+    # which part learns: "all", or "decoder" (encoder and quantizer frozen: the code, and so
+    # every stream's tokens, stay those of the start model; VidTok's second stage — cheaper
+    # steps, larger crops affordable)
+    train_only: str = "all"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -239,7 +239,15 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
             print(f"warm start from {tc.init} ({cfg.bits} bits{part})", flush=True)
     model.to(dev)
     ema.to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.9, tc.adam_beta2))
+    if tc.train_only == "decoder":
+        if not (tc.init or st is not None):
+            raise InputError("train_only=decoder needs a start model (--init) to freeze")
+        model.encoder.requires_grad_(False)
+        model.quantizer.requires_grad_(False)
+    elif tc.train_only != "all":
+        raise InputError(f"train_only must be 'all' or 'decoder', not {tc.train_only!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=tc.lr, betas=(0.9, tc.adam_beta2))
     if use_gan:
         disc.to(dev)
         lecam.to(dev)
@@ -352,7 +360,7 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
                 terms["g_adv"] = f"{g_adv.item():.4f}"
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
+            torch.nn.utils.clip_grad_norm_(params, tc.clip)
             opt.step()
             if gan_on:
                 from .discriminator import d_hinge_loss
