@@ -165,7 +165,8 @@ def bench(a) -> dict:
                     print(f"{name} {cname} (run {rep + 1}/{a.repeat}): encode {enc['fps']:.2f} fps "
                           f"{enc['rss_mb']} MB, decode {dec['fps']:.2f} fps {dec['rss_mb']} MB, "
                           f"{rows[cname]['psnr']:.2f} dB", flush=True)
-            res["sizes"][name] = {"frames": n, "width": w, "height": h, "configs": rows}
+            res["sizes"][name] = {"frames": n, "width": w, "height": h, "repeat": a.repeat,
+                                  "configs": rows}
         if a.long:
             n = int(25 * a.long)
             clip = work / "long.mkv"
@@ -194,22 +195,24 @@ def report(res: dict, prefix: Path) -> None:
         f"{os.cpu_count()}-core CPU, torch threads {res['threads']}, one command at a time, "
         f"load average {res['load_before']:.2f} before / {res['load_after']:.2f} after. Input: "
         f"`{Path(res['input']).name}` area-scaled, FFV1. `release` = commit `{res['baseline']}`. "
-        "fps as `mgv` prints it (decode includes loading the model; the median of "
-        f"{res.get('repeat', 1)} run(s) per command, configs in turn), peak RSS of the process, "
+        "fps as `mgv` prints it (decode includes loading the model; with several runs per "
+        "command, configs in turn, the median: `run` says how many), peak RSS of the process, "
         "PSNR-RGB of the decoded frames against the input.",
         "",
         "| size | frames | config | encode fps | encode RSS (MB) | decode fps | decode RSS (MB) | "
         "bytes | PSNR (dB) | encode × release | decode × release | run |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for name, s in res["sizes"].items():
+    order = list(SIZES)
+    for name, s in sorted(res["sizes"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99):
         rel = s["configs"].get("release")
         for c, r in s["configs"].items():
             ex = (f"{r['encode']['fps'] / rel['encode']['fps']:.2f}×",
                   f"{r['decode']['fps'] / rel['decode']['fps']:.2f}×") if rel else ("", "")
             lines.append(f"| {name} | {s['frames']} | {c} | {r['encode']['fps']:.2f} | "
                          f"{r['encode']['rss_mb']} | {r['decode']['fps']:.2f} | {r['decode']['rss_mb']} | "
-                         f"{r['bytes']} | {r['psnr']:.2f} | {ex[0]} | {ex[1]} | {s.get('run', '')} |")
+                         f"{r['bytes']} | {r['psnr']:.2f} | {ex[0]} | {ex[1]} | {s.get('run', '')}"
+                         f"{' (median of %d)' % s['repeat'] if s.get('repeat', 1) > 1 else ''} |")
     if "long" in res:
         lg = res["long"]
         lines += ["", f"Long clip, shipped configuration: 1080p, {lg['seconds']:g} s ({lg['frames']} "

@@ -47,8 +47,10 @@ def test_run_measured_and_report(tmp_path):
                    "bytes": 10, "psnr": 20.0} for c, f in (("release", 1.0), ("fast-bf16", 3.0))}}},
            "long": {"frames": 250, "seconds": 10, "encode": {"fps": 1, "rss_mb": 1500},
                     "decode": {"fps": 0.5, "rss_mb": 1800}}}
+    res["sizes"] = {"1080p": {**res["sizes"]["360p"], "repeat": 3}, **res["sizes"]}  # merged: out of order
     B.report(res, tmp_path / "speed")
     md = (tmp_path / "speed.md").read_text()
+    assert md.index("| 360p |") < md.index("| 1080p |") and "now (median of 3) |" in md
     assert "| 360p | 9 | fast-bf16 | 3.00 | 100 | 1.50 | 200 | 10 | 20.00 | 3.00× | 3.00× | now |" in md
     assert "1800 MB" in md and json.loads((tmp_path / "speed.json").read_text())["baseline"] == "abc"
 
