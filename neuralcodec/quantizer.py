@@ -55,6 +55,10 @@ class LFQOutput:
     commit_loss: torch.Tensor  # scalar: mean (z - sg(q))²
     per_sample_entropy: torch.Tensor  # scalar, bits
     codebook_entropy: torch.Tensor  # scalar, bits (sum over sub-groups)
+    # scalar, bits per token, differentiable (training only; 0 in eval): Σ_k h(E[p(c_k = +1)]),
+    # the cost of coding each bit with its batch-marginal probability — a rate proxy whose
+    # minimum makes uninformative bits constant (the codebook entropy rewards the opposite)
+    bit_rate: torch.Tensor
 
 
 class LFQ(nn.Module):
@@ -82,21 +86,25 @@ class LFQ(nn.Module):
         commit = F.mse_loss(z, q.detach())
         if not self.training:
             zero = z.new_zeros(())
-            return LFQOutput(codes, zero, commit, zero, zero)
+            return LFQOutput(codes, zero, commit, zero, zero, zero)
         # the entropy terms are computed in float32 even under bf16 autocast (log-prob sums)
         with torch.autocast(z.device.type, enabled=False):
-            per_sample, cb = self._entropies(z)
+            per_sample, cb, rate = self._entropies(z)
         ent = per_sample - self.diversity_gamma * cb
-        return LFQOutput(codes, ent, commit, per_sample.detach(), cb.detach())
+        return LFQOutput(codes, ent, commit, per_sample.detach(), cb.detach(), rate)
 
     def _entropies(self, z: torch.Tensor):
-        """Per-sample entropy and codebook entropy (bits, float32) of ``z`` (``B×K×T×H×W``)."""
+        """Per-sample entropy, codebook entropy and marginal bit rate (bits, float32) of ``z``
+        (``B×K×T×H×W``)."""
         flat = z.transpose(0, 1).reshape(self.bits, -1).t().float()  # N×K
         logit = 4.0 * flat / self.temperature
         p1 = torch.sigmoid(logit)
         # per-sample entropy (bits): Σ_k h(p_k)
         h = F.binary_cross_entropy_with_logits(logit, p1, reduction="none")
         per_sample = h.sum(1).mean() / math.log(2)
+        # marginal bit rate (bits per token): Σ_k h(E[p_k])
+        pm = p1.mean(0).clamp(1e-6, 1 - 1e-6)
+        rate = -(pm * pm.log() + (1 - pm) * (1 - pm).log()).sum() / math.log(2)
         # codebook entropy over sub-groups of bits
         logp1, logp0 = F.logsigmoid(logit), F.logsigmoid(-logit)
         cb = flat.new_zeros(())
@@ -107,4 +115,4 @@ class LFQ(nn.Module):
             logp = logp1[:, start:start + g] @ patt.t() + logp0[:, start:start + g] @ (1 - patt).t()
             avg = logp.exp().mean(0)  # the product distribution sums to 1 over codes
             cb = cb - (avg * torch.log(avg.clamp_min(1e-12))).sum() / math.log(2)
-        return per_sample, cb
+        return per_sample, cb, rate

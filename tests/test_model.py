@@ -139,6 +139,17 @@ def test_lfq_losses_and_straight_through():
     # collapsed latents: codebook entropy near zero
     o3 = q(torch.full((2000, 6, 1, 1, 1), 10.0))
     assert o3.codebook_entropy < 0.01
+    # marginal bit rate: ~1 bit per random bit, ~0 for a constant one; its gradient pushes a
+    # random bit toward a constant (the opposite of the codebook-entropy term's push)
+    assert 5.9 < o2.bit_rate <= 6 and o3.bit_rate < 0.01
+    zr = torch.cat([torch.randn(500, 1) * 3, torch.full((500, 5), 3.0)], 1)
+    zr = zr.t().reshape(6, 500, 1, 1, 1).transpose(0, 1).requires_grad_(True)
+    o4 = q(zr)
+    assert 0.5 < o4.bit_rate < 1.5
+    o4.bit_rate.backward()
+    step = zr - 0.5 * zr.grad  # one gradient step on the rate alone
+    assert q(step.detach()).bit_rate < o4.bit_rate
+    assert q.eval()(zr).bit_rate == 0
 
 
 def test_lfq_entropies_stay_float32_under_bf16_autocast():

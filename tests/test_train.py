@@ -526,3 +526,10 @@ def test_decoder_only_training_keeps_the_code(corpus, tmp_path):
         train(_tc(corpus, tmp_path / "cold", train_only="decoder", steps=1))
     with pytest.raises(InputError):
         train(_tc(corpus, tmp_path / "bad", init=str(path), train_only="encoder", steps=1))
+
+
+def test_rate_term_trains_and_is_logged_off_by_default(corpus, tmp_path):
+    """LossWeights.rate adds LFQ's marginal bit rate to the loss (0 = off, the default)."""
+    assert LossWeights().rate == 0.0
+    out = train(_tc(corpus, tmp_path / "rate", steps=2, loss=LossWeights(rate=0.05)))
+    assert all(torch.isfinite(v).all() for v in out.state_dict().values())

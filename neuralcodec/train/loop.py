@@ -344,6 +344,8 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
                 recon, q = net(x, bits=bits)
             rec = reconstruction_loss(w, recon.float(), x)
             loss = rec + entropy_weight(w, step) * q.entropy_loss + w.commit * q.commit_loss
+            if w.rate:
+                loss = loss + w.rate * q.bit_rate
             terms = {}
             if lpips is not None:
                 with autocast:

@@ -25,6 +25,9 @@ class LossWeights:
     entropy_decay_steps: int = 2000
     # weight of the commitment loss (z - sg(q))²
     commit: float = 0.25
+    # weight of the rate term: LFQ's marginal bit rate Σ_k h(E[p_k]) in bits per token (0 = off;
+    # pushes bits that carry no information to a constant, which the entropy coder gets for free)
+    rate: float = 0.0
     # weight of the LPIPS perceptual loss (0 = off; needs python -m tools.convert_lpips once)
     perceptual: float = 0.0
     # LPIPS backbone: "vgg16" or "alexnet"
