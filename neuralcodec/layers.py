@@ -19,6 +19,7 @@ tested against.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Iterator, List, Optional, Union
 
 import torch
@@ -268,9 +269,9 @@ class AdaptiveGroupNorm(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        gamma, beta = pointwise(self.proj, cond).chunk(2, dim=1)
-        if fast_path():
-            return torch.addcmul(beta, frame_group_norm(x, self.groups), gamma.add_(1))
+        """The reference (autograd) path, ``cond`` aligned to ``x``; inference runs
+        :meth:`forward_latent`."""
+        gamma, beta = self.proj(cond).chunk(2, dim=1)
         return frame_group_norm(x, self.groups) * (1 + gamma) + beta
 
     def forward_latent(self, x: torch.Tensor, cond: torch.Tensor, frames: List[int]) -> torch.Tensor:
@@ -291,11 +292,8 @@ class AdaptiveGroupNorm(nn.Module):
         scale = gb[..., :c] + 1
         nv = n.permute(0, 2, 3, 4, 1)  # B×T×H×W×C, a view
         start = 0
-        while start < t:
-            j = frames[start]
-            end = start + 1
-            while end < t and frames[end] == j:
-                end += 1
+        for j, run in itertools.groupby(frames):  # the frames of latent j, in place
+            end = start + len(list(run))
             seg = nv[:, start:end].view(b, end - start, h, ry, w, rx, c)
             torch.addcmul(gb[:, j, :, None, :, None, c:].unsqueeze(1), seg,
                           scale[:, j, :, None, :, None].unsqueeze(1), out=seg)

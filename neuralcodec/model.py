@@ -107,8 +107,7 @@ class Decoder(StreamingModule):
             if not self.started:
                 reps[0] = 1
             codes = codes.repeat_interleave(reps, dim=2)
-        cond = F.interpolate(codes, size=(codes.shape[2],) + tuple(size), mode="nearest")
-        return channels_last(cond) if fast_path() else cond
+        return F.interpolate(codes, size=(codes.shape[2],) + tuple(size), mode="nearest")
 
     def _frames(self, latents: int, tf: int) -> List[int]:
         """The latent frame behind each feature frame at ``tf``× the latent frame rate, for a
