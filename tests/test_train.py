@@ -460,6 +460,49 @@ def test_grow_bits_keeps_the_old_code(corpus, tmp_path):
     assert got.cfg.bits == 10
 
 
+def test_change_factors_folds_and_grows_the_upsamplers(corpus, tmp_path):
+    """A model warm-started under other down-sampling factors copies every weight; the decoder
+    Upsample whose factor is dropped averages its sub-pixel output channels (and the factorized
+    temporal conv sums the inputs it reads from them); adding the factor back repeats them, so
+    drop ∘ add is the identity. --init uses it automatically."""
+    from dataclasses import replace
+    from neuralcodec.train.loop import change_factors
+    from neuralcodec.weights import save_weights
+    torch.manual_seed(2)
+    a = Tokenizer(CONFIGS["tiny"]).eval()  # spatial ×2 at the first transition
+    cfg_b = replace(a.cfg, spatial_down=(False, True))  # ... at the second instead
+    b = change_factors(a, cfg_b)
+    assert b.cfg == cfg_b and b.cfg.spatial_factor == a.cfg.spatial_factor
+    sa, sb = a.state_dict(), b.state_dict()
+    up = "decoder.ups.1.conv.body."  # the last one: level 1 → 0, ×2 in space under a only
+    for k in sa:
+        if not k.startswith("decoder.ups."):
+            assert torch.equal(sa[k], sb[k]), k
+    cout = a.decoder.ups[1].cout
+    st = a.decoder.ups[1].st
+    w = sa[up + "0.conv.weight"]  # (cout·2·2·st)×cin×1×3×3, channel ((c·2 + i)·2 + j)·st + s
+    want = w.reshape(cout, 4, st, *w.shape[1:]).mean(1).reshape(cout * st, *w.shape[1:])
+    assert torch.allclose(sb[up + "0.conv.weight"], want)
+    wt = sa[up + "1.conv.weight"]
+    want_t = wt.reshape(cout, 4, st, cout, 4, st, *wt.shape[2:]).mean(1).sum(3)
+    assert torch.allclose(sb[up + "1.conv.weight"], want_t.reshape(cout * st, cout * st, *wt.shape[2:]))
+    grown = "decoder.ups.0.conv.body.0.conv.weight"  # level 2 → 1: ×2 in space under b only
+    assert sb[grown].shape[0] == 4 * sa[grown].shape[0]
+    back = change_factors(b, a.cfg).state_dict()  # ups.0: grown, then folded again = identity
+    for k in sa:
+        if not k.startswith("decoder.ups.1."):  # (folded, then grown: repeated means)
+            assert torch.allclose(back[k], sa[k], atol=1e-6), k
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    assert b.decode(b.encode(x)).shape == x.shape
+    with pytest.raises(InputError):
+        change_factors(a, replace(a.cfg, bits=7))
+    path = tmp_path / "a.safetensors"
+    save_weights(a, path, "a")
+    got = train(_tc(corpus, tmp_path / "fold", init=str(path),
+                    arch='{"spatial_down": [false, true]}', steps=1, lr=1e-12, warmup=1))
+    assert got.cfg.spatial_down == (False, True)
+
+
 def test_export_uses_the_run_config(corpus, tmp_path, monkeypatch):
     """tools/export.py rebuilds the run's architecture from train_config.json (arch overrides)."""
     import subprocess

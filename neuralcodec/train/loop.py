@@ -138,10 +138,62 @@ def grow_bits(start: Tokenizer, bits: int) -> Tokenizer:
     return grown
 
 
+def _fold_channels(t: torch.Tensor, dim: int, cout: int, old, new, reduce: str) -> torch.Tensor:
+    """``t`` with its axis ``dim`` of an Upsample's ``cout·ss·ss·st`` channels (order
+    ``((c·ss + i)·ss + j)·st + s``) changed from factors ``old`` = (ss, st) to ``new``: a factor
+    that shrinks to 1 is averaged (``reduce="mean"``: output channels) or summed ("sum": input
+    channels of the next convolution, so that it sees the same total); one that grows from 1 is
+    repeated (input channels also divided by it)."""
+    (sso, sto), (ssn, stn) = old, new
+    shape = list(t.shape)
+    v = t.reshape(shape[:dim] + [cout, sso, sso, sto] + shape[dim + 1:])
+    for axes, o, n in (((dim + 1, dim + 2), sso, ssn), ((dim + 3,), sto, stn)):
+        if o == n:
+            continue
+        if n == 1:
+            v = v.mean(axes, keepdim=True) if reduce == "mean" else v.sum(axes, keepdim=True)
+        else:
+            size = list(v.shape)
+            for a in axes:
+                size[a] = n
+            v = v.expand(size) / (n ** len(axes) if reduce == "sum" else 1)
+    return v.reshape(shape[:dim] + [cout * ssn * ssn * stn] + shape[dim + 1:]).contiguous()
+
+
+def change_factors(start: Tokenizer, cfg: TokenizerConfig) -> Tokenizer:
+    """A model of ``cfg`` — ``start``'s config with other ``spatial_down`` / ``temporal_down``
+    (e.g. 4× instead of 8× in space: 4× the tokens) — that computes nearly what ``start`` does:
+    every weight is copied (a strided convolution keeps its kernel, only its stride changes)
+    except the convolutions of a decoder Upsample whose factors change, whose sub-pixel /
+    sub-frame output channels are averaged (a factor dropped) or repeated (a factor added). The
+    warm start for a higher- or lower-rate member of a model family."""
+    if replace(start.cfg, spatial_down=cfg.spatial_down, temporal_down=cfg.temporal_down) != cfg:
+        raise InputError("change_factors: the configs may differ only in spatial_down / temporal_down")
+    model = Tokenizer(cfg)
+    old = start.state_dict()
+    new = model.state_dict()
+    folds = {}
+    for name, up in model.decoder.ups.named_children():
+        src = start.decoder.ups[int(name)]
+        if (src.ss, src.st) != (up.ss, up.st):
+            folds[f"decoder.ups.{name}.conv."] = (up.cout, (src.ss, src.st), (up.ss, up.st))
+    with torch.no_grad():
+        for name, t in new.items():
+            o = old[name]
+            prefix = next((k for k in folds if name.startswith(k)), None)
+            if prefix is not None:
+                cout, fo, fn = folds[prefix]
+                o = _fold_channels(o, 0, cout, fo, fn, "mean")
+                if name.endswith("body.1.conv.weight"):  # the factorized temporal conv reads them
+                    o = _fold_channels(o, 1, cout, fo, fn, "sum")
+            t.copy_(o)
+    return model
+
+
 def init_weights(spec: str, cfg: TokenizerConfig, partial: bool = False) -> Tokenizer:
     """Weights to warm-start from: ``spec`` is a .safetensors path or a registered model name;
     its config must equal ``cfg``, or differ only in having fewer bits (then it is grown with
-    :func:`grow_bits`); else InputError. ``partial``: any config; a model of ``cfg`` (seeded
+    :func:`grow_bits`) or in its down-sampling factors (:func:`change_factors`); else InputError. ``partial``: any config; a model of ``cfg`` (seeded
     random init) receives every tensor of ``spec`` whose name and shape match, the rest stay
     random (``copied`` / ``fresh`` attributes count the tensors)."""
     from ..weights import load_model, load_weights_file
@@ -159,6 +211,8 @@ def init_weights(spec: str, cfg: TokenizerConfig, partial: bool = False) -> Toke
         return start
     if replace(start.cfg, bits=cfg.bits) == cfg and cfg.bits > start.cfg.bits:
         return grow_bits(start, cfg.bits)
+    if replace(start.cfg, spatial_down=cfg.spatial_down, temporal_down=cfg.temporal_down) == cfg:
+        return change_factors(start, cfg)
     raise InputError(f"--init {spec}: its config differs from the run's model config")
 
 
