@@ -123,6 +123,11 @@ PAPER = TokenizerConfig(
 # than its encoder; same factors (8× space, 4× time) and bit count as the paper.
 DEFAULT = TokenizerConfig()
 
+# The default's layers at 4× space, 4× time: its second spatial ×2 step left out, so levels 2
+# and 3 run at H/4 and a token covers 4×4 pixels of 4 frames (4× the tokens of `default`, the
+# same weights' shapes except one decoder Upsample; train/loop.py's change_factors converts).
+S4 = dataclasses.replace(DEFAULT, spatial_down=(True, False, False))
+
 # A tiny configuration for unit tests (a few thousand parameters).
 TINY = TokenizerConfig(
     bits=6,
@@ -137,4 +142,4 @@ TINY = TokenizerConfig(
     norm_groups=4,
 )
 
-CONFIGS = {"paper": PAPER, "default": DEFAULT, "tiny": TINY}
+CONFIGS = {"paper": PAPER, "default": DEFAULT, "s4": S4, "tiny": TINY}

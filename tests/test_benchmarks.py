@@ -242,6 +242,10 @@ def test_make_codec_names():
     assert C.make_codec("x265-veryslow-ld").lowdelay
     assert C.make_codec("vvenc-medium", quick=True).points == C.QUICK_POINTS
     assert C.make_codec("mgv-context").entropy == "context"
+    other = C.make_codec("mgv@mgv-s4-v1")  # another registered model: its own name and cache
+    assert other.name == "mgv@mgv-s4-v1" and other.model == "mgv-s4-v1" and other.entropy is None
+    assert other.encode_cmd(Path("s"), Path("o"), 6, 8, 8)[-4:-2] == ["--model", "mgv-s4-v1"]
+    assert C.make_codec("mgv-none@m").entropy == "none"
     av1 = C.make_codec("svtav1-p8")
     assert av1.name == "svtav1-p8" and av1.points == C.AV1_CRF_POINTS
     dec = av1.decode_cmd(Path("x.obu"), Path("d.yuv"))

@@ -259,7 +259,7 @@ class MGV(Codec):
         self.entropy = entropy
         self.model = model
         self.python = python or sys.executable
-        self.name = "mgv" if entropy is None else f"mgv-{entropy}"
+        self.name = ("mgv" if entropy is None else f"mgv-{entropy}") + (f"@{model}" if model else "")
 
     def point_label(self, point) -> str:
         return f"bits{point}"
@@ -319,16 +319,16 @@ class MGV(Codec):
 
 
 def make_codec(name, quick: bool = False, ffmpeg: Optional[str] = None) -> Codec:
-    """Codec from its name: ``mgv``, ``mgv-none``, ``mgv-context``, ``x265-<preset>-ra|ld``,
-    ``vvenc-<preset>``, ``x264-<preset>``, ``svtav1-p<n>``. ``quick`` uses 4 rate points instead of 6.
-    A :class:`Codec` instance is returned as is."""
+    """Codec from its name: ``mgv``, ``mgv-none``, ``mgv-context`` (each with an optional
+    ``@MODEL``, a registered model other than the default: ``mgv@mgv-s4-v1``),
+    ``x265-<preset>-ra|ld``, ``vvenc-<preset>``, ``x264-<preset>``, ``svtav1-p<n>``. ``quick``
+    uses 4 rate points instead of 6. A :class:`Codec` instance is returned as is."""
     if isinstance(name, Codec):
         return name
     pts = QUICK_POINTS if quick else None
-    if name == "mgv":
-        return MGV()
-    if name.startswith("mgv-"):
-        return MGV(entropy=name[4:])
+    m = re.fullmatch(r"mgv(?:-(\w+))?(?:@([\w.-]+))?", name)
+    if m:
+        return MGV(entropy=m.group(1), model=m.group(2))
     m = re.fullmatch(r"x265-(\w+)-(ra|ld)", name)
     if m:
         return X265(m.group(1), m.group(2) == "ld", pts or CRF_POINTS, ffmpeg)

@@ -80,7 +80,7 @@ def plot_sequence(results: dict, seq: str, path: Path) -> None:
                 continue
             style = dict(lw=2.4, color="black") if c == results["anchor"] else dict(lw=1.4)
             if c.startswith("mgv"):
-                style = dict(lw=2.4, color="tab:red")
+                style = dict(lw=2.4, color="tab:red", ls="--" if "@" in c else "-")  # @: other model
             ax.plot([e["bpp"] for e in es], [e[m] for e in es], marker="o", ms=3.5, label=c, **style)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
