@@ -60,6 +60,11 @@ COMMON = {"cpu-bf16": "true", "threads": "1", "clock": "cpu", "warmup": "50", "s
 
 # The control is the current recipe (TrainConfig's defaults + COMMON); each variant lists what
 # it changes. Keys are tools/train.py options without the leading dashes.
+# the study's widest-and-shallowest decoder at about the control's MACs
+DEC_WIDE = json.dumps({"dec_channels": [32, 112, 176, 240], "dec_blocks": [1, 1, 1, 1]})
+# the first study's winners in one recipe
+COMBO = {"arch": DEC_WIDE, "adam-beta2": "0.95", "ema": "0.99", "image-first": "0.4"}
+
 VARIANTS: Dict[str, dict] = {
     "control": {"desc": "current recipe: lr 1e-3, 8×9×64² clips, 30% image batches, nested "
                         "2..14, L2+0.1·L1, entropy 0.01, EMA 0.999, β2 0.99", "args": {}},
@@ -72,8 +77,7 @@ VARIANTS: Dict[str, dict] = {
     "image-first": {"desc": "first 40% of the budget on image batches, then mixed",
                     "args": {"image-first": "0.4"}},
     "dec-wide": {"desc": "decoder wide and shallow: (32,112,176,240)×(1,1,1,1) blocks",
-                 "args": {"arch": json.dumps({"dec_channels": [32, 112, 176, 240],
-                                              "dec_blocks": [1, 1, 1, 1]})}},
+                 "args": {"arch": DEC_WIDE}},
     "dec-deep": {"desc": "decoder narrow and deep: (32,80,128,160)×(1,3,4,4) blocks",
                  "args": {"arch": json.dumps({"dec_channels": [32, 80, 128, 160],
                                               "dec_blocks": [1, 3, 4, 4]})}},
@@ -84,6 +88,15 @@ VARIANTS: Dict[str, dict] = {
     "entropy-0.003": {"desc": "entropy penalty 0.003 (from 0.01)", "args": {"entropy": "0.003"}},
     "l1": {"desc": "L1 loss only (no MSE)", "args": {"mse": "0", "l1": "1.0"}},
     "fp32": {"desc": "float32 (no bf16 autocast)", "args": {"cpu-bf16": "false"}},
+    "rate-0.01": {"desc": "rate term 0.01 (LFQ's marginal bit rate; about cancels the entropy "
+                          "penalty's codebook-entropy half)", "args": {"rate": "0.01"}},
+    "rate-0.01-seed1": {"desc": "rate term 0.01 with seed 1", "args": {"rate": "0.01", "seed": "1"}},
+    "rate-0.005": {"desc": "rate term 0.005", "args": {"rate": "0.005"}},
+    "rate-0.03": {"desc": "rate term 0.03 (bits that carry little pushed to a constant)",
+                  "args": {"rate": "0.03"}},
+    "combo": {"desc": "the winners together: dec-wide + Adam β2 0.95 / EMA 0.99 + image-first 0.4",
+              "args": COMBO},
+    "combo-rate": {"desc": "combo + rate term 0.01", "args": {**COMBO, "rate": "0.01"}},
 }
 
 
@@ -126,6 +139,21 @@ def run_variant(name: str, a, tr: Path, va: Path) -> Path:
     done_file.write_text(f"{time.time() - t:.0f}\n")
     print(f"[{name}] trained in {(time.time() - t) / 60:.1f} wall-min", flush=True)
     return out
+
+
+# the coded rate (bits per pixel) at which the report compares every variant's PSNR
+EQUAL_BPP = 0.003
+
+
+def psnr_at_bpp(rates, bpp: float):
+    """PSNR at coded rate ``bpp`` on a variant's curve (``rates``: dicts with "coded_bpp" and
+    "psnr"), linear in log bpp between the nearest points below and above; None outside."""
+    pts = sorted((x["coded_bpp"], x["psnr"]) for x in rates if x["coded_bpp"] > 0)
+    for (b0, p0), (b1, p1) in zip(pts, pts[1:]):
+        if b0 <= bpp <= b1:
+            f = 0.0 if b1 == b0 else (math.log(bpp) - math.log(b0)) / (math.log(b1) - math.log(b0))
+            return p0 + f * (p1 - p0)
+    return None
 
 
 # rate points measured at the end (leading bits kept; the model's K is always added)
@@ -200,6 +228,10 @@ def write_report(results: List[dict], prefix: Path, a) -> None:
     def at(r, b):
         return next((x for x in r["rates"] if x["bits"] == b), None)
 
+    def cell_at_bpp(r):
+        v = psnr_at_bpp(r["rates"], EQUAL_BPP)
+        return f"{v:.2f}" if v is not None else "–"
+
     lines = [
         "# Recipe study: validation quality per CPU budget",
         "",
@@ -212,9 +244,13 @@ def write_report(results: List[dict], prefix: Path, a) -> None:
         f"`model.decode` at full rate on the first clip ({a.val_short_side}-px short side, 17 frames), {a.threads} thread(s), measured with nothing else running on that core. Command: "
         f"`python3 -m benchmarks.bench_recipes --cpu-minutes {a.cpu_minutes:g} --parallel {a.parallel}`.",
         "",
+        f"PSNR@{EQUAL_BPP} bpp compares the variants at one coded rate (PSNR interpolated over "
+        "log bpp between the two rate points around it; – outside a variant's range): the code per "
+        "bit, which PSNR at the top rate point does not show.",
+        "",
         "| variant | change | steps | steps/CPU-min | dec MAC/px | dec fps | PSNR@2 | PSNR@6 | PSNR@10 "
-        "| PSNR@top | bpp@top | MS-SSIM@top | Δ PSNR@top vs control |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| PSNR@top | bpp@top | MS-SSIM@top | Δ PSNR@top vs control | PSNR@{EQUAL_BPP} bpp |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(results, key=lambda r: -top(r)["psnr"]):
         cells = []
@@ -227,7 +263,7 @@ def write_report(results: List[dict], prefix: Path, a) -> None:
         lines.append(
             f"| {r['variant']} | {r['desc']} | {r['steps']} | {r['steps_per_cpu_min']:.1f} | "
             f"{r['dec_macs_px'] / 1e3:.0f}k | {r['decode_fps']:.1f} | {' | '.join(cells)} | "
-            f"{t['psnr']:.2f} ({t['bits']} b) | {t['coded_bpp']:.4f} | {ms} | {d} |")
+            f"{t['psnr']:.2f} ({t['bits']} b) | {t['coded_bpp']:.4f} | {ms} | {d} | {cell_at_bpp(r)} |")
     lines += ["", "Coded bpp at every rate point:", "",
               "| variant | " + " | ".join(f"bpp@{b}" for b in RATES) + " | bpp@top |",
               "|---|" + "---:|" * (len(RATES) + 1)]

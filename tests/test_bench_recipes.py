@@ -72,3 +72,13 @@ def test_curve_and_report(tmp_path):
     assert "## notes" in md
     pytest.importorskip("matplotlib")
     assert (tmp_path / "recipes.png").stat().st_size > 1000
+
+
+def test_psnr_at_one_coded_rate():
+    """The report's equal-rate column: linear in log bpp between the points around the rate,
+    None outside the curve."""
+    rates = [{"bits": 2, "coded_bpp": 0.002, "psnr": 16.0}, {"bits": 18, "coded_bpp": 0.008, "psnr": 18.0},
+             {"bits": 6, "coded_bpp": 0.004, "psnr": 17.5}]
+    assert R.psnr_at_bpp(rates, 0.004) == pytest.approx(17.5)
+    assert R.psnr_at_bpp(rates, 0.002 * 2 ** 0.5) == pytest.approx(16.75)  # halfway in log bpp
+    assert R.psnr_at_bpp(rates, 0.001) is None and R.psnr_at_bpp(rates, 0.01) is None
