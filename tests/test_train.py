@@ -496,6 +496,8 @@ def test_change_factors_folds_and_grows_the_upsamplers(corpus, tmp_path):
     assert b.decode(b.encode(x)).shape == x.shape
     with pytest.raises(InputError):
         change_factors(a, replace(a.cfg, bits=7))
+    with pytest.raises(InputError):  # other levels: refused, not a ValueError from the config
+        change_factors(a, CONFIGS["default"])
     path = tmp_path / "a.safetensors"
     save_weights(a, path, "a")
     got = train(_tc(corpus, tmp_path / "fold", init=str(path),

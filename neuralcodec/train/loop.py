@@ -160,6 +160,14 @@ def _fold_channels(t: torch.Tensor, dim: int, cout: int, old, new, reduce: str) 
     return v.reshape(shape[:dim] + [cout * ssn * ssn * stn] + shape[dim + 1:]).contiguous()
 
 
+def _only_factors_differ(a: TokenizerConfig, b: TokenizerConfig) -> bool:
+    """True when ``a`` and ``b`` have the same levels and differ at most in their down-sampling
+    factors (``spatial_down``, ``temporal_down``)."""
+    if len(a.spatial_down) != len(b.spatial_down):
+        return False
+    return replace(a, spatial_down=b.spatial_down, temporal_down=b.temporal_down) == b
+
+
 def change_factors(start: Tokenizer, cfg: TokenizerConfig) -> Tokenizer:
     """A model of ``cfg`` — ``start``'s config with other ``spatial_down`` / ``temporal_down``
     (e.g. 4× instead of 8× in space: 4× the tokens) — that computes nearly what ``start`` does:
@@ -167,7 +175,7 @@ def change_factors(start: Tokenizer, cfg: TokenizerConfig) -> Tokenizer:
     except the convolutions of a decoder Upsample whose factors change, whose sub-pixel /
     sub-frame output channels are averaged (a factor dropped) or repeated (a factor added). The
     warm start for a higher- or lower-rate member of a model family."""
-    if replace(start.cfg, spatial_down=cfg.spatial_down, temporal_down=cfg.temporal_down) != cfg:
+    if not _only_factors_differ(start.cfg, cfg):
         raise InputError("change_factors: the configs may differ only in spatial_down / temporal_down")
     model = Tokenizer(cfg)
     old = start.state_dict()
@@ -211,7 +219,7 @@ def init_weights(spec: str, cfg: TokenizerConfig, partial: bool = False) -> Toke
         return start
     if replace(start.cfg, bits=cfg.bits) == cfg and cfg.bits > start.cfg.bits:
         return grow_bits(start, cfg.bits)
-    if replace(start.cfg, spatial_down=cfg.spatial_down, temporal_down=cfg.temporal_down) == cfg:
+    if _only_factors_differ(start.cfg, cfg):
         return change_factors(start, cfg)
     raise InputError(f"--init {spec}: its config differs from the run's model config")
 
