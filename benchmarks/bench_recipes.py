@@ -58,13 +58,13 @@ VAL_CLIPS = ("sam2_juggle.mp4", "intel_car_detection.mp4", "intel_asl_walk.mkv")
 COMMON = {"cpu-bf16": "true", "threads": "1", "clock": "cpu", "warmup": "50", "seed": "0",
           "log-every": "25", "ckpt-minutes": "2"}
 
-# The control is the current recipe (TrainConfig's defaults + COMMON); each variant lists what
-# it changes. Keys are tools/train.py options without the leading dashes.
 # the study's widest-and-shallowest decoder at about the control's MACs
 DEC_WIDE = json.dumps({"dec_channels": [32, 112, 176, 240], "dec_blocks": [1, 1, 1, 1]})
 # the first study's winners in one recipe
 COMBO = {"arch": DEC_WIDE, "adam-beta2": "0.95", "ema": "0.99", "image-first": "0.4"}
 
+# The control is the current recipe (TrainConfig's defaults + COMMON); each variant lists what
+# it changes. Keys are tools/train.py options without the leading dashes.
 VARIANTS: Dict[str, dict] = {
     "control": {"desc": "current recipe: lr 1e-3, 8×9×64² clips, 30% image batches, nested "
                         "2..14, L2+0.1·L1, entropy 0.01, EMA 0.999, β2 0.99", "args": {}},
