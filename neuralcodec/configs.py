@@ -16,6 +16,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Tuple
 
+# The registered model that encodes when none is named (its weights and card live in
+# neuralcodec/models/; neuralcodec.weights loads it). Here, in a module without torch, so that
+# the command line's help can name it without importing torch.
+DEFAULT_MODEL = "mgv-default-v2"
+
 # Most LFQ bits per token anywhere in the package: the header's u8 bit fields (spec §3), the
 # kernels' int32 token indices and the entropy coder all stop at 32.
 MAX_BITS = 32
@@ -128,6 +133,12 @@ DEFAULT = TokenizerConfig()
 # same weights' shapes except one decoder Upsample; train/loop.py's change_factors converts).
 S4 = dataclasses.replace(DEFAULT, spatial_down=(True, False, False))
 
+# The default's layers at 8× space, 2× time: its last temporal ×2 step left out, so the deepest
+# level runs at half the frame rate and a token covers 8×8 pixels of 2 frames (2× the tokens of
+# `default`; the same weights' shapes except the deepest decoder Upsample, converted by
+# train/loop.py's change_factors).
+T2 = dataclasses.replace(DEFAULT, temporal_down=(False, True, False))
+
 # A tiny configuration for unit tests (a few thousand parameters).
 TINY = TokenizerConfig(
     bits=6,
@@ -142,4 +153,4 @@ TINY = TokenizerConfig(
     norm_groups=4,
 )
 
-CONFIGS = {"paper": PAPER, "default": DEFAULT, "s4": S4, "tiny": TINY}
+CONFIGS = {"paper": PAPER, "default": DEFAULT, "s4": S4, "t2": T2, "tiny": TINY}

@@ -16,13 +16,12 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 
 from . import container as ct
-from .configs import TokenizerConfig
+from .configs import DEFAULT_MODEL, TokenizerConfig
 from .errors import ModelError
 from .model import Tokenizer
 
 MODELS_DIR = Path(__file__).parent / "models"
 REGISTRY_FILE = MODELS_DIR / "registry.json"
-DEFAULT_MODEL = "mgv-default-v2"
 
 
 class WeightsError(ModelError):

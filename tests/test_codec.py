@@ -290,3 +290,38 @@ def test_32_bit_model_round_trip(entropy):
         assert np.array_equal(payload.decode_payload(seg, bits), reference_codes(m, v, bits))
         _, out = codec.decompress(data, model=m)
         assert out.shape == v.shape
+
+
+@pytest.mark.parametrize("temporal_down", [(False, True), (True, False)])
+def test_temporal_factor_2_model_round_trip(temporal_down):
+    """A model of temporal factor 2 (the family's `t2` member; either level halving the frame
+    rate): chunked encoding gives the one-piece bits of every segment, the header carries the
+    factor, and the streamed decode gives a one-piece decode's frames."""
+    from dataclasses import replace
+    torch.manual_seed(0)
+    m = Tokenizer(replace(CONFIGS["tiny"], temporal_down=temporal_down), name="tiny-t2",
+                  sha256="cd" * 32).eval()
+    assert m.cfg.temporal_factor == 2
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    v = clip(t=20)
+    old = chunks.CHUNK_FRAMES
+    chunks.CHUNK_FRAMES = 4
+    try:
+        data = codec.compress(m, v, entropy="context", segment_frames=11)
+    finally:
+        chunks.CHUNK_FRAMES = old
+    r = ct.Reader(io.BytesIO(data))
+    assert r.header.temporal_factor == 2
+    segs = list(r.segments())
+    assert [(s.first_frame, s.frames, s.latent_t) for s in segs] == [(0, 11, 6), (11, 9, 5)]
+    for s in segs:
+        np.testing.assert_array_equal(payload.decode_payload(s, 6),
+                                      reference_codes(m, v[s.first_frame:s.first_frame + s.frames], 6))
+    _, out = codec.decompress(data, model=m)
+    assert out.shape == v.shape
+    s = segs[1]
+    codes = torch.from_numpy(payload.decode_payload(s, 6)).float()[None] * 2 - 1
+    y = chunks.tensor_to_frames(m.decode(codes))[: s.frames, :30, :42]
+    assert np.abs(y.astype(int) - out[11:].astype(int)).max() <= 1

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from neuralcodec.configs import DEFAULT_MODEL
+
 from .gpu_lease import (ROOT, ToolError, check_carry, check_out, gpu_load, hardware, mib,
                        out_dir, read_json, run_main)
 
@@ -279,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("stage", help="stage a clip and its CPU stream")
-    s.add_argument("--model", default="mgv-default-v2", help="registered model to check")
+    s.add_argument("--model", default=DEFAULT_MODEL, help="registered model to check [default: %(default)s]")
     s.add_argument("--models-dir", help="models folder (default: the package's)")
     s.add_argument("--clip", default=str(ROOT.parent / "shared" / "data" / "train" / "sam2_dog.mp4"),
                    help="a training clip")

@@ -21,6 +21,7 @@ import click
 
 from .. import __version__
 from .. import video_io as vio
+from ..configs import DEFAULT_MODEL
 from ..errors import InputError, OutputError, StreamError
 from ..outputs import atomic_output
 from ..resources import release_large_blocks
@@ -71,13 +72,15 @@ def main() -> None:
 @main.command()
 @click.argument("input", type=click.Path(path_type=Path, allow_dash=True))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="output .mgv file")
-@click.option("--model", "model_name", default=None, help="registered model name [default: mgv-default-v2]")
+@click.option("--model", "model_name", default=None,
+              help="registered model name [default: " + DEFAULT_MODEL + "]")
 @click.option("--bits", type=int, default=None, help="LFQ bits stored per token (1..K) [default: K]")
 @click.option("--entropy", type=click.Choice(["none", "context"]), default="context", show_default=True)
 @DEVICE_OPTION
 @precision_option("CPU/GPU")
 @click.option("--segment-frames", type=int, default=None,
-              help="frames per independently decodable segment, 1 + 4k [default: about 2 s]")
+              help="frames per independently decodable segment, 1 + f·k (f = the model's "
+                   "temporal factor, 4 for the default) [default: about 2 s]")
 @click.option("--bitrate", default=None,
               help="target rate of the video, bits/s (50k, 1.5M): each segment stores the most "
                    "bits per token (up to --bits) that keep the stream within it")

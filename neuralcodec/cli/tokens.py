@@ -9,6 +9,7 @@ from typing import Optional
 import click
 
 from .. import video_io as vio
+from ..configs import DEFAULT_MODEL
 from ..errors import InputError, OutputError
 from ..outputs import atomic_output
 from . import main
@@ -22,13 +23,14 @@ from .common import (DEVICE_OPTION, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP, QU
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="output .safetensors file")
 @click.option("--model", "model_name", default=None,
-              help="registered model for a video INPUT [default: mgv-default-v2]")
+              help="registered model for a video INPUT [default: " + DEFAULT_MODEL + "]")
 @click.option("--bits", type=int, default=None,
               help="bits per token (1..K; for a stream: keep its first B bits) [default: all]")
 @click.option("--split", "split", default=None,
               help="also write sub-tokens of these bit group sizes, low bits first, e.g. 9,9")
 @click.option("--segment-frames", type=int, default=None,
-              help="frames per segment for a video INPUT, 1 + 4k [default: about 2 s]")
+              help="frames per segment for a video INPUT, 1 + f·k (f = the model's temporal "
+                   "factor, 4 for the default) [default: about 2 s]")
 @DEVICE_OPTION
 @FORCE_OPTION
 @QUIET_OPTION
