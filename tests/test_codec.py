@@ -2,6 +2,7 @@
 coding, rate selection, entropy fallback, frame ranges through the index, model identity,
 video files through PyAV (fps and frame count survive), and typed errors for bad input."""
 import io
+from dataclasses import replace
 from fractions import Fraction
 
 import av
@@ -33,6 +34,18 @@ def clip(t=23, h=30, w=42, seed=0):
     return np.clip(v, 0, 255).astype(np.uint8)
 
 
+def tiny_variant(name, **changes):
+    """The tiny config with ``changes`` (e.g. ``bits=32``), seed 0, every parameter plus
+    0.05·N(0, 1) (so that AdaGN's zero init does not hide the codes), named ``name`` with a
+    dummy sha256, in eval mode."""
+    torch.manual_seed(0)
+    m = Tokenizer(replace(CONFIGS["tiny"], **changes), name=name, sha256="ab" * 32).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
 def reference_codes(model, frames, bits):
     """One-piece (non-streaming) sign bits of a segment: ``b×t×h×w`` uint8."""
     x = chunks.frames_to_tensor(list(frames), torch.device("cpu"))
@@ -54,16 +67,12 @@ def test_round_trip_shapes_and_metadata(model, entropy):
         assert modes == {ct.ENTROPY_NONE}
 
 
-def test_streamed_segments_equal_one_piece_coding(model):
+def test_streamed_segments_equal_one_piece_coding(model, monkeypatch):
     """Chunked encoding with per-segment state gives the same bits as encoding each segment
     alone in one piece; decoding gives the same frames as a one-piece decode."""
     v = clip(t=23)
-    old = chunks.CHUNK_FRAMES
-    chunks.CHUNK_FRAMES = 4  # several chunks per segment
-    try:
-        data = codec.compress(model, v, entropy="none", segment_frames=13)
-    finally:
-        chunks.CHUNK_FRAMES = old
+    monkeypatch.setattr(chunks, "CHUNK_FRAMES", 4)  # several chunks per segment
+    data = codec.compress(model, v, entropy="none", segment_frames=13)
     r = ct.Reader(io.BytesIO(data))
     segs = list(r.segments())
     assert [(s.first_frame, s.frames, s.latent_t) for s in segs] == [(0, 13, 4), (13, 10, 4)]
@@ -275,12 +284,7 @@ def test_choose_pix_fmt():
 def test_32_bit_model_round_trip(entropy):
     """K = 32 (the format's largest model, what --init grows a model to): every rate point
     round-trips through the container and both payload modes with the encoder's exact bits."""
-    from dataclasses import replace
-    torch.manual_seed(0)
-    m = Tokenizer(replace(CONFIGS["tiny"], bits=32), name="tiny-32", sha256="ab" * 32).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    m = tiny_variant("tiny-32", bits=32)
     v = clip(t=9)
     for bits in (32, 24, 5):
         data = codec.compress(m, v, entropy=entropy, bits=bits, segment_frames=9)
@@ -293,25 +297,15 @@ def test_32_bit_model_round_trip(entropy):
 
 
 @pytest.mark.parametrize("temporal_down", [(False, True), (True, False)])
-def test_temporal_factor_2_model_round_trip(temporal_down):
+def test_temporal_factor_2_model_round_trip(temporal_down, monkeypatch):
     """A model of temporal factor 2 (the family's `t2` member; either level halving the frame
     rate): chunked encoding gives the one-piece bits of every segment, the header carries the
     factor, and the streamed decode gives a one-piece decode's frames."""
-    from dataclasses import replace
-    torch.manual_seed(0)
-    m = Tokenizer(replace(CONFIGS["tiny"], temporal_down=temporal_down), name="tiny-t2",
-                  sha256="cd" * 32).eval()
+    m = tiny_variant("tiny-t2", temporal_down=temporal_down)
     assert m.cfg.temporal_factor == 2
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
     v = clip(t=20)
-    old = chunks.CHUNK_FRAMES
-    chunks.CHUNK_FRAMES = 4
-    try:
-        data = codec.compress(m, v, entropy="context", segment_frames=11)
-    finally:
-        chunks.CHUNK_FRAMES = old
+    monkeypatch.setattr(chunks, "CHUNK_FRAMES", 4)  # several chunks per segment
+    data = codec.compress(m, v, entropy="context", segment_frames=11)
     r = ct.Reader(io.BytesIO(data))
     assert r.header.temporal_factor == 2
     segs = list(r.segments())
