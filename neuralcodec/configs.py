@@ -19,11 +19,14 @@ from typing import Tuple
 # The registered model that encodes when none is named (its weights and card live in
 # neuralcodec/models/; neuralcodec.weights loads it). Here, in a module without torch, so that
 # the command line's help can name it without importing torch.
-DEFAULT_MODEL = "mgv-default-v2"
+DEFAULT_MODEL = "mgv-default-v3"
 
 # Most LFQ bits per token anywhere in the package: the header's u8 bit fields (spec §3), the
 # kernels' int32 token indices and the entropy coder all stop at 32.
 MAX_BITS = 32
+
+# TokenizerConfig.quantizer values (neuralcodec.quantizer implements them).
+QUANTIZERS = ("lfq", "planes")
 
 
 def latent_size(height: int, width: int, spatial_factor: int) -> Tuple[int, int]:
@@ -44,7 +47,7 @@ def latent_frames(frames: int, temporal_factor: int) -> int:
 class TokenizerConfig:
     """Architecture of a causal LFQ video tokenizer (MAGVIT-v2, §3)."""
 
-    # Number of LFQ bits per token (K); the vocabulary has 2**K entries.
+    # Number of bits per token (K; LFQ signs or bit planes); the vocabulary has 2**K entries.
     bits: int = 18
     # Space-to-depth factor of the stem: the encoder starts by folding p×p pixel blocks into
     # channels and the decoder ends with the inverse depth-to-space. 1 = no stem folding.
@@ -67,6 +70,14 @@ class TokenizerConfig:
     factorized: bool = True
     # Groups of the (per-frame) group normalization.
     norm_groups: int = 8
+    # How the encoder's latents become the K bits of a token: "lfq" — one sign bit per latent
+    # channel (MAGVIT-v2's lookup-free quantizer); "planes" — K / planes bounded latent
+    # channels, each uniformly quantized to 2**planes levels (finite scalar quantization) and
+    # sent as bit planes, the most significant plane of every channel first (so the first b
+    # bits are a coarser quantization of the same channels); see neuralcodec.quantizer.
+    quantizer: str = "lfq"
+    # Bit planes per latent channel of the "planes" quantizer (2**planes levels each); 1 for "lfq".
+    planes: int = 1
 
     def __post_init__(self) -> None:
         levels = len(self.enc_channels)
@@ -78,11 +89,20 @@ class TokenizerConfig:
                 raise ValueError(f"{name} must have {levels - 1} entries")
         if not 1 <= self.bits <= MAX_BITS:
             raise ValueError(f"bits must be in 1..{MAX_BITS}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}")
+        if self.planes < 1 or self.bits % self.planes or (self.quantizer == "lfq" and self.planes != 1):
+            raise ValueError("planes must divide bits (and be 1 for the lfq quantizer)")
         if self.stem_patch < 1:
             raise ValueError("stem_patch must be >= 1")
         for c in self.enc_channels + self.dec_channels:
             if c % self.norm_groups:
                 raise ValueError(f"channels {c} not divisible by norm_groups {self.norm_groups}")
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the encoder's output: K for "lfq", K / planes for "planes"."""
+        return self.bits // self.planes
 
     @property
     def spatial_factor(self) -> int:
@@ -139,6 +159,11 @@ S4 = dataclasses.replace(DEFAULT, spatial_down=(True, False, False))
 # train/loop.py's change_factors).
 T2 = dataclasses.replace(DEFAULT, temporal_down=(False, True, False))
 
+# The default's layers with the "planes" quantizer: 6 latent channels × 8 levels sent as 3 bit
+# planes (18 bits per token, as the default), and the encoder's shortcut from the token's mean
+# colour (Encoder.skip). The first 6 bits are the sign of every channel, 12 bits a 4-level code.
+P6 = dataclasses.replace(DEFAULT, quantizer="planes", planes=3)
+
 # A tiny configuration for unit tests (a few thousand parameters).
 TINY = TokenizerConfig(
     bits=6,
@@ -153,4 +178,4 @@ TINY = TokenizerConfig(
     norm_groups=4,
 )
 
-CONFIGS = {"paper": PAPER, "default": DEFAULT, "s4": S4, "t2": T2, "tiny": TINY}
+CONFIGS = {"paper": PAPER, "default": DEFAULT, "s4": S4, "t2": T2, "p6": P6, "tiny": TINY}

@@ -29,7 +29,7 @@ from .configs import TokenizerConfig, latent_frames, latent_size
 from .layers import (AdaptiveGroupNorm, CausalConv3d, Downsample, FrameGroupNorm, ResBlock,
                      StreamingModule, Upsample, channels_last, depth_to_space, fast_path,
                      pointwise, space_to_depth)
-from .quantizer import LFQ, LFQOutput, sign_quantize
+from .quantizer import LFQOutput, make_quantizer, sign_quantize
 
 
 class Encoder(nn.Module):
@@ -51,9 +51,20 @@ class Encoder(nn.Module):
                 self.downs.append(Downsample(c, ch[i + 1], cfg.factorized,
                                              cfg.temporal_down[i], cfg.spatial_down[i]))
         self.norm = FrameGroupNorm(ch[-1], cfg.norm_groups)
-        self.out = nn.Conv3d(ch[-1], cfg.bits, 1)
+        self.out = nn.Conv3d(ch[-1], cfg.latent_channels, 1)
+        # "planes" models: a shortcut from each token's mean colour (its s×s pixels, averaged
+        # over the frames it covers) to the latents, so the code starts from a thumbnail
+        # (DC-AE's non-parametric shortcut idea; a 1×1 conv of 3 inputs)
+        self.skip = nn.Conv3d(3, cfg.latent_channels, 1) if cfg.quantizer == "planes" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self._trunk(x)
+        if self.skip is not None:
+            m = token_means(x, self.cfg.temporal_factor, self.cfg.spatial_factor)
+            z = z + self.skip(m.to(self.skip.weight.dtype)).to(z.dtype)
+        return z
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         h = space_to_depth(x, self.cfg.stem_patch)
         if fast_path():
             h = channels_last(h)
@@ -63,6 +74,16 @@ class Encoder(nn.Module):
             if i < len(self.downs):
                 h = self.downs[i](h)
         return pointwise(self.out, F.silu(self.norm(h)))
+
+
+def token_means(x: torch.Tensor, tf: int, s: int) -> torch.Tensor:
+    """Mean colour of every token's pixels: ``B×3×T×H×W`` → ``B×3×t×H/s×W/s`` (float32). T = 1 + tf·k
+    (a first chunk: frame 0 alone, then groups of tf) or tf·k (a later streaming chunk)."""
+    m = F.avg_pool3d(x.float(), (1, s, s))  # float32: CPU pooling has no bfloat16 kernel
+    lead = m.shape[2] % tf if tf > 1 else 0
+    b, c, t, h, w = m.shape
+    rest = m[:, :, lead:].reshape(b, c, (t - lead) // tf, tf, h, w).mean(3)
+    return torch.cat([m[:, :, :lead], rest], dim=2) if lead else rest
 
 
 # Most output pixels (frames × H × W) the decoder's full-frame-rate stages process at once while
@@ -184,7 +205,7 @@ class Tokenizer(nn.Module):
         self.name = name
         self.sha256 = sha256
         self.encoder = Encoder(cfg)
-        self.quantizer = LFQ(cfg.bits)
+        self.quantizer = make_quantizer(cfg)
         self.decoder = Decoder(cfg)
 
     @property
@@ -236,9 +257,10 @@ class Tokenizer(nn.Module):
 
     @torch.no_grad()
     def encode_latents(self, video: torch.Tensor) -> torch.Tensor:
-        """Padded video ``B×3×T×H×W`` in [-1, 1] → pre-quantization latents z
-        ``B×K×t×h×w`` (float32; the codes are ``sign(z)`` with z <= 0 → -1)."""
-        return self.encoder(video.to(self.dtype)).float()
+        """Padded video ``B×3×T×H×W`` in [-1, 1] → per-bit latents z ``B×K×t×h×w`` (float32;
+        the codes are ``sign(z)`` with z <= 0 → -1; :meth:`LFQ.latents`,
+        :meth:`PlaneQuantizer.latents`)."""
+        return self.quantizer.latents(self.encoder(video.to(self.dtype))).float()
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -310,7 +332,7 @@ def macs_per_pixel(model: Tokenizer, frames: int = 17, size: int = 64) -> dict:
         x = torch.zeros(1, 3, frames, size, size, dtype=model.dtype)
         with torch.enable_grad():  # the nn.Conv3d reference path, where the hooks sit
             counts[0] = 0
-            z = model.encoder(x)
+            z = model.quantizer.latents(model.encoder(x))
             enc = counts[0]
             counts[0] = 0
             model.decoder((torch.sign(z) + (z == 0).to(z.dtype)).detach())

@@ -1,4 +1,4 @@
-"""Lookup-Free Quantization (MAGVIT-v2 §3.1).
+"""Lookup-Free Quantization (MAGVIT-v2 §3.1) and its multi-level sibling, bit-plane FSQ.
 
 Each of the K latent channels is quantized independently to one bit:
 
@@ -7,6 +7,12 @@ Each of the K latent channels is quantized independently to one bit:
 **Bit order (normative, see bitstream_spec.md):** channel k is bit k of the token index,
 least significant first: ``index = Σ_k 2^k · [q_k > 0]``. A dropped bit (rate selection) is
 represented by the value 0 in the code tensor and by bit value 0 in the index.
+
+Both quantizers map the encoder's output to *per-bit latents* ``B×K×…`` (:meth:`latents`)
+whose signs are the bits, so everything after them (packing, entropy coding, the spec's sign
+convention) is the same for both. :class:`PlaneQuantizer` (finite scalar quantization, Mentzer
+et al. 2023, sent as bit planes) lets a channel carry 2^P levels instead of one sign, which
+binary LFQ can only approximate by learning hash-like bit functions.
 """
 from __future__ import annotations
 
@@ -79,6 +85,10 @@ class LFQ(nn.Module):
         self.temperature = temperature
         self.diversity_gamma = diversity_gamma
 
+    def latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Per-bit latents (the bits are their signs): ``z`` itself, ``B×K×…``."""
+        return z
+
     def forward(self, z: torch.Tensor) -> LFQOutput:
         """``z``: ``B×K×T×H×W`` float (unbounded)."""
         q = sign_quantize(z)
@@ -116,3 +126,51 @@ class LFQ(nn.Module):
             avg = logp.exp().mean(0)  # the product distribution sums to 1 over codes
             cb = cb - (avg * torch.log(avg.clamp_min(1e-12))).sum() / math.log(2)
         return per_sample, cb, rate
+
+
+class PlaneQuantizer(nn.Module):
+    """Finite scalar quantization sent as bit planes.
+
+    Each of the C = K / P encoder channels is bounded, ``v = tanh(z)`` in (-1, 1), and
+    quantized to the 2^P cell midpoints ``Σ_j s_j 2^-(j+1)`` (s_j in {-1, +1}) by successive
+    signs: ``s_0 = sign(v)``, ``s_j = sign(r_j)`` with ``r_j = v - Σ_{i<j} s_i 2^-(i+1)``.
+    Bit ``k = j·C + c`` is plane j of channel c (most significant plane of every channel
+    first), so dropping the trailing bits (rate selection, value 0) leaves a coarser
+    quantization of the same channels and the decoder sees the middle of the remaining cell.
+    Training passes the gradient of every plane straight through to ``v`` (FSQ's
+    straight-through rounding, once per plane); no entropy penalty is needed.
+    """
+
+    def __init__(self, bits: int, planes: int) -> None:
+        super().__init__()
+        if planes < 1 or bits % planes:
+            raise ValueError("planes must divide bits")
+        self.bits = bits
+        self.planes = planes
+
+    def latents(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` ``B×C×…`` (unbounded) → per-bit latents ``B×(P·C)×…``, plane-major: the
+        residuals ``r_j`` whose signs are the bits (values in (-1, 1))."""
+        r = torch.tanh(z)
+        out = []
+        for j in range(self.planes):
+            out.append(r)
+            r = r - sign_quantize(r) * 2.0 ** -(j + 1)
+        return torch.cat(out, dim=1)
+
+    def forward(self, z: torch.Tensor) -> LFQOutput:
+        """``z``: ``B×C×T×H×W`` float (unbounded) → :class:`LFQOutput` with the K bit
+        planes as codes (the entropy fields 0: this quantizer has no entropy penalty)."""
+        v = torch.tanh(z)
+        q = sign_quantize(self.latents(z).detach())
+        vp = v.repeat(1, self.planes, *([1] * (v.dim() - 2)))
+        codes = q + (vp - vp.detach())
+        zero = z.new_zeros(())
+        return LFQOutput(codes, zero, zero, zero, zero, zero)
+
+
+def make_quantizer(cfg) -> nn.Module:
+    """The quantizer of a :class:`neuralcodec.configs.TokenizerConfig`."""
+    if cfg.quantizer == "planes":
+        return PlaneQuantizer(cfg.bits, cfg.planes)
+    return LFQ(cfg.bits)

@@ -1,14 +1,15 @@
 """Tokenizer invariants on the tiny config: causality, streaming equality, image mode, odd
 sizes, LFQ bit order, nested bits, and weights hashing."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from neuralcodec.configs import CONFIGS, TINY, TokenizerConfig
 from neuralcodec.layers import streaming
-from neuralcodec.model import Tokenizer, count_parameters, macs_per_pixel, mask_bits
-from neuralcodec.quantizer import LFQ, codes_to_indices, indices_to_codes, sign_quantize
+from neuralcodec.model import Tokenizer, count_parameters, macs_per_pixel, mask_bits, token_means
+from neuralcodec.quantizer import LFQ, PlaneQuantizer, codes_to_indices, indices_to_codes, sign_quantize
 from neuralcodec.weights import WeightsError, load_weights_file, save_weights
 
 
@@ -150,6 +151,51 @@ def test_lfq_losses_and_straight_through():
     step = zr - 0.5 * zr.grad  # one gradient step on the rate alone
     assert q(step.detach()).bit_rate < o4.bit_rate
     assert q.eval()(zr).bit_rate == 0
+
+
+def test_plane_quantizer_levels_nesting_and_straight_through():
+    """Bit-plane FSQ: the planes' signs rebuild tanh(z) to half a cell (2^-P); the first j·C
+    bits alone are the same channels quantized with j planes (the decoder's view of a
+    truncated code); every plane passes the gradient of tanh(z) straight through."""
+    q = PlaneQuantizer(bits=12, planes=3).train()  # C = 4 channels, 8 levels
+    z = (torch.randn(2, 4, 3, 5, 5) * 2).requires_grad_(True)
+    v = torch.tanh(z.detach())
+    lat = q.latents(z.detach())
+    assert lat.shape == (2, 12, 3, 5, 5)
+    codes = sign_quantize(lat)
+
+    def value(c, planes):
+        return sum(c[:, 4 * j:4 * j + 4] * 2.0 ** -(j + 1) for j in range(planes))
+
+    for planes in (1, 2, 3):
+        err = (value(codes, planes) - v).abs().max()
+        assert err <= 2.0 ** -planes + 1e-6
+    assert (value(codes, 3) - v).abs().max() > 0.05  # quantized, not the identity
+    # levels: 8 midpoints ±1/8 … ±7/8
+    assert sorted(set(value(codes, 3).flatten().tolist())) == [k / 8 for k in (-7, -5, -3, -1, 1, 3, 5, 7)]
+    out = q(z)
+    assert torch.equal(out.codes.detach(), codes)
+    assert out.entropy_loss == 0 and out.commit_loss == 0
+    out.codes.sum().backward()
+    torch.testing.assert_close(z.grad, 3 * (1 - v ** 2))  # d tanh / dz, once per plane
+    with pytest.raises(ValueError):
+        PlaneQuantizer(bits=10, planes=3)
+    with pytest.raises(ValueError):
+        replace(CONFIGS["tiny"], quantizer="planes", planes=4)  # 4 does not divide 6 bits
+    with pytest.raises(ValueError):
+        replace(CONFIGS["tiny"], planes=2)  # lfq sends one sign per channel
+
+
+def test_token_means_follow_the_causal_grouping():
+    """The planes encoder's shortcut input: frame 0 alone, then groups of f frames, each s×s
+    block averaged; a streamed split (1 frame, then multiples of f) gives the same means."""
+    x = torch.randn(1, 3, 9, 16, 24)
+    m = token_means(x, 4, 8)
+    assert m.shape == (1, 3, 3, 2, 3)
+    torch.testing.assert_close(m[0, :, 0, 1, 2], x[0, :, 0, 8:16, 16:24].mean((1, 2)))
+    torch.testing.assert_close(m[0, :, 2, 0, 0], x[0, :, 5:9, :8, :8].mean((1, 2, 3)))
+    parts = [token_means(x[:, :, :1], 4, 8), token_means(x[:, :, 1:5], 4, 8), token_means(x[:, :, 5:], 4, 8)]
+    torch.testing.assert_close(torch.cat(parts, 2), m)
 
 
 def test_lfq_entropies_stay_float32_under_bf16_autocast():

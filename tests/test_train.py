@@ -1,5 +1,6 @@
 """Training pipeline on the tiny config: data, losses, LPIPS, discriminator, loop (resume,
 nested bits, adversarial), DDP on two CPU processes, evaluation."""
+import csv
 import io
 import os
 import pickle
@@ -578,3 +579,29 @@ def test_rate_term_trains_and_is_logged_off_by_default(corpus, tmp_path):
     assert LossWeights().rate == 0.0
     out = train(_tc(corpus, tmp_path / "rate", steps=2, loss=LossWeights(rate=0.05)))
     assert all(torch.isfinite(v).all() for v in out.state_dict().values())
+
+
+def test_bit_plane_model_trains_from_an_lfq_start(corpus, tmp_path):
+    """The recipe of the "planes" models: an LFQ model's weights start a bit-plane model
+    (--init-partial: everything but the encoder's output layer and its shortcut), which then
+    trains; its nested rates are the planes, and the run folder rebuilds it."""
+    from neuralcodec.train.loop import init_weights, load_run
+    from neuralcodec.weights import save_weights
+    torch.manual_seed(5)
+    path = tmp_path / "lfq.safetensors"
+    save_weights(Tokenizer(CONFIGS["tiny"]), path, "lfq")
+    planes = replace(CONFIGS["tiny"], quantizer="planes", planes=2)
+    got = init_weights(str(path), planes, partial=True)
+    src = Tokenizer(CONFIGS["tiny"]).state_dict()
+    fresh = sorted(k for k, v in got.state_dict().items() if k not in src or src[k].shape != v.shape)
+    assert fresh == ["encoder.out.bias", "encoder.out.weight", "encoder.skip.bias", "encoder.skip.weight"]
+    out = tmp_path / "planes"
+    ema = train(_tc(corpus, out, arch='{"quantizer": "planes", "planes": 2}', init=str(path),
+                    init_partial=True, nested_bits=(3,), steps=30, log_every=1, lr=3e-3))
+    assert ema.cfg == planes
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    first = np.mean([float(r["loss"]) for r in rows[:5]])
+    last = np.mean([float(r["loss"]) for r in rows[-5:]])
+    assert last < first
+    back = load_run(out)
+    assert back.cfg == planes and _same(back.state_dict(), ema.state_dict())

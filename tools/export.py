@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Export the EMA weights of a training checkpoint into the package registry.
 
-    python -m tools.export runs/default/checkpoint.pt --name mgv-default-v2
+    python -m tools.export runs/default/checkpoint.pt --name mgv-default-v3
 
 The architecture comes from the run's ``train_config.json`` beside the checkpoint (its config
 name and ``arch`` overrides); ``--config`` names one for a bare checkpoint.

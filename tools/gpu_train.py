@@ -32,6 +32,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional
 
+from neuralcodec.configs import DEFAULT_MODEL
+
 from .gpu_lease import (COMMAND_LIMIT_S, OUT_MAX_FILES, PIECE_BYTES, ROOT, ToolError,
                        check_carry, check_out, copy_into, gpu_load, group_alive, hardware,
                        join_pieces, launch_detached, mib, out_dir, path_bytes, read_json, run_main,
@@ -39,18 +41,17 @@ from .gpu_lease import (COMMAND_LIMIT_S, OUT_MAX_FILES, PIECE_BYTES, ROOT, ToolE
 
 PROG = "gpu_train"
 # The GPU recipe: tools/train.py flags (--data, --out, --cache and --device are added on the
-# machine). The best measured: the recipe that made mgv-default-v2 (warm start from it, its
-# rate points and learning rate) with Adam β2 0.95 (the recipe study's best optimiser setting,
-# benchmarks/results/recipes.md), GPU-sized batches (4× the CPU recipe's clips, 2× the frames,
-# 4× the crop area) in bf16 autocast, 8 loader processes of the machine's 16 cores, a
-# checkpoint every 2 minutes. (Growing to 32 bits, --arch '{"bits": 32}', lost quality in a
-# one-hour CPU run: not in the recipe until a longer run shows the new bits pay.)
+# machine). The best measured: the recipe that made mgv-default-v3 (the bit-plane config `p6`,
+# warm start from the default model, its rate points and learning rate, Adam β2 0.95; session
+# 8 in benchmarks/results/recipes.md) with GPU-sized batches (8× the CPU recipe's clips, 2× the
+# frames, the same 128² crops) in bf16 autocast, 8 loader processes of the machine's 16 cores,
+# a checkpoint every 2 minutes.
 GPU_RECIPE = (
-    "--model", "default", "--init", "mgv-default-v2",
+    "--model", "p6", "--init", DEFAULT_MODEL,
     "--batch", "32", "--frames", "17", "--crop", "128",
     "--image-frac", "0.3", "--image-batch", "64", "--image-crop", "192",
     "--lr", "5e-4", "--warmup", "200", "--lr-floor", "0.05", "--adam-beta2", "0.95",
-    "--nested-bits", "2,4,6,10,14", "--nested-prob", "0.4",
+    "--nested-bits", "2,4,6,9,12,15", "--nested-prob", "0.4",
     "--bf16", "true", "--workers", "8", "--threads", "4",
     "--short-side", "360", "--ckpt-minutes", "2", "--log-every", "25",
 )
@@ -650,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stage-dir", default=str(STAGE_DIR), help="folder to carry (gitignored)")
     s.add_argument("--model", help="tokenizer config name (default: the recipe's, 'default')")
     s.add_argument("--init", help="warm start: registered model or .safetensors ('' = random init; "
-                                  "default: the recipe's, mgv-default-v2)")
+                                  "default: the recipe's, the default model)")
     s.add_argument("--minutes", type=float, default=GPU_MINUTES, help="training minutes on the machine")
     s.add_argument("--recipe-args", default="", help="train.py flags appended to the recipe (last wins)")
     s.add_argument("--short-side", type=int, help="short side of the staged clips (default: the recipe's)")

@@ -74,7 +74,7 @@ def main() -> None:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="output .mgv file")
 @click.option("--model", "model_name", default=None,
               help="registered model name [default: " + DEFAULT_MODEL + "]")
-@click.option("--bits", type=int, default=None, help="LFQ bits stored per token (1..K) [default: K]")
+@click.option("--bits", type=int, default=None, help="bits stored per token, the first B of the model's nested code (1..K) [default: K]")
 @click.option("--entropy", type=click.Choice(["none", "context"]), default="context", show_default=True)
 @DEVICE_OPTION
 @precision_option("CPU/GPU")
