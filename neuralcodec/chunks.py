@@ -1,4 +1,5 @@
-"""The model on one segment, a chunk at a time: frames → codes (encoder) and codes → frames
+"""The model on one segment, a chunk at a time: frames → per-bit latents (encoder; their signs
+are the codes, chosen by :mod:`neuralcodec.rdo`) and codes → frames
 (decoder), with the causal state of :func:`neuralcodec.layers.streaming` carried from chunk to
 chunk and restarted per segment.
 
@@ -19,7 +20,6 @@ import torch
 from . import container as ct
 from .errors import InputError
 from .layers import streaming
-from .quantizer import sign_quantize
 from .video_io import VideoMeta
 
 CHUNK_FRAMES = 16  # most frames per encoder chunk after the first (rounded to the temporal factor)
@@ -76,13 +76,13 @@ def _take(it: Iterator[np.ndarray], n: int, meta: VideoMeta) -> List[np.ndarray]
 
 
 def encode_segment(model, it: Iterator[np.ndarray], meta: VideoMeta, seg_frames: int,
-                   bits: int, progress: Progress = None) -> Tuple[int, Optional[torch.Tensor]]:
+                   progress: Progress = None) -> Tuple[int, Optional[torch.Tensor]]:
     """Encode up to ``seg_frames`` frames from ``it`` with a fresh causal state →
-    (frames read, codes ``1×bits×t×h×w`` in {-1, +1} on the model's device, float32) or
-    (0, None) at the end of the input."""
+    (frames read, per-bit latents ``1×K×t×h×w`` float32 on the model's device, whose signs are
+    the codes: :func:`neuralcodec.rdo.select_codes`) or (0, None) at the end of the input."""
     tf = model.cfg.temporal_factor
     device = model_device(model)
-    codes: List[torch.Tensor] = []
+    latents: List[torch.Tensor] = []
     n = 0
     step = chunk_frames(meta.width * meta.height, tf)
     with streaming(model):
@@ -96,14 +96,14 @@ def encode_segment(model, it: Iterator[np.ndarray], meta: VideoMeta, seg_frames:
             if n > 1 and got % tf:  # the input ended inside a chunk: repeat the last frame
                 chunk += [chunk[-1]] * (tf - got % tf)
             x = model.pad_spatial(frames_to_tensor(chunk, device))
-            codes.append(sign_quantize(model.encode_latents(x)[:, :bits]))
+            latents.append(model.encode_latents(x))
             if progress:
                 progress(got)
             if got < want:
                 break
     if n == 0:
         return 0, None
-    return n, torch.cat(codes, dim=2)
+    return n, torch.cat(latents, dim=2)
 
 
 def decode_frames(model, header: ct.Header, seg: ct.Segment, codes: Codes, a: int, b: int,

@@ -37,6 +37,7 @@ from .chunks import Progress, chunk_frames, decoder_step, encode_segment
 from .errors import InputError, MGVError, ResourceError, Truncated
 from .model import PRECISIONS, for_inference
 from .payload import RATE_TOLERANCE, SEGMENT_OVERHEAD, STREAM_TAIL, encode_payload, rate_payload
+from .rdo import DEFAULT_LAMBDA, select_codes
 from .recovery import OnDamage, decode_plan, segment_plan, segments_held, too_much_concealment
 from .resources import check_memory, estimate_bytes, is_out_of_memory
 from .video_io import VideoMeta, frames_of, probe, read_frames
@@ -98,7 +99,8 @@ def open_video(video: VideoInput, fps: Optional[Fraction] = None) -> Tuple[Video
 
 # ---- encoding -------------------------------------------------------------------------------
 def check_encode_args(model: torch.nn.Module, *, bits: Optional[int] = None,
-                      entropy: str = "context", segment_frames: Optional[int] = None) -> None:
+                      entropy: str = "context", segment_frames: Optional[int] = None,
+                      rdo: float = DEFAULT_LAMBDA) -> None:
     """Validate :func:`compress_to_file` options for ``model`` → :class:`InputError` /
     :class:`ModelError` (lets a caller fail before it starts reading the input)."""
     name, _ = model_identity(model)
@@ -113,6 +115,8 @@ def check_encode_args(model: torch.nn.Module, *, bits: Optional[int] = None,
                                        or segment_frames > ct.MAX_SEGMENT_FRAMES):
         raise InputError(f"segment frames must be 1 + {tf}·k (<= {ct.MAX_SEGMENT_FRAMES}), "
                          f"got {segment_frames}")
+    if not isinstance(rdo, (int, float)) or not 0 <= rdo < float("inf"):
+        raise InputError(f"rdo lambda must be a number >= 0, got {rdo!r}")
 
 
 def stream_header(model: torch.nn.Module, meta: VideoMeta, *, bits: Optional[int] = None,
@@ -146,7 +150,7 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
                      segment_frames: Optional[int] = None, progress: Progress = None,
                      fps: Optional[Fraction] = None, audio: bool = True,
                      bitrate: Optional[float] = None, bpp: Optional[float] = None,
-                     backend: Optional[str] = None) -> EncodeResult:
+                     backend: Optional[str] = None, rdo: float = DEFAULT_LAMBDA) -> EncodeResult:
     """Encode ``video`` with ``model`` into the binary file object ``fo``.
 
     ``video``: a path PyAV can open, a ``T×H×W×3`` uint8 RGB array (rate ``fps``, default 25)
@@ -158,7 +162,9 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
     through unchanged (AUDIO records interleaved with the segments by time, spec §8a); tracks
     that cannot be carried are listed in :attr:`EncodeResult.warnings`. ``backend``: the
     kernels that pack the bits on the model's device (:func:`neuralcodec.kernels.select_backend`;
-    default: Triton on CUDA, PyTorch elsewhere).
+    default: Triton on CUDA, PyTorch elsewhere). ``rdo``: λ of the encoder's choice to repeat
+    a token of the previous latent frame where that costs little (0 = plain quantization;
+    :func:`neuralcodec.rdo.select_codes`).
 
     Rate control: ``bitrate`` (bits per second) or ``bpp`` (bits per pixel) is a target for
     the stream without its audio. Each segment then stores the most bits per token (up to
@@ -167,7 +173,7 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
     result misses the target by more than :data:`~neuralcodec.payload.RATE_TOLERANCE`.
     Raises :class:`MGVError` subclasses for bad input.
     """
-    check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
+    check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames, rdo=rdo)
     if bitrate is not None and bpp is not None:
         raise InputError("give a target bitrate or bpp, not both")
     for name, v in (("bitrate", bitrate), ("bpp", bpp)):
@@ -183,7 +189,7 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
                  f"encoding {meta.width}x{meta.height} frames")
     asrc = AudioSource(video) if audio and isinstance(video, (str, Path)) else None
     try:
-        return _compress(model, it, meta, header, fo, progress, asrc, bitrate, backend)
+        return _compress(model, it, meta, header, fo, progress, asrc, bitrate, backend, rdo)
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
@@ -195,7 +201,7 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
 
 def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progress: Progress,
               asrc: Optional[AudioSource], bitrate: Optional[float],
-              backend: Optional[str]) -> EncodeResult:
+              backend: Optional[str], rdo: float) -> EncodeResult:
     bits, seg = header.bits, header.segment_frames
     writer = ct.Writer(fo, header, segment_bits=bitrate is not None)
     video_bytes = writer.pos + STREAM_TAIL  # header, INDEX head and END; segments add theirs
@@ -206,20 +212,24 @@ def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progr
     chosen: List[int] = []
     model.eval()
     while True:
-        n, codes = encode_segment(model, it, meta, seg, bits, progress)
+        n, latents = encode_segment(model, it, meta, seg, progress)
         if n == 0:
             break
         if total + n > ct.MAX_FRAMES:
             raise InputError(f"input has more than {ct.MAX_FRAMES} frames")
-        if tuple(codes.shape[2:]) != (header.latent_frames(n), h, w):
-            raise MGVError(f"internal: latent shape {tuple(codes.shape)} for {n} frames")
+        if tuple(latents.shape[2:]) != (header.latent_frames(n), h, w):
+            raise MGVError(f"internal: latent shape {tuple(latents.shape)} for {n} frames")
+
+        def codes_for(b: int) -> torch.Tensor:
+            return select_codes(latents, model.quantizer, b, rdo)
+
         if bitrate is None:
-            b, (mode, data) = 0, encode_payload(codes, header.entropy, backend)
+            b, (mode, data) = 0, encode_payload(codes_for(bits), header.entropy, backend)
         else:  # the stream through this segment may use the target's bytes for its duration
             budget = bitrate / 8 * float((total + n) / meta.fps) - video_bytes - SEGMENT_OVERHEAD
-            b, mode, data = rate_payload(codes, header.entropy, budget, backend)
+            b, mode, data = rate_payload(codes_for, bits, header.entropy, budget, backend)
         n_ctx += mode == ct.ENTROPY_CONTEXT
-        writer.write_segment(ct.Segment(index, total, n, codes.shape[2], h, w, mode, data, b))
+        writer.write_segment(ct.Segment(index, total, n, latents.shape[2], h, w, mode, data, b))
         video_bytes += SEGMENT_OVERHEAD + len(data)
         chosen.append(b or bits)
         total += n

@@ -21,6 +21,11 @@ from typing import Tuple
 # the command line's help can name it without importing torch.
 DEFAULT_MODEL = "mgv-default-v3"
 
+# Default λ of the encoder's rate–distortion choice to repeat a token of the previous latent
+# frame (neuralcodec.rdo; `mgv encode --rdo`), squared latent error per token; tuned on the
+# validation clips cut from ../shared/data/train (benchmarks/rdo_sweep.py).
+DEFAULT_RDO = 0.5
+
 # Most LFQ bits per token anywhere in the package: the header's u8 bit fields (spec §3), the
 # kernels' int32 token indices and the entropy coder all stop at 32.
 MAX_BITS = 32

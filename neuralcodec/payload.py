@@ -12,7 +12,7 @@ themselves (:func:`decode_payload`).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -109,18 +109,17 @@ def payload_frames(seg: ct.Segment, bits: int, device: torch.device | str = "cpu
         yield codes.permute(0, 4, 1, 2, 3).contiguous()
 
 
-def rate_payload(codes: torch.Tensor, entropy: int, budget: float,
+def rate_payload(codes_for: Callable[[int], torch.Tensor], k: int, entropy: int, budget: float,
                  backend: Optional[str] = None) -> Tuple[int, int, bytes]:
-    """The most bits per token whose coded payload fits ``budget`` bytes → (b, entropy mode,
-    payload) for a segment's codes ``1×K×t×h×w`` (the first b channels are coded; the nested
-    code decodes them alone). b = 1 when nothing fits. Sizes grow with b, so b is found by
-    bisection: about log2(K) codings of the payload, no model run."""
-    k = codes.shape[1]
+    """The most bits per token b <= ``k`` whose coded payload fits ``budget`` bytes → (b,
+    entropy mode, payload); ``codes_for(b)`` gives a segment's codes ``1×b×t×h×w`` at b bits
+    (the nested code decodes them alone). b = 1 when nothing fits. Sizes grow with b, so b is
+    found by bisection: about log2(k) codings of the payload, no model run."""
     coded: Dict[int, Tuple[int, bytes]] = {}
 
     def size(b: int) -> int:
         if b not in coded:
-            coded[b] = encode_payload(codes[:, :b], entropy, backend)
+            coded[b] = encode_payload(codes_for(b), entropy, backend)
         return len(coded[b][1])
 
     if size(k) <= budget:

@@ -89,6 +89,15 @@ class LFQ(nn.Module):
         """Per-bit latents (the bits are their signs): ``z`` itself, ``B×K×…``."""
         return z
 
+    def targets(self, latents: torch.Tensor) -> torch.Tensor:
+        """Per-bit latents ``B×K×…`` → the values the codes approximate, ``B×K×…`` (itself)."""
+        return latents
+
+    def values(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``B×b×…`` (b <= K; values in {-1, 0, +1}, dropped bits absent or 0) → the
+        value of every channel, ``B×K×…`` (the code itself, 0 where dropped)."""
+        return _pad_channels(codes, self.bits)
+
     def forward(self, z: torch.Tensor) -> LFQOutput:
         """``z``: ``B×K×T×H×W`` float (unbounded)."""
         q = sign_quantize(z)
@@ -158,6 +167,18 @@ class PlaneQuantizer(nn.Module):
             r = r - sign_quantize(r) * 2.0 ** -(j + 1)
         return torch.cat(out, dim=1)
 
+    def targets(self, latents: torch.Tensor) -> torch.Tensor:
+        """Per-bit latents ``B×K×…`` → the channel values ``v = tanh(z)``, ``B×C×…`` in (-1, 1)
+        (plane 0's latents)."""
+        return latents[:, :self.bits // self.planes]
+
+    def values(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``B×b×…`` (b <= K; values in {-1, 0, +1}, dropped bits absent or 0) → the
+        decoded channel values ``Σ_j s_j 2^-(j+1)``, ``B×C×…`` in (-1, 1)."""
+        c = self.bits // self.planes
+        full = _pad_channels(codes, self.bits)
+        return sum(full[:, j * c:(j + 1) * c] * 2.0 ** -(j + 1) for j in range(self.planes))
+
     def forward(self, z: torch.Tensor) -> LFQOutput:
         """``z``: ``B×C×T×H×W`` float (unbounded) → :class:`LFQOutput` with the K bit
         planes as codes (the entropy fields 0: this quantizer has no entropy penalty)."""
@@ -167,6 +188,15 @@ class PlaneQuantizer(nn.Module):
         codes = q + (vp - vp.detach())
         zero = z.new_zeros(())
         return LFQOutput(codes, zero, zero, zero, zero, zero)
+
+
+def _pad_channels(codes: torch.Tensor, k: int) -> torch.Tensor:
+    """``B×b×…`` → ``B×k×…`` with channels b..k-1 zero (b <= k)."""
+    b = codes.shape[1]
+    if b >= k:
+        return codes
+    pad = codes.new_zeros((codes.shape[0], k - b) + tuple(codes.shape[2:]))
+    return torch.cat([codes, pad], dim=1)
 
 
 def make_quantizer(cfg) -> nn.Module:

@@ -32,12 +32,13 @@ import torch
 
 from . import container as ct
 from .chunks import Progress, decode_segment, encode_segment
-from .codec import VideoInput, open_video, stream_header
+from .codec import VideoInput, check_encode_args, open_video, stream_header
 from .errors import InputError, MGVError
 from .kernels import token_indices
 from .model import for_inference
 from .payload import decode_payload
 from .quantizer import indices_to_codes
+from .rdo import DEFAULT_LAMBDA, select_codes
 from .video_io import VideoMeta
 from .weights import ModelSource, resolve_model
 
@@ -257,20 +258,22 @@ def tokens_from_stream(fo: BinaryIO, bits: Optional[int] = None) -> Tokens:
 
 def tokenize(model: torch.nn.Module, video: VideoInput, *, bits: Optional[int] = None,
              segment_frames: Optional[int] = None, fps: Optional[Fraction] = None,
-             progress: Progress = None) -> Tokens:
+             progress: Progress = None, rdo: float = DEFAULT_LAMBDA) -> Tokens:
     """Encode ``video`` (see :func:`neuralcodec.codec.open_video`) → the tokens ``mgv encode``
-    with the same options would store (``bits`` per token, default K; ``segment_frames`` as
-    there). The token indices are computed on the model's device
-    (:func:`neuralcodec.kernels.token_indices`)."""
+    with the same options would store (``bits`` per token, default K; ``segment_frames`` and
+    ``rdo`` as there: :func:`neuralcodec.rdo.select_codes`). The token indices are computed
+    on the model's device (:func:`neuralcodec.kernels.token_indices`)."""
+    check_encode_args(model, bits=bits, segment_frames=segment_frames, rdo=rdo)
     meta, it = open_video(video, fps)
     header = stream_header(model, meta, bits=bits, segment_frames=segment_frames)
     model.eval()
     segs: List[np.ndarray] = []
     total = 0
     while True:
-        n, codes = encode_segment(model, it, meta, header.segment_frames, header.bits, progress)
+        n, latents = encode_segment(model, it, meta, header.segment_frames, progress)
         if n == 0:
             break
+        codes = select_codes(latents, model.quantizer, header.bits, rdo)
         total += n
         if total > ct.MAX_FRAMES:
             raise InputError(f"input has more than {ct.MAX_FRAMES} frames")

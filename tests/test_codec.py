@@ -14,9 +14,10 @@ from neuralcodec import chunks, codec, payload, recovery
 from neuralcodec import container as ct
 from neuralcodec import video_io as vio
 from neuralcodec import video_out as vout
-from neuralcodec.configs import CONFIGS
+from neuralcodec.configs import CONFIGS, DEFAULT_RDO
 from neuralcodec.errors import InputError, ModelError, OutputError
 from neuralcodec.model import Tokenizer
+from neuralcodec.rdo import select_codes
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +47,12 @@ def tiny_variant(name, **changes):
     return m
 
 
-def reference_codes(model, frames, bits):
-    """One-piece (non-streaming) sign bits of a segment: ``b×t×h×w`` uint8."""
+def reference_codes(model, frames, bits, rdo=DEFAULT_RDO):
+    """One-piece (non-streaming) bits of a segment, chosen as the encoder does (``rdo``):
+    ``b×t×h×w`` uint8."""
     x = chunks.frames_to_tensor(list(frames), torch.device("cpu"))
     z = model.encode_latents(model.pad_video(x))
-    return (z[0, :bits] > 0).to(torch.uint8).numpy()
+    return (select_codes(z, model.quantizer, bits, rdo)[0] > 0).to(torch.uint8).numpy()
 
 
 @pytest.mark.parametrize("entropy", ["none", "context"])
@@ -111,8 +113,8 @@ def test_bits_selection_zero_pads_dropped_channels(model):
     (s,) = list(r.segments())
     assert len(s.data) == -(-3 * 3 * 8 * 11 // 8)
     _, out = codec.decompress(data, model=model)
-    full = reference_codes(model, v, 6).astype(np.float32) * 2 - 1
-    full[3:] = 0
+    full = np.zeros((6, 3, 8, 11), np.float32)
+    full[:3] = reference_codes(model, v, 3).astype(np.float32) * 2 - 1
     y = chunks.tensor_to_frames(model.decode(torch.from_numpy(full)[None]))[:, :30, :42]
     assert np.abs(y.astype(int) - out.astype(int)).max() <= 1
     for b in (0, 7):

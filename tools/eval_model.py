@@ -22,6 +22,7 @@ from benchmarks.rd.metrics import ms_ssim_rgb
 from neuralcodec import codec
 from neuralcodec.video_io import probe
 from neuralcodec.train.data import VIDEO_EXTS, decode_video_rgb
+from neuralcodec.configs import DEFAULT_RDO
 from neuralcodec.weights import DEFAULT_MODEL, load_model
 
 
@@ -34,6 +35,8 @@ def main() -> None:
                     help="area-downscale clips to this short side first (0 = native size)")
     ap.add_argument("--bits", type=int, nargs="+", default=[18, 14, 10, 6, 4, 2])
     ap.add_argument("--entropy", default="context", choices=["context", "none"])
+    ap.add_argument("--rdo", type=float, default=DEFAULT_RDO,
+                    help="encoder RDO λ (mgv encode --rdo; 0 = plain quantization)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -48,7 +51,7 @@ def main() -> None:
         t, h, w, _ = src.shape
         for b in a.bits:
             t0 = time.time()
-            data = codec.compress(model, src, bits=b, entropy=a.entropy, fps=fps)
+            data = codec.compress(model, src, bits=b, entropy=a.entropy, fps=fps, rdo=a.rdo)
             t1 = time.time()
             _, rec = codec.decompress(data, model=model)
             t2 = time.time()

@@ -21,7 +21,7 @@ import click
 
 from .. import __version__
 from .. import video_io as vio
-from ..configs import DEFAULT_MODEL
+from ..configs import DEFAULT_MODEL, DEFAULT_RDO
 from ..errors import InputError, OutputError, StreamError
 from ..outputs import atomic_output
 from ..resources import release_large_blocks
@@ -85,21 +85,25 @@ def main() -> None:
               help="target rate of the video, bits/s (50k, 1.5M): each segment stores the most "
                    "bits per token (up to --bits) that keep the stream within it")
 @click.option("--bpp", type=float, default=None, help="target rate in bits per pixel (like --bitrate)")
+@click.option("--rdo", type=float, default=DEFAULT_RDO, show_default=True,
+              help="rate-distortion trade of the encoder: a token repeats the previous latent "
+                   "frame's when that adds at most this much squared latent error (0 = off; "
+                   "larger = smaller stream, slightly blurrier motion)")
 @FORCE_OPTION
 @QUIET_OPTION
 def encode(input: Path, output: Path, model_name: Optional[str], bits: Optional[int], entropy: str,
            device: str, precision: str, segment_frames: Optional[int], bitrate: Optional[str],
-           bpp: Optional[float], force: bool, quiet: bool) -> None:
+           bpp: Optional[float], rdo: float, force: bool, quiet: bool) -> None:
     """Encode a video file (anything FFmpeg reads) into an .mgv stream.
 
     INPUT "-" reads the video from stdin (y4m, nut, mkv: anything FFmpeg reads from a pipe;
     its audio is not carried)."""
     run(_encode, input, output, model_name, bits, entropy, device, segment_frames, force, quiet,
-         bitrate, bpp, precision)
+         bitrate, bpp, precision, rdo)
 
 
 def _encode(input: Path, output: Path, model_name, bits, entropy, device, segment_frames,
-            force, quiet, bitrate=None, bpp=None, precision="auto") -> None:
+            force, quiet, bitrate=None, bpp=None, precision="auto", rdo=DEFAULT_RDO) -> None:
     from .. import codec
     from ..payload import parse_rate
 
@@ -123,14 +127,15 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
         meta = vio.probe(input)
         video = input
     model = load_model(model_name, device, precision)
-    codec.check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
+    codec.check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames,
+                            rdo=rdo)
     t0 = time.perf_counter()
     total = meta.frames if meta.frames is not None or video is not input else vio.count_frames(input)
     with atomic_output(output, force) as tmp, progress(total, quiet, "encode") as bar:
         with open(tmp, "wb") as fo:
             res = codec.compress_to_file(model, video, fo, bits=bits, entropy=entropy,
                                          segment_frames=segment_frames, progress=bar.update,
-                                         bitrate=rate, bpp=bpp)
+                                         bitrate=rate, bpp=bpp, rdo=rdo)
             fo.flush()
             if stat.S_ISREG(os.fstat(fo.fileno()).st_mode):  # a FIFO or device cannot sync
                 os.fsync(fo.fileno())
