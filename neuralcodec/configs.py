@@ -22,9 +22,10 @@ from typing import Tuple
 DEFAULT_MODEL = "mgv-default-v3"
 
 # Default λ of the encoder's rate–distortion choice to repeat a token of the previous latent
-# frame (neuralcodec.rdo; `mgv encode --rdo`), squared latent error per token; tuned on the
-# validation clips cut from ../shared/data/train (benchmarks/rdo_sweep.py).
-DEFAULT_RDO = 0.5
+# frame (neuralcodec.rdo; `mgv encode --rdo`): the squared quantization error, in steps, a
+# repeat may add to a token; tuned on the validation clips held apart from ../shared/data/train
+# (python -m benchmarks.rdo_sweep → benchmarks/results/rdo.md), never on eval/.
+DEFAULT_RDO = 2.0
 
 # Most LFQ bits per token anywhere in the package: the header's u8 bit fields (spec §3), the
 # kernels' int32 token indices and the entropy coder all stop at 32.

@@ -98,6 +98,12 @@ class LFQ(nn.Module):
         value of every channel, ``B×K×…`` (the code itself, 0 where dropped)."""
         return _pad_channels(codes, self.bits)
 
+    def steps(self, bits: int) -> torch.Tensor:
+        """Quantization step of every channel when the first ``bits`` bits are stored: ``K``
+        float32, 2 (the distance of -1 and +1) for a stored bit, 1 for a dropped one (whose
+        value is 0 whatever the code)."""
+        return (torch.arange(self.bits) < bits).float() + 1.0
+
     def forward(self, z: torch.Tensor) -> LFQOutput:
         """``z``: ``B×K×T×H×W`` float (unbounded)."""
         q = sign_quantize(z)
@@ -178,6 +184,13 @@ class PlaneQuantizer(nn.Module):
         c = self.bits // self.planes
         full = _pad_channels(codes, self.bits)
         return sum(full[:, j * c:(j + 1) * c] * 2.0 ** -(j + 1) for j in range(self.planes))
+
+    def steps(self, bits: int) -> torch.Tensor:
+        """Cell width of every channel when the first ``bits`` bits are stored: ``C`` float32,
+        ``2 / 2^n`` for a channel with n stored planes (2 when none is stored)."""
+        c = self.bits // self.planes
+        n = torch.tensor([sum(1 for j in range(self.planes) if j * c + ch < bits) for ch in range(c)])
+        return 2.0 / 2.0 ** n.float()
 
     def forward(self, z: torch.Tensor) -> LFQOutput:
         """``z``: ``B×C×T×H×W`` float (unbounded) → :class:`LFQOutput` with the K bit

@@ -5,22 +5,25 @@ the tokens whose flag says "changed from the previous latent frame". Plain quant
 tokens whose latents sit near a cell boundary from frame to frame although the picture did not
 change, and every flip costs a flag plus the token's bits. :func:`select_codes` makes the
 decision a real encoder makes (x265's RDO, DCVC's skip mode): a token of latent frame t >= 1
-repeats the code chosen at t − 1 when that raises its squared error in latent space by at most
-``lam``
+repeats the code chosen at t − 1 when that raises its quantization error by at most ``lam``
 
-    Σ_c (v_c − value_c(code_{t−1}))² − Σ_c (v_c − value_c(code_t))² <= lam
+    Σ_c ((v_c − value_c(code_{t−1})) / Δ_c)² − Σ_c ((v_c − value_c(code_t)) / Δ_c)² <= lam
 
-with ``v`` the quantizer's continuous channel values and ``value`` what the decoder reads from
-the first ``bits`` bits (:meth:`PlaneQuantizer.targets` / :meth:`~PlaneQuantizer.values`; for
-LFQ the latents and the signs). Decisions run in frame order over the codes actually chosen,
-restart with every segment (its first latent frame is intra) and never change the format: any
-reader decodes the result. ``lam = 0`` only repeats tokens that are unchanged anyway, i.e.
-gives the plain codes.
+with ``v`` the quantizer's continuous channel values, ``value`` what the decoder reads from
+the first ``bits`` bits and ``Δ_c`` the channel's quantization step at that many bits
+(:meth:`PlaneQuantizer.targets`, :meth:`~PlaneQuantizer.values`, :meth:`~PlaneQuantizer.steps`;
+for LFQ the latents, the signs and 2). Measuring the error in steps makes one λ fit every
+rate: a repeat may move a channel by about sqrt(λ) cells, whether a cell is a whole bit plane
+wide (few bits) or a quarter of that (all 18). Decisions run in frame order over the codes
+actually chosen, restart with every segment (its first latent frame is intra) and never
+change the format: any reader decodes the result. ``lam = 0`` only repeats tokens that are
+unchanged anyway, i.e. gives the plain codes.
 
 Measured on the validation clips held apart from ``../shared/data/train`` with mgv-default-v3
 (33 frames; ``python -m benchmarks.rdo_sweep``, table in ``benchmarks/results/rdo.md``): the
-default λ = 0.5 stores 35–52 % fewer bits at 6–18 bits per token for 0.02–0.08 dB PSNR-RGB;
-λ = 2 is the better trade at 6–9 bits per token, λ = 0.5 at 12–18.
+default λ = 2 stores 42–46 % fewer bits at 6–18 bits per token for 0.02–0.19 dB PSNR-RGB, and
+its points lie on the convex hull of all (bits, λ) points at 6, 12 and 18 bits; λ = 4 saves
+47–52 % for 0.04–0.5 dB.
 """
 from __future__ import annotations
 
@@ -36,13 +39,15 @@ def select_codes(latents: torch.Tensor, quantizer: nn.Module, bits: int,
     """Per-bit latents of one segment ``1×K×t×h×w`` (float, :meth:`Tokenizer.encode_latents`)
     → the codes to store, ``1×bits×t×h×w`` in {-1, +1} (same dtype and device): the signs of
     the first ``bits`` latents, except that a token of latent frame t >= 1 repeats the code of
-    frame t − 1 when that adds at most ``lam`` to its squared latent error (module docstring).
+    frame t − 1 when that adds at most ``lam`` to its squared error in quantization steps
+    (module docstring).
     ``quantizer``: the model's (``model.quantizer``)."""
     codes = sign_quantize(latents[:, :bits])
     if lam <= 0 or codes.shape[2] < 2:
         return codes
-    target = quantizer.targets(latents).float()  # 1×C×t×h×w
-    vals = quantizer.values(codes).float()
+    scale = 1.0 / quantizer.steps(bits).to(latents.device).view(1, -1, 1, 1, 1)
+    target = quantizer.targets(latents).float() * scale  # 1×C×t×h×w, in steps
+    vals = quantizer.values(codes).float() * scale
     err_new = (target - vals).square().sum(1)  # 1×t×h×w
     out = codes.clone()
     for t in range(1, codes.shape[2]):

@@ -22,6 +22,7 @@ def brute_force(latents, quantizer, bits, lam):
     codes = sign_quantize(latents[:, :bits])
     out = codes.clone()
     v = quantizer.targets(latents)
+    step = quantizer.steps(bits).view(1, -1, 1, 1, 1)
     _, _, t, h, w = codes.shape
     for ti in range(1, t):
         for y in range(h):
@@ -29,8 +30,8 @@ def brute_force(latents, quantizer, bits, lam):
                 new = codes[:, :, ti:ti + 1, y:y + 1, x:x + 1]
                 old = out[:, :, ti - 1:ti, y:y + 1, x:x + 1]
                 target = v[:, :, ti:ti + 1, y:y + 1, x:x + 1]
-                d_new = (target - quantizer.values(new)).square().sum().item()
-                d_old = (target - quantizer.values(old)).square().sum().item()
+                d_new = ((target - quantizer.values(new)) / step).square().sum().item()
+                d_old = ((target - quantizer.values(old)) / step).square().sum().item()
                 if d_old - d_new <= lam:
                     out[:, :, ti, y, x] = out[:, :, ti - 1, y, x]
     return out
@@ -58,6 +59,8 @@ def test_select_codes_follows_the_repeat_rule(quantizer, bits):
 
 def test_plane_values_are_the_cell_midpoints():
     q = PlaneQuantizer(6, 3)  # 2 channels × 3 planes
+    assert q.steps(6).tolist() == [0.25, 0.25] and q.steps(3).tolist() == [0.5, 1.0]
+    assert q.steps(1).tolist() == [1.0, 2.0] and LFQ(4).steps(3).tolist() == [2, 2, 2, 1]
     v = torch.tensor([0.9, -0.3]).view(1, 2, 1)
     codes = sign_quantize(q.latents(torch.atanh(v)))
     assert torch.allclose(q.values(codes), torch.tensor([0.875, -0.375]).view(1, 2, 1))

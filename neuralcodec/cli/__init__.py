@@ -87,8 +87,8 @@ def main() -> None:
 @click.option("--bpp", type=float, default=None, help="target rate in bits per pixel (like --bitrate)")
 @click.option("--rdo", type=float, default=DEFAULT_RDO, show_default=True,
               help="rate-distortion trade of the encoder: a token repeats the previous latent "
-                   "frame's when that adds at most this much squared latent error (0 = off; "
-                   "larger = smaller stream, slightly blurrier motion)")
+                   "frame's when that adds at most this much squared error, in quantization "
+                   "steps (0 = off; larger = smaller stream, slightly blurrier motion)")
 @FORCE_OPTION
 @QUIET_OPTION
 def encode(input: Path, output: Path, model_name: Optional[str], bits: Optional[int], entropy: str,
