@@ -109,9 +109,20 @@ def test_cli_rdo_option(runner, tmp_path):
     bad = runner.invoke(main, ["encode", str(src), "-o", str(out), "--rdo", "-1", "-q"])
     one_error_line(bad, 3)
     assert "rdo" in bad.output and not out.exists() and not leftovers(tmp_path)
-    sizes = []
+    sizes, toks = [], []
     for lam in ("0", "1000"):
         res = runner.invoke(main, ["encode", str(src), "-o", str(out), "--rdo", lam, "-q", "-y"])
         assert res.exit_code == 0, res.output
         sizes.append(out.stat().st_size)
+        # the tokens of the video with the same --rdo are the tokens the stream stores
+        for inp, extra in ((src, ["--rdo", lam]), (out, [])):
+            t = tmp_path / "t.safetensors"
+            res = runner.invoke(main, ["tokens", str(inp), "-o", str(t), "-q", "-y", *extra])
+            assert res.exit_code == 0, res.output
+            toks.append(tokens.Tokens.load(t).segments)
     assert sizes[1] < sizes[0]
+    for a, b in ((0, 1), (2, 3)):
+        assert all(np.array_equal(x, y) for x, y in zip(toks[a], toks[b]))
+    assert not all(np.array_equal(x, y) for x, y in zip(toks[0], toks[2]))
+    one_error_line(runner.invoke(main, ["tokens", str(out), "-o", str(tmp_path / "u.safetensors"),
+                                        "--rdo", "1"]), 3)
