@@ -1,5 +1,5 @@
-"""The model on one segment, a chunk at a time: frames → per-bit latents (encoder; from them
-:mod:`neuralcodec.rdo` chooses the codes) and codes → frames
+"""The model on one segment, a chunk at a time: frames → per-bit latents (encoder; their signs
+are the codes, chosen by :mod:`neuralcodec.rdo`) and codes → frames
 (decoder), with the causal state of :func:`neuralcodec.layers.streaming` carried from chunk to
 chunk and restarted per segment.
 
@@ -20,7 +20,6 @@ import torch
 from . import container as ct
 from .errors import InputError
 from .layers import streaming
-from .quantizer import pad_channels
 from .video_io import VideoMeta
 
 CHUNK_FRAMES = 16  # most frames per encoder chunk after the first (rounded to the temporal factor)
@@ -128,7 +127,9 @@ def decode_frames(model, header: ct.Header, seg: ct.Segment, codes: Codes, a: in
         while t < seg.latent_t and frame < stop:
             n = min(1 if t == 0 else step, seg.latent_t - t)
             chunk = torch.cat([next(frames_in) for _ in range(n)], dim=2)
-            x = model.decode(pad_channels(chunk.to(device), k), bits=stored)
+            full = torch.zeros((1, k, n, seg.latent_h, seg.latent_w), dtype=chunk.dtype, device=device)
+            full[:, :stored] = chunk
+            x = model.decode(full, bits=stored)
             t += n
             out = tensor_to_frames(x[:, :, :, :header.height, :header.width])
             for f in out:

@@ -96,7 +96,7 @@ class LFQ(nn.Module):
     def values(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``B×b×…`` (b <= K; values in {-1, 0, +1}, dropped bits absent or 0) → the
         value of every channel, ``B×K×…`` (the code itself, 0 where dropped)."""
-        return pad_channels(codes, self.bits)
+        return _pad_channels(codes, self.bits)
 
     def steps(self, bits: int) -> torch.Tensor:
         """Quantization step of every channel when the first ``bits`` bits are stored: ``K``
@@ -182,7 +182,7 @@ class PlaneQuantizer(nn.Module):
         """Codes ``B×b×…`` (b <= K; values in {-1, 0, +1}, dropped bits absent or 0) → the
         decoded channel values ``Σ_j s_j 2^-(j+1)``, ``B×C×…`` in (-1, 1)."""
         c = self.bits // self.planes
-        full = pad_channels(codes, self.bits)
+        full = _pad_channels(codes, self.bits)
         return sum(full[:, j * c:(j + 1) * c] * 2.0 ** -(j + 1) for j in range(self.planes))
 
     def steps(self, bits: int) -> torch.Tensor:
@@ -203,9 +203,8 @@ class PlaneQuantizer(nn.Module):
         return LFQOutput(codes, zero, zero, zero, zero, zero)
 
 
-def pad_channels(codes: torch.Tensor, k: int) -> torch.Tensor:
-    """Codes ``B×b×…`` → ``B×k×…`` with channels b..k-1 zero (b <= k; the decoder's input when
-    only the first b bits are stored)."""
+def _pad_channels(codes: torch.Tensor, k: int) -> torch.Tensor:
+    """``B×b×…`` → ``B×k×…`` with channels b..k-1 zero (b <= k)."""
     b = codes.shape[1]
     if b >= k:
         return codes
