@@ -106,5 +106,6 @@ def write_report(rows, a) -> None:
     a.report.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {a.report.with_suffix('.md')}")
 
+
 if __name__ == "__main__":
     main()

@@ -1,5 +1,5 @@
-"""The model on one segment, a chunk at a time: frames → per-bit latents (encoder; their signs
-are the codes, chosen by :mod:`neuralcodec.rdo`) and codes → frames
+"""The model on one segment, a chunk at a time: frames → per-bit latents (encoder; from them
+:mod:`neuralcodec.rdo` chooses the codes) and codes → frames
 (decoder), with the causal state of :func:`neuralcodec.layers.streaming` carried from chunk to
 chunk and restarted per segment.
 
