@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Tune the encoder's RDO λ (``mgv encode --rdo``) on the validation clips, never on eval/.
+"""Tune the encoder's RDO λ (``mgv encode --rdo``) and refinement steps (``--refine``) on the
+validation clips, never on eval/.
 
     python -m benchmarks.rdo_sweep --data ../shared/data/train --frames 33 --report benchmarks/results/rdo
+    python -m benchmarks.rdo_sweep --frames 17 --lambdas 2 --refine 0 10 20 --report benchmarks/results/refine
 
 Every (bits, λ) point is a real ``.mgv`` stream (:func:`neuralcodec.codec.compress`, headers
 included) decoded again (:func:`neuralcodec.codec.decompress`); PSNR-RGB is over all frames
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import itertools
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +27,7 @@ import torch
 
 from benchmarks.bench_recipes import VAL_CLIPS
 from neuralcodec import codec
-from neuralcodec.configs import DEFAULT_MODEL, DEFAULT_RDO
+from neuralcodec.configs import DEFAULT_MODEL, DEFAULT_RDO, DEFAULT_REFINE
 from neuralcodec.train.data import decode_video_rgb
 from neuralcodec.weights import load_model
 
@@ -53,6 +57,8 @@ def main() -> None:
     ap.add_argument("--short-side", type=int, default=256)
     ap.add_argument("--bits", type=int, nargs="+", default=[6, 9, 12, 18])
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0, 0.5, 1, 2, 4])
+    ap.add_argument("--refine", type=int, nargs="+", default=[0],
+                    help="refinement steps per chunk to sweep (mgv encode --refine)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report", type=Path, default=Path("benchmarks/results/rdo"))
     ap.add_argument("--report-only", action="store_true",
@@ -70,39 +76,49 @@ def main() -> None:
             sys.exit(f"error: validation clip {p} missing")
         clips.append((name, decode_video_rgb(p, a.short_side, max_frames=a.frames)))
     rows = []
-    for b in a.bits:
-        for lam in a.lambdas:
-            nbits = npix = 0
-            se = 0.0
-            for name, v in clips:
-                data = codec.compress(model, v, bits=b, rdo=lam)
-                _, out = codec.decompress(data, model=model)
-                nbits += 8 * len(data)
-                npix += v.shape[0] * v.shape[1] * v.shape[2]
-                se += float(np.square(out.astype(np.float64) - v).mean()) * v[..., 0].size
-            psnr = 10 * math.log10(255 ** 2 / (se / npix))
-            rows.append({"bits": b, "lambda": lam, "bpp": nbits / npix, "psnr_rgb": psnr})
-            print(f"{b:2d} bits  λ {lam:<4g}  {nbits / npix:.5f} bpp  {psnr:.3f} dB", flush=True)
+    for b, lam, steps in itertools.product(a.bits, a.lambdas, a.refine):
+        nbits = npix = 0
+        se = 0.0
+        t0 = time.perf_counter()
+        for name, v in clips:
+            data = codec.compress(model, v, bits=b, rdo=lam, refine=steps)
+            _, out = codec.decompress(data, model=model)
+            nbits += 8 * len(data)
+            npix += v.shape[0] * v.shape[1] * v.shape[2]
+            se += float(np.square(out.astype(np.float64) - v).mean()) * v[..., 0].size
+        psnr = 10 * math.log10(255 ** 2 / (se / npix))
+        rows.append({"bits": b, "lambda": lam, "refine": steps, "bpp": nbits / npix,
+                     "psnr_rgb": psnr, "seconds": time.perf_counter() - t0})
+        print(f"{b:2d} bits  λ {lam:<4g}  refine {steps:<3d} {nbits / npix:.5f} bpp  {psnr:.3f} dB"
+              f"  {rows[-1]['seconds']:.0f} s", flush=True)
     a.report.parent.mkdir(parents=True, exist_ok=True)
     a.report.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     write_report(rows, a)
 
 
 def write_report(rows, a) -> None:
-    """The markdown table of the sweep (``rows``: dicts with bits, lambda, bpp, psnr_rgb)."""
+    """The markdown table of the sweep (``rows``: dicts with bits, lambda, refine, bpp,
+    psnr_rgb; differences against the first setting swept at the same bits)."""
     on = hull([(r["bpp"], r["psnr_rgb"]) for r in rows])
-    base = {r["bits"]: r for r in rows if r["lambda"] == 0}
-    lines = [f"# Encoder RDO λ sweep ({a.model}, validation clips: {', '.join(VAL_CLIPS)};",
+    base: dict = {}
+    for r in rows:
+        base.setdefault(r["bits"], r)
+    b0 = rows[0]
+    ref = f"λ={b0['lambda']:g}, refine {b0.get('refine', 0)}"
+    lines = [f"# Encoder sweep: RDO λ and refinement steps ({a.model}, validation clips: "
+             f"{', '.join(VAL_CLIPS)};",
              f"{a.frames} frames, short side {a.short_side}; `python -m benchmarks.rdo_sweep`)", "",
-             f"Default λ: {DEFAULT_RDO:g}. ● = on the upper convex hull of PSNR over log bpp.", "",
-             "| bits | λ | bpp | PSNR-RGB (dB) | rate vs λ=0 | ΔPSNR vs λ=0 | hull |",
-             "|---|---|---|---|---|---|---|"]
+             f"Defaults: λ {DEFAULT_RDO:g}, refine {DEFAULT_REFINE}. ● = on the upper convex hull "
+             "of PSNR over log bpp. Encode + decode seconds of all clips, 2 threads.", "",
+             f"| bits | λ | refine | bpp | PSNR-RGB (dB) | rate vs {ref} | ΔPSNR vs {ref} | s | hull |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows):
-        b0 = base.get(r["bits"])
-        dr = f"{100 * (r['bpp'] / b0['bpp'] - 1):+.1f}%" if b0 else ""
-        dp = f"{r['psnr_rgb'] - b0['psnr_rgb']:+.3f}" if b0 else ""
-        lines.append(f"| {r['bits']} | {r['lambda']:g} | {r['bpp']:.5f} | {r['psnr_rgb']:.3f} | "
-                     f"{dr} | {dp} | {'●' if i in on else ''} |")
+        c = base[r["bits"]]
+        dr = f"{100 * (r['bpp'] / c['bpp'] - 1):+.1f}%"
+        dp = f"{r['psnr_rgb'] - c['psnr_rgb']:+.3f}"
+        sec = f"{r['seconds']:.0f}" if "seconds" in r else ""
+        lines.append(f"| {r['bits']} | {r['lambda']:g} | {r.get('refine', 0)} | {r['bpp']:.5f} | "
+                     f"{r['psnr_rgb']:.3f} | {dr} | {dp} | {sec} | {'●' if i in on else ''} |")
     a.report.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {a.report.with_suffix('.md')}")
 

@@ -33,11 +33,12 @@ import torch
 
 from . import container as ct
 from .audio import AudioSink, AudioSource, write_audio
-from .chunks import Progress, chunk_frames, decoder_step, encode_segment
+from .chunks import Progress, chunk_frames, decoder_step
 from .errors import InputError, MGVError, ResourceError, Truncated
 from .model import PRECISIONS, for_inference
 from .payload import RATE_TOLERANCE, SEGMENT_OVERHEAD, STREAM_TAIL, encode_payload, rate_payload
 from .rdo import DEFAULT_LAMBDA, select_codes
+from .refine import DEFAULT_REFINE, MAX_REFINE, check_refine_size, encode_refined
 from .recovery import OnDamage, decode_plan, segment_plan, segments_held, too_much_concealment
 from .resources import check_memory, estimate_bytes, is_out_of_memory
 from .video_io import VideoMeta, frames_of, probe, read_frames
@@ -100,7 +101,7 @@ def open_video(video: VideoInput, fps: Optional[Fraction] = None) -> Tuple[Video
 # ---- encoding -------------------------------------------------------------------------------
 def check_encode_args(model: torch.nn.Module, *, bits: Optional[int] = None,
                       entropy: str = "context", segment_frames: Optional[int] = None,
-                      rdo: float = DEFAULT_LAMBDA) -> None:
+                      rdo: float = DEFAULT_LAMBDA, refine: int = DEFAULT_REFINE) -> None:
     """Validate :func:`compress_to_file` options for ``model`` → :class:`InputError` /
     :class:`ModelError` (lets a caller fail before it starts reading the input)."""
     name, _ = model_identity(model)
@@ -117,6 +118,8 @@ def check_encode_args(model: torch.nn.Module, *, bits: Optional[int] = None,
                          f"got {segment_frames}")
     if not isinstance(rdo, (int, float)) or not 0 <= rdo < float("inf"):
         raise InputError(f"rdo lambda must be a number >= 0, got {rdo!r}")
+    if isinstance(refine, bool) or not isinstance(refine, int) or not 0 <= refine <= MAX_REFINE:
+        raise InputError(f"refine steps must be an integer in 0..{MAX_REFINE}, got {refine!r}")
 
 
 def stream_header(model: torch.nn.Module, meta: VideoMeta, *, bits: Optional[int] = None,
@@ -150,7 +153,8 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
                      segment_frames: Optional[int] = None, progress: Progress = None,
                      fps: Optional[Fraction] = None, audio: bool = True,
                      bitrate: Optional[float] = None, bpp: Optional[float] = None,
-                     backend: Optional[str] = None, rdo: float = DEFAULT_LAMBDA) -> EncodeResult:
+                     backend: Optional[str] = None, rdo: float = DEFAULT_LAMBDA,
+                     refine: int = DEFAULT_REFINE) -> EncodeResult:
     """Encode ``video`` with ``model`` into the binary file object ``fo``.
 
     ``video``: a path PyAV can open, a ``T×H×W×3`` uint8 RGB array (rate ``fps``, default 25)
@@ -164,7 +168,10 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
     kernels that pack the bits on the model's device (:func:`neuralcodec.kernels.select_backend`;
     default: Triton on CUDA, PyTorch elsewhere). ``rdo``: λ of the encoder's choice to repeat
     a token of the previous latent frame where that costs little (0 = plain quantization;
-    :func:`neuralcodec.rdo.select_codes`).
+    :func:`neuralcodec.rdo.select_codes`). ``refine``: Adam steps per decoder chunk that
+    optimise the codes through the decoder before the RDO (0 = off; about 3 decoder passes
+    each: :func:`neuralcodec.refine.refine_latents`); with rate control they refine for
+    ``bits`` and the rate control truncates the refined codes.
 
     Rate control: ``bitrate`` (bits per second) or ``bpp`` (bits per pixel) is a target for
     the stream without its audio. Each segment then stores the most bits per token (up to
@@ -173,7 +180,8 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
     result misses the target by more than :data:`~neuralcodec.payload.RATE_TOLERANCE`.
     Raises :class:`MGVError` subclasses for bad input.
     """
-    check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames, rdo=rdo)
+    check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames, rdo=rdo,
+                      refine=refine)
     if bitrate is not None and bpp is not None:
         raise InputError("give a target bitrate or bpp, not both")
     for name, v in (("bitrate", bitrate), ("bpp", bpp)):
@@ -181,6 +189,7 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
             raise InputError(f"{name} must be a positive number, got {v!r}")
     meta, it = open_video(video, fps)
     header = stream_header(model, meta, bits=bits, entropy=entropy, segment_frames=segment_frames)
+    check_refine_size(meta.width, meta.height, refine)
     if bpp is not None:
         bitrate = bpp * meta.width * meta.height * float(meta.fps)
     check_memory(estimate_bytes(model, meta.width, meta.height,
@@ -189,7 +198,8 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
                  f"encoding {meta.width}x{meta.height} frames")
     asrc = AudioSource(video) if audio and isinstance(video, (str, Path)) else None
     try:
-        return _compress(model, it, meta, header, fo, progress, asrc, bitrate, backend, rdo)
+        return _compress(model, it, meta, header, fo, progress, asrc, bitrate, backend, rdo,
+                         refine)
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
@@ -201,7 +211,7 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
 
 def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progress: Progress,
               asrc: Optional[AudioSource], bitrate: Optional[float],
-              backend: Optional[str], rdo: float) -> EncodeResult:
+              backend: Optional[str], rdo: float, refine: int) -> EncodeResult:
     bits, seg = header.bits, header.segment_frames
     writer = ct.Writer(fo, header, segment_bits=bitrate is not None)
     video_bytes = writer.pos + STREAM_TAIL  # header, INDEX head and END; segments add theirs
@@ -212,7 +222,7 @@ def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progr
     chosen: List[int] = []
     model.eval()
     while True:
-        n, latents = encode_segment(model, it, meta, seg, progress)
+        n, latents = encode_refined(model, it, meta, seg, bits, refine, progress)
         if n == 0:
             break
         if total + n > ct.MAX_FRAMES:

@@ -27,6 +27,15 @@ DEFAULT_MODEL = "mgv-default-v3"
 # (python -m benchmarks.rdo_sweep → benchmarks/results/rdo.md), never on eval/.
 DEFAULT_RDO = 2.0
 
+# Encoder-side latent refinement (neuralcodec.refine; `mgv encode --refine N`): Adam steps per
+# decoder chunk (0 = off, the default: each step costs about 3 decoder passes) and their
+# learning rate on the unbounded channel values.
+DEFAULT_REFINE = 0
+REFINE_LR = 0.05
+# Largest frame (pixels) refinement accepts: the backward pass through one decoder chunk of
+# 4 frames peaks at 7 GB at 1280×720 and 14 GB at 1920×1080 (float32 model, bf16 autocast).
+REFINE_MAX_PIXELS = 1920 * 1088
+
 # Most LFQ bits per token anywhere in the package: the header's u8 bit fields (spec §3), the
 # kernels' int32 token indices and the entropy coder all stop at 32.
 MAX_BITS = 32

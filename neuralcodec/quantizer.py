@@ -93,6 +93,10 @@ class LFQ(nn.Module):
         """Per-bit latents ``B×K×…`` → the values the codes approximate, ``B×K×…`` (itself)."""
         return latents
 
+    def unbounded(self, latents: torch.Tensor) -> torch.Tensor:
+        """Per-bit latents ``B×K×…`` → an encoder output z with ``latents(z)`` = them (itself)."""
+        return latents
+
     def values(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``B×b×…`` (b <= K; values in {-1, 0, +1}, dropped bits absent or 0) → the
         value of every channel, ``B×K×…`` (the code itself, 0 where dropped)."""
@@ -177,6 +181,11 @@ class PlaneQuantizer(nn.Module):
         """Per-bit latents ``B×K×…`` → the channel values ``v = tanh(z)``, ``B×C×…`` in (-1, 1)
         (plane 0's latents)."""
         return latents[:, :self.bits // self.planes]
+
+    def unbounded(self, latents: torch.Tensor) -> torch.Tensor:
+        """Per-bit latents ``B×K×…`` → an encoder output z ``B×C×…`` with ``latents(z)`` = them
+        (``atanh`` of plane 0's latents, kept 1e-4 inside (-1, 1) so that z stays finite)."""
+        return torch.atanh(self.targets(latents).clamp(-1 + 1e-4, 1 - 1e-4))
 
     def values(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``B×b×…`` (b <= K; values in {-1, 0, +1}, dropped bits absent or 0) → the

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import container as ct
-from .chunks import Progress, decode_segment, encode_segment
+from .chunks import Progress, decode_segment
 from .codec import VideoInput, check_encode_args, open_video, stream_header
 from .errors import InputError, MGVError
 from .kernels import token_indices
@@ -39,6 +39,7 @@ from .model import for_inference
 from .payload import decode_payload
 from .quantizer import indices_to_codes
 from .rdo import DEFAULT_LAMBDA, select_codes
+from .refine import DEFAULT_REFINE, encode_refined
 from .video_io import VideoMeta
 from .weights import ModelSource, resolve_model
 
@@ -258,19 +259,22 @@ def tokens_from_stream(fo: BinaryIO, bits: Optional[int] = None) -> Tokens:
 
 def tokenize(model: torch.nn.Module, video: VideoInput, *, bits: Optional[int] = None,
              segment_frames: Optional[int] = None, fps: Optional[Fraction] = None,
-             progress: Progress = None, rdo: float = DEFAULT_LAMBDA) -> Tokens:
+             progress: Progress = None, rdo: float = DEFAULT_LAMBDA,
+             refine: int = DEFAULT_REFINE) -> Tokens:
     """Encode ``video`` (see :func:`neuralcodec.codec.open_video`) → the tokens ``mgv encode``
-    with the same options would store (``bits`` per token, default K; ``segment_frames`` and
-    ``rdo`` as there: :func:`neuralcodec.rdo.select_codes`). The token indices are computed
+    with the same options would store (``bits`` per token, default K; ``segment_frames``,
+    ``rdo`` and ``refine`` as there: :func:`neuralcodec.rdo.select_codes`,
+    :func:`neuralcodec.refine.refine_latents`). The token indices are computed
     on the model's device (:func:`neuralcodec.kernels.token_indices`)."""
-    check_encode_args(model, bits=bits, segment_frames=segment_frames, rdo=rdo)
+    check_encode_args(model, bits=bits, segment_frames=segment_frames, rdo=rdo, refine=refine)
     meta, it = open_video(video, fps)
     header = stream_header(model, meta, bits=bits, segment_frames=segment_frames)
     model.eval()
     segs: List[np.ndarray] = []
     total = 0
     while True:
-        n, latents = encode_segment(model, it, meta, header.segment_frames, progress)
+        n, latents = encode_refined(model, it, meta, header.segment_frames, header.bits, refine,
+                                    progress)
         if n == 0:
             break
         codes = select_codes(latents, model.quantizer, header.bits, rdo)

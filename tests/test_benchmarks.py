@@ -246,6 +246,13 @@ def test_make_codec_names():
     assert other.name == "mgv@mgv-s4-v1" and other.model == "mgv-s4-v1" and other.entropy is None
     assert other.encode_cmd(Path("s"), Path("o"), 6, 8, 8)[-4:-2] == ["--model", "mgv-s4-v1"]
     assert C.make_codec("mgv-none@m").entropy == "none"
+    ref = C.make_codec("mgv-refine10")  # encoder refinement: its own name (and cache entries)
+    assert ref.name == "mgv-refine10" and ref.refine == 10 and ref.entropy is None
+    assert ref.encode_cmd(Path("s"), Path("o"), 6, 8, 8)[-4:-2] == ["--refine", "10"]
+    assert "--refine" not in C.make_codec("mgv").encode_cmd(Path("s"), Path("o"), 6, 8, 8)
+    assert C.make_codec("mgv-context-refine3@m").name == "mgv-context-refine3@m"
+    with pytest.raises(InputError):
+        C.make_codec("mgv-zip")
     av1 = C.make_codec("svtav1-p8")
     assert av1.name == "svtav1-p8" and av1.points == C.AV1_CRF_POINTS
     dec = av1.decode_cmd(Path("x.obu"), Path("d.yuv"))

@@ -22,7 +22,7 @@ from benchmarks.rd.metrics import ms_ssim_rgb
 from neuralcodec import codec
 from neuralcodec.video_io import probe
 from neuralcodec.train.data import VIDEO_EXTS, decode_video_rgb
-from neuralcodec.configs import DEFAULT_RDO
+from neuralcodec.configs import DEFAULT_RDO, DEFAULT_REFINE
 from neuralcodec.weights import DEFAULT_MODEL, load_model
 
 
@@ -37,6 +37,10 @@ def main() -> None:
     ap.add_argument("--entropy", default="context", choices=["context", "none"])
     ap.add_argument("--rdo", type=float, default=DEFAULT_RDO,
                     help="encoder RDO λ (mgv encode --rdo; 0 = plain quantization)")
+    ap.add_argument("--refine", type=int, default=DEFAULT_REFINE,
+                    help="encoder refinement steps per chunk (mgv encode --refine; 0 = off)")
+    ap.add_argument("--clips", nargs="+", default=None,
+                    help="only the clips whose file names start with these")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -46,12 +50,15 @@ def main() -> None:
     for p in sorted(Path(a.data).iterdir()):
         if p.suffix.lower() not in VIDEO_EXTS:
             continue
+        if a.clips and not any(p.name.startswith(c) for c in a.clips):
+            continue
         src = decode_video_rgb(p, max_short_side=a.max_short_side or 100000, max_frames=a.frames)
         fps = probe(p).fps
         t, h, w, _ = src.shape
         for b in a.bits:
             t0 = time.time()
-            data = codec.compress(model, src, bits=b, entropy=a.entropy, fps=fps, rdo=a.rdo)
+            data = codec.compress(model, src, bits=b, entropy=a.entropy, fps=fps, rdo=a.rdo,
+                                  refine=a.refine)
             t1 = time.time()
             _, rec = codec.decompress(data, model=model)
             t2 = time.time()
@@ -59,6 +66,7 @@ def main() -> None:
                 raise SystemExit(f"{p.name}: decoded {rec.shape}, expected {src.shape}")
             mse = np.mean((rec.astype(np.float64) - src.astype(np.float64)) ** 2)
             rows.append({"clip": p.name, "size": f"{w}x{h}", "frames": t, "bits": b,
+                         "rdo": a.rdo, "refine": a.refine,
                          "bytes": len(data), "bpp": len(data) * 8 / (t * h * w),
                          "raw_bpp": b / model.cfg.spatial_factor ** 2 * model.latent_frames(t) / t,
                          "psnr_rgb": float(10 * np.log10(255 ** 2 / max(mse, 1e-10))),

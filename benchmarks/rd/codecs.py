@@ -246,20 +246,25 @@ class MGV(Codec):
 
     Rate points are the number of LFQ bits kept per token (nested: one model, every rate).
     ``entropy``: None uses the CLI's default; "none" or "context" is passed as ``--entropy``.
+    ``refine``: encoder refinement steps (``--refine N``; None = the CLI's default, off).
     """
 
     ext = "mgv"
     decoded_pix_fmt = "y4m"
 
     def __init__(self, points: Sequence[int] = MGV_BITS, entropy: Optional[str] = None,
-                 model: Optional[str] = None, python: Optional[str] = None):
+                 model: Optional[str] = None, python: Optional[str] = None,
+                 refine: Optional[int] = None):
         if entropy not in (None, "none", "context"):
             raise InputError(f"entropy must be none or context, got {entropy!r}")
         self.points = tuple(points)
         self.entropy = entropy
         self.model = model
+        self.refine = refine
         self.python = python or sys.executable
-        self.name = ("mgv" if entropy is None else f"mgv-{entropy}") + (f"@{model}" if model else "")
+        self.name = (("mgv" if entropy is None else f"mgv-{entropy}")
+                     + (f"-refine{refine}" if refine is not None else "")
+                     + (f"@{model}" if model else ""))
 
     def point_label(self, point) -> str:
         return f"bits{point}"
@@ -276,6 +281,8 @@ class MGV(Codec):
             cmd += ["--entropy", self.entropy]
         if self.model is not None:
             cmd += ["--model", self.model]
+        if self.refine is not None:
+            cmd += ["--refine", str(self.refine)]
         return cmd + ["-y", "-q"]
 
     def decode_cmd(self, bitstream: Path, out: Path) -> List[str]:
@@ -320,15 +327,17 @@ class MGV(Codec):
 
 def make_codec(name, quick: bool = False, ffmpeg: Optional[str] = None) -> Codec:
     """Codec from its name: ``mgv``, ``mgv-none``, ``mgv-context`` (each with an optional
+    ``-refineN``, encoder refinement steps: ``mgv-refine10``, and an optional
     ``@MODEL``, a registered model other than the default: ``mgv@mgv-s4-v1``),
     ``x265-<preset>-ra|ld``, ``vvenc-<preset>``, ``x264-<preset>``, ``svtav1-p<n>``. ``quick``
     uses 4 rate points instead of 6. A :class:`Codec` instance is returned as is."""
     if isinstance(name, Codec):
         return name
     pts = QUICK_POINTS if quick else None
-    m = re.fullmatch(r"mgv(?:-(\w+))?(?:@([\w.-]+))?", name)
+    m = re.fullmatch(r"mgv(?:-(none|context))?(?:-refine(\d+))?(?:@([\w.-]+))?", name)
     if m:
-        return MGV(entropy=m.group(1), model=m.group(2))
+        refine = int(m.group(2)) if m.group(2) is not None else None
+        return MGV(entropy=m.group(1), model=m.group(3), refine=refine)
     m = re.fullmatch(r"x265-(\w+)-(ra|ld)", name)
     if m:
         return X265(m.group(1), m.group(2) == "ld", pts or CRF_POINTS, ffmpeg)

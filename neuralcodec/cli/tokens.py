@@ -9,7 +9,7 @@ from typing import Optional
 import click
 
 from .. import video_io as vio
-from ..configs import DEFAULT_MODEL, DEFAULT_RDO
+from ..configs import DEFAULT_MODEL, DEFAULT_RDO, DEFAULT_REFINE
 from ..errors import InputError, OutputError
 from ..outputs import atomic_output
 from . import main
@@ -34,12 +34,15 @@ from .common import (DEVICE_OPTION, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP, QU
 @click.option("--rdo", type=float, default=None,
               help="for a video INPUT: the encoder's repeat threshold, as `mgv encode --rdo` "
                    f"(0 = the plain signs of the latents) [default: {DEFAULT_RDO:g}]")
+@click.option("--refine", type=int, default=None, metavar="N",
+              help="for a video INPUT: encoder effort, as `mgv encode --refine` "
+                   f"[default: {DEFAULT_REFINE}]")
 @DEVICE_OPTION
 @FORCE_OPTION
 @QUIET_OPTION
 def tokens(input: Path, output: Path, model_name: Optional[str], bits: Optional[int],
            split: Optional[str], segment_frames: Optional[int], rdo: Optional[float],
-           device: str, force: bool, quiet: bool) -> None:
+           refine: Optional[int], device: str, force: bool, quiet: bool) -> None:
     """Write the LFQ tokens of a video or an .mgv stream to a .safetensors file.
 
     A video INPUT is encoded (the tokens `mgv encode` would store); an .mgv INPUT is read
@@ -47,11 +50,11 @@ def tokens(input: Path, output: Path, model_name: Optional[str], bits: Optional[
     tokens.{i} (t×h×w, token index sum_k 2^k·bit_k) for segment i, sub-tokens
     subtokens.{i}.{j} with --split, and the header fields as JSON metadata ("mgv")."""
     run(_tokens, input, output, model_name, bits, split, segment_frames, device, force, quiet,
-        rdo)
+        rdo, refine)
 
 
 def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_frames, device,
-            force, quiet, rdo=None) -> None:
+            force, quiet, rdo=None, refine=None) -> None:
     from .. import codec
     from .. import tokens as tk
 
@@ -61,21 +64,25 @@ def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_fra
     check_output(input, output, force)
     t0 = time.perf_counter()
     if is_mgv(input):
-        if model_name is not None or segment_frames is not None or rdo is not None:
-            raise InputError("--model, --segment-frames and --rdo apply to a video INPUT; an "
-                             ".mgv stream names its model and stores its tokens")
+        if (model_name is not None or segment_frames is not None or rdo is not None
+                or refine is not None):
+            raise InputError("--model, --segment-frames, --rdo and --refine apply to a video "
+                             "INPUT; an .mgv stream names its model and stores its tokens")
         with open_input(input) as fo:
             tok = tk.tokens_from_stream(fo, bits=bits)
     else:
         meta = vio.probe(input)
         model = load_model(model_name, device)
         rdo = DEFAULT_RDO if rdo is None else rdo
-        codec.check_encode_args(model, bits=bits, segment_frames=segment_frames, rdo=rdo)
+        refine = DEFAULT_REFINE if refine is None else refine
+        codec.check_encode_args(model, bits=bits, segment_frames=segment_frames, rdo=rdo,
+                                refine=refine)
+        codec.check_refine_size(meta.width, meta.height, refine)
         if split:
             tk.check_split(split, bits or model.cfg.bits)
         with progress(meta.frames, quiet, "tokens") as bar:
             tok = tk.tokenize(model, input, bits=bits, segment_frames=segment_frames,
-                              progress=bar.update, rdo=rdo)
+                              progress=bar.update, rdo=rdo, refine=refine)
     if split:
         tk.check_split(split, tok.header.bits)
     with atomic_output(output, force) as tmp:

@@ -1,0 +1,145 @@
+"""Encoder-side latent refinement: choose the codes the decoder decodes best, not the ones the
+encoder network predicts.
+
+The encoder is a network trained to be right on average (an *amortized* inference); for a
+given video, other codes of the same size often decode closer to it. Learned image codecs
+close this amortization gap by optimizing the latents of each input through the frozen
+decoder at encode time (Campos et al. 2019, "Content adaptive optimization for neural image
+compression"; Yang et al. 2020, "Improving inference for neural image compression").
+:func:`refine_latents` does that for one segment: starting from the encoder's output it takes
+``steps`` Adam steps on the unbounded channel values z (:meth:`PlaneQuantizer.unbounded`,
+:meth:`LFQ.unbounded`) to lower the MSE between the decoded frames and the input frames, with
+the codes truncated to the ``bits`` that will be stored and the gradient passed straight
+through the quantizer (as in training). The decoder runs as it will when decoding, chunk by
+chunk with its causal state carried over (:func:`neuralcodec.chunks.decoder_step` latent
+frames per chunk after a first of one): each chunk is refined given the refined chunks before
+it, so memory depends on the frame size, not on the segment's length.
+
+It only changes which codes the encoder writes: the format is unchanged and any decoder reads
+the result (spec §7, "Encoder freedom"). The RDO (:mod:`neuralcodec.rdo`) then runs on the
+refined latents. It costs about 3 decoder passes per step (forward and backward).
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .chunks import Progress, decoder_step, encode_segment, frames_to_tensor, model_device
+from .configs import DEFAULT_REFINE, REFINE_LR, REFINE_MAX_PIXELS
+from .errors import InputError
+from .layers import StreamingModule, streaming
+from .model import inference_dtype
+
+__all__ = ["DEFAULT_REFINE", "MAX_REFINE", "REFINE_LR", "REFINE_MAX_PIXELS", "check_refine_size",
+           "encode_refined", "refine_latents"]
+
+MAX_REFINE = 1000  # most steps an encode may ask for (a typo guard: 1000 steps take hours)
+
+
+def _state(model: torch.nn.Module) -> Dict[torch.nn.Module, dict]:
+    """The causal stream state of every :class:`StreamingModule` of ``model`` (the attributes
+    its ``reset_stream`` resets; they are replaced between chunks, never changed in place)."""
+    return {m: {k: v for k, v in vars(m).items() if k in ("buffer", "started")}
+            for m in model.modules() if isinstance(m, StreamingModule)}
+
+
+def _restore(state: Dict[torch.nn.Module, dict]) -> None:
+    for m, attrs in state.items():
+        for k, v in attrs.items():
+            setattr(m, k, v)
+
+
+def _codes(model, z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unbounded values ``1×C×n×h×w`` → the decoder's input ``1×K×n×h×w`` (model dtype): the
+    codes of the first ``bits`` bits, the rest 0, straight-through gradient to ``z``."""
+    codes = model.quantizer(z).codes
+    keep = (torch.arange(codes.shape[1], device=codes.device) < bits).to(codes.dtype)
+    return (codes * keep.view(1, -1, 1, 1, 1)).to(model.dtype)
+
+
+def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, bits: int,
+                   steps: int, lr: float = REFINE_LR, progress: Progress = None) -> torch.Tensor:
+    """Refine one segment's per-bit latents through the decoder (module docstring).
+
+    ``frames``: the segment's T frames, ``H×W×3`` uint8 RGB (T at most ``1 + f·(t − 1)``;
+    converted a chunk at a time); ``latents``: the encoder's per-bit
+    latents ``1×K×t×h×w`` float32 (:func:`neuralcodec.chunks.encode_segment`); ``bits``: the
+    bits per token that will be stored; ``steps``: Adam steps per chunk (0 → ``latents``
+    unchanged); ``progress``: called with the number of frames of each chunk when it is done.
+    → refined per-bit latents, same shape, float32 on the latents' device. The model's weights
+    are not changed; a float32 model on a CPU with native bfloat16 runs the steps under
+    bfloat16 autocast (twice as fast; the gradient is only a search direction)."""
+    if steps <= 0:
+        return latents
+    q = model.quantizer
+    tf = model.cfg.temporal_factor
+    dev = model_device(model)
+    t_all = latents.shape[2]
+    height, width = frames[0].shape[:2]
+    step = decoder_step(width, height, tf)
+    z_all = q.unbounded(latents.float())
+    auto = model.dtype == torch.float32 and inference_dtype(dev) == torch.bfloat16
+    out = []
+    with streaming(model.decoder):
+        t0 = 0
+        while t0 < t_all:
+            n = min(1 if t0 == 0 else step, t_all - t0)
+            f0 = 0 if t0 == 0 else 1 + tf * (t0 - 1)
+            f1 = min(len(frames), 1 + tf * (t0 + n - 1))
+            target = model.pad_spatial(frames_to_tensor(list(frames[f0:f1]), dev))
+            before = _state(model.decoder)
+            z = z_all[:, :, t0:t0 + n].clone().requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=lr)
+            for _ in range(steps):
+                _restore(before)
+                with torch.enable_grad(), torch.autocast(dev.type, torch.bfloat16, enabled=auto):
+                    rec = model.decoder(_codes(model, z, bits))
+                    loss = F.mse_loss(rec[:, :, :f1 - f0].float(), target)
+                    z.grad, = torch.autograd.grad(loss, [z])
+                opt.step()
+            _restore(before)
+            z = z.detach()
+            with torch.no_grad():  # carry the state of the codes actually chosen
+                model.decoder(_codes(model, z, bits))
+            out.append(z)
+            if progress:
+                progress(f1 - f0)
+            t0 += n
+    refined = q.latents(torch.cat(out, dim=2)).float()
+    return refined
+
+
+def check_refine_size(width: int, height: int, steps: int) -> None:
+    """Raise :class:`InputError` when ``steps`` > 0 and a ``width×height`` frame exceeds
+    :data:`REFINE_MAX_PIXELS` (the backward pass's memory grows with the frame)."""
+    if steps > 0 and width * height > REFINE_MAX_PIXELS:
+        raise InputError(f"--refine supports frames up to {REFINE_MAX_PIXELS} pixels (1920x1088; "
+                         f"memory), got {width}x{height}: use --refine 0")
+
+
+def encode_refined(model, it: Iterator[np.ndarray], meta, seg_frames: int, bits: int, steps: int,
+                   progress: Progress = None) -> Tuple[int, Optional[torch.Tensor]]:
+    """:func:`neuralcodec.chunks.encode_segment` followed by :func:`refine_latents` at
+    ``bits`` with ``steps`` (0: encode_segment alone) → (frames read, per-bit latents
+    ``1×K×t×h×w``) or (0, None) at the end. With refinement the segment's frames are kept
+    until it is refined and ``progress`` counts refined frames (the slow part); frames larger
+    than :data:`REFINE_MAX_PIXELS` are refused (:class:`InputError`: memory)."""
+    if steps <= 0:
+        return encode_segment(model, it, meta, seg_frames, progress)
+    check_refine_size(meta.width, meta.height, steps)
+    kept: List[np.ndarray] = []
+
+    def tap() -> Iterator[np.ndarray]:
+        for f in it:
+            kept.append(f)
+            yield f
+            if len(kept) == seg_frames:  # pull no frame of the next segment
+                return
+
+    n, latents = encode_segment(model, tap(), meta, seg_frames)
+    if n == 0:
+        return 0, None
+    return n, refine_latents(model, kept[:n], latents, bits, steps, progress=progress)

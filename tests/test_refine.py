@@ -1,0 +1,120 @@
+"""Encoder-side latent refinement (neuralcodec.refine): it lowers the decoded error of real
+streams, the streams carry the refined codes, and its option on the command line."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from neuralcodec import codec, payload, tokens
+from neuralcodec import container as ct
+from neuralcodec.cli import main
+from neuralcodec.errors import InputError
+from neuralcodec.quantizer import sign_quantize
+from neuralcodec.refine import refine_latents
+
+from test_cli import leftovers, make_video, one_error_line  # noqa: E402
+from test_codec import tiny_variant  # noqa: E402
+
+
+def moving_clip(t=21, h=32, w=48, seed=0):
+    """Smooth colour blobs drifting right one pixel per frame, uint8 ``t×h×w×3``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.zeros((t, h, w, 3))
+    for _ in range(4):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(6, 14)
+        col = rng.uniform(-90, 90, 3)
+        for i in range(t):
+            d = ((yy - cy) ** 2 + (xx - cx - i) ** 2) / r ** 2
+            out[i] += np.exp(-d)[..., None] * col
+    return np.clip(out + 128, 0, 255).astype(np.uint8)
+
+
+def mse(a, b):
+    return float(np.square(a.astype(np.float64) - b).mean())
+
+
+@pytest.fixture(scope="module")
+def models():
+    return [tiny_variant("tiny-lfq"), tiny_variant("tiny-planes", quantizer="planes", planes=2)]
+
+
+def test_refined_streams_decode_closer_and_carry_the_refined_codes(models):
+    v = moving_clip()
+    for model in models:
+        err = {}
+        for steps in (0, 8):
+            # two segments (9 + 9 + 3 frames), each decoded in chunks of 1 then up to 4 latents
+            data = codec.compress(model, v, refine=steps, segment_frames=9)
+            _, out = codec.decompress(data, model=model)
+            err[steps] = mse(out, v)
+            r = ct.Reader(io.BytesIO(data))
+            stored = [payload.decode_payload(s, s.stored_bits(r.header)) for s in r.segments()]
+            tok = tokens.tokenize(model, v, refine=steps, segment_frames=9)
+            assert len(stored) == len(tok.segments) == 3
+            for bits, t in zip(stored, tok.segments):
+                assert np.array_equal(t, tokens.bits_to_tokens(bits))
+            if steps == 0:
+                plain = tok.segments
+        assert err[8] < 0.98 * err[0], (model.name, err)
+        assert not all(np.array_equal(a, b) for a, b in zip(plain, tok.segments))
+
+
+def test_zero_steps_or_rate_keep_the_encoders_codes(models):
+    v = moving_clip(t=13)
+    x = torch.from_numpy(v).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    for model in models:
+        lat = model.encode_latents(model.pad_video(x))
+        assert refine_latents(model, list(v), lat, model.cfg.bits, 0) is lat
+        # lr 0: the steps run (decoder state saved and restored per step) but move nothing
+        same = refine_latents(model, list(v), lat, model.cfg.bits, 3, lr=0.0)
+        assert same.shape == lat.shape
+        assert torch.equal(sign_quantize(same), sign_quantize(lat))
+        # fewer bits: refined for what is stored, so the stored bits may differ from the top's
+        low = refine_latents(model, list(v), lat, 2, 4)
+        assert low.shape == lat.shape and low.dtype == torch.float32
+    with pytest.raises(InputError):
+        codec.compress(models[0], v, refine=-1)
+    with pytest.raises(InputError):
+        codec.compress(models[0], v, refine=1.5)
+
+
+def test_cli_refine_option(runner, tmp_path):
+    src = make_video(tmp_path / "in.mkv", t=9)
+    out = tmp_path / "out.mgv"
+    bad = runner.invoke(main, ["encode", str(src), "-o", str(out), "--refine", "-2", "-q"])
+    one_error_line(bad, 3)
+    assert "refine" in bad.output and not out.exists() and not leftovers(tmp_path)
+    res = runner.invoke(main, ["encode", str(src), "-o", str(out), "--refine", "1", "-q",
+                               "--bits", "6"])
+    assert res.exit_code == 0, res.output
+    t = tmp_path / "t.safetensors"
+    res = runner.invoke(main, ["tokens", str(src), "-o", str(t), "-q", "--refine", "1",
+                               "--bits", "6"])
+    assert res.exit_code == 0, res.output
+    with open(out, "rb") as fo:
+        stored = tokens.tokens_from_stream(fo)
+    assert all(np.array_equal(a, b) for a, b in
+               zip(tokens.Tokens.load(t).segments, stored.segments))
+    one_error_line(runner.invoke(main, ["tokens", str(out), "-o", str(tmp_path / "u.safetensors"),
+                                        "--refine", "1"]), 3)
+
+
+def test_refine_refuses_frames_too_large_for_its_memory(runner, tmp_path, monkeypatch, models):
+    import neuralcodec.refine as R
+
+    v = moving_clip(t=5)  # 48×32 = 1536 pixels
+    monkeypatch.setattr(R, "REFINE_MAX_PIXELS", 48 * 32 - 1)
+    with pytest.raises(InputError, match="--refine 0"):
+        codec.compress(models[0], v, refine=1)
+    assert codec.compress(models[0], v, refine=0)  # plain encoding has no such limit
+    src = make_video(tmp_path / "in.mkv", t=5)
+    out = tmp_path / "out.mgv"
+    monkeypatch.setattr(R, "REFINE_MAX_PIXELS", 15)
+    one_error_line(runner.invoke(main, ["encode", str(src), "-o", str(out), "--refine", "1"]), 3)
+    assert not out.exists() and not leftovers(tmp_path)
+    bad = runner.invoke(main, ["tokens", str(src), "-o", str(tmp_path / "t.safetensors"),
+                               "--refine", "1"])
+    assert "--refine 0" in one_error_line(bad, 3)
+    assert not (tmp_path / "t.safetensors").exists() and not leftovers(tmp_path)
