@@ -50,6 +50,16 @@ def decoder_step(width: int, height: int, tf: int) -> int:
     return max(1, min(CHUNK_LATENTS, chunk_frames(width * height, tf) // tf))
 
 
+def latent_chunks(latent_t: int, step: int) -> Iterator[Tuple[int, int]]:
+    """The decoder's chunks of a segment of ``latent_t`` latent frames as (first latent frame,
+    count): one latent frame, then ``step`` at a time (:func:`decoder_step`)."""
+    t = 0
+    while t < latent_t:
+        n = min(1 if t == 0 else step, latent_t - t)
+        yield t, n
+        t += n
+
+
 def frames_to_tensor(frames: List[np.ndarray], device: torch.device) -> torch.Tensor:
     """List of T frames ``H×W×3`` uint8 → ``1×3×T×H×W`` float in [-1, 1] on ``device``."""
     x = torch.from_numpy(np.stack(frames)).to(device)
@@ -123,14 +133,13 @@ def decode_frames(model, header: ct.Header, seg: ct.Segment, codes: Codes, a: in
     stop = min(b, seg.first_frame + seg.frames)
     step = decoder_step(header.width, header.height, header.temporal_factor)
     with streaming(model):
-        t = 0
-        while t < seg.latent_t and frame < stop:
-            n = min(1 if t == 0 else step, seg.latent_t - t)
+        for _, n in latent_chunks(seg.latent_t, step):
+            if frame >= stop:
+                break
             chunk = torch.cat([next(frames_in) for _ in range(n)], dim=2)
             full = torch.zeros((1, k, n, seg.latent_h, seg.latent_w), dtype=chunk.dtype, device=device)
             full[:, :stored] = chunk
             x = model.decode(full, bits=stored)
-            t += n
             out = tensor_to_frames(x[:, :, :, :header.height, :header.width])
             for f in out:
                 if frame >= stop:

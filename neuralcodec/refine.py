@@ -11,9 +11,9 @@ compression"; Yang et al. 2020, "Improving inference for neural image compressio
 :meth:`LFQ.unbounded`) to lower the MSE between the decoded frames and the input frames, with
 the codes truncated to the ``bits`` that will be stored and the gradient passed straight
 through the quantizer (as in training). The decoder runs as it will when decoding, chunk by
-chunk with its causal state carried over (:func:`neuralcodec.chunks.decoder_step` latent
-frames per chunk after a first of one): each chunk is refined given the refined chunks before
-it, so memory depends on the frame size, not on the segment's length.
+chunk with its causal state carried over (the chunks of :func:`neuralcodec.chunks.latent_chunks`,
+which decoding uses too): each chunk is refined given the refined chunks before it, so memory
+depends on the frame size, not on the segment's length.
 
 It only changes which codes the encoder writes: the format is unchanged and any decoder reads
 the result (spec §7, "Encoder freedom"). The RDO (:mod:`neuralcodec.rdo`) then runs on the
@@ -27,11 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .chunks import Progress, decoder_step, encode_segment, frames_to_tensor, model_device
+from .chunks import (Progress, decoder_step, encode_segment, frames_to_tensor, latent_chunks,
+                     model_device)
 from .configs import DEFAULT_REFINE, REFINE_LR, REFINE_MAX_PIXELS
 from .errors import InputError
 from .layers import StreamingModule, streaming
-from .model import inference_dtype
+from .model import inference_dtype, mask_bits
 
 __all__ = ["DEFAULT_REFINE", "MAX_REFINE", "REFINE_LR", "REFINE_MAX_PIXELS", "check_refine_size",
            "encode_refined", "refine_latents"]
@@ -55,9 +56,7 @@ def _restore(state: Dict[torch.nn.Module, dict]) -> None:
 def _codes(model, z: torch.Tensor, bits: int) -> torch.Tensor:
     """Unbounded values ``1×C×n×h×w`` → the decoder's input ``1×K×n×h×w`` (model dtype): the
     codes of the first ``bits`` bits, the rest 0, straight-through gradient to ``z``."""
-    codes = model.quantizer(z).codes
-    keep = (torch.arange(codes.shape[1], device=codes.device) < bits).to(codes.dtype)
-    return (codes * keep.view(1, -1, 1, 1, 1)).to(model.dtype)
+    return mask_bits(model.quantizer(z).codes, bits).to(model.dtype)
 
 
 def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, bits: int,
@@ -84,9 +83,7 @@ def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, b
     auto = model.dtype == torch.float32 and inference_dtype(dev) == torch.bfloat16
     out = []
     with streaming(model.decoder):
-        t0 = 0
-        while t0 < t_all:
-            n = min(1 if t0 == 0 else step, t_all - t0)
+        for t0, n in latent_chunks(t_all, step):
             f0 = 0 if t0 == 0 else 1 + tf * (t0 - 1)
             f1 = min(len(frames), 1 + tf * (t0 + n - 1))
             target = model.pad_spatial(frames_to_tensor(list(frames[f0:f1]), dev))
@@ -107,9 +104,7 @@ def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, b
             out.append(z)
             if progress:
                 progress(f1 - f0)
-            t0 += n
-    refined = q.latents(torch.cat(out, dim=2)).float()
-    return refined
+    return q.latents(torch.cat(out, dim=2)).float()
 
 
 def check_refine_size(width: int, height: int, steps: int) -> None:

@@ -118,3 +118,11 @@ def test_refine_refuses_frames_too_large_for_its_memory(runner, tmp_path, monkey
                                "--refine", "1"])
     assert "--refine 0" in one_error_line(bad, 3)
     assert not (tmp_path / "t.safetensors").exists() and not leftovers(tmp_path)
+
+
+def test_latent_chunks_are_the_decoders_schedule():
+    from neuralcodec.chunks import latent_chunks
+
+    assert list(latent_chunks(6, 4)) == [(0, 1), (1, 4), (5, 1)]
+    assert list(latent_chunks(1, 4)) == [(0, 1)]
+    assert list(latent_chunks(5, 1)) == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]
