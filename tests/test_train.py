@@ -151,6 +151,24 @@ def test_batch_stream_workers_are_deterministic_and_ordered(corpus):
     assert bits == {None, 2, 4}
 
 
+
+def test_clip_frames_caps_the_share_of_long_videos():
+    """``clip_frames`` caps how many frames a video's sampling weight counts, in both samplers."""
+    long_v = np.zeros((400, 16, 16, 3), np.uint8)            # dark, 400 frames
+    short_v = np.full((40, 16, 16, 3), 255, np.uint8)        # bright, 40 frames
+    vids = [long_v, short_v]
+
+    def bright_share(xs):
+        return float(np.mean([float(x.mean()) > 0 for x in xs]))
+
+    for cap, lo, hi in ((0, 0.0, 0.2), (40, 0.4, 0.6)):
+        s = D.ClipSampler(vids, seed=1, clip_frames=cap)
+        got = [c for _ in range(50) for c in s.sample(8, 1, 16)]
+        assert lo <= bright_share(got) <= hi, (cap, bright_share(got))
+        spec = D.BatchSpec(batch=8, frames=1, crop=16, image_frac=0.0, nested_bits=(), clip_frames=cap)
+        got = [c for i in range(50) for c in D.make_batch(spec, vids, [], 2, i)["x"]]
+        assert lo <= bright_share(got) <= hi, (cap, bright_share(got))
+
 # ---- losses -----------------------------------------------------------------------------------
 def test_entropy_weight_schedule():
     w = LossWeights(entropy=0.01, entropy_start_mult=3.0, entropy_decay_steps=2000)

@@ -116,8 +116,11 @@ def _crop_batch(rng: np.random.Generator, arrays: Sequence[np.ndarray], weights:
     return x / 127.5 - 1.0
 
 
-def _pixel_weights(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    w = np.array([a.shape[0] * a.shape[1] * a.shape[2] for a in arrays], dtype=np.float64)
+def _pixel_weights(arrays: Sequence[np.ndarray], frame_cap: int = 0) -> np.ndarray:
+    """Per-array sampling weights for video crops: proportional to T·H·W, with T counted as at
+    most ``frame_cap`` frames when ``frame_cap`` > 0 (so a few long clips do not drown the rest)."""
+    w = np.array([(min(a.shape[0], frame_cap) if frame_cap > 0 else a.shape[0]) * a.shape[1] * a.shape[2]
+                  for a in arrays], dtype=np.float64)
     return w / w.sum()
 
 
@@ -142,12 +145,14 @@ class ClipSampler:
     stills: List[np.ndarray] = field(default_factory=list)
     # probability that an image batch is drawn from the stills (when there are any)
     still_frac: float = 0.5
+    # a video's sampling weight counts at most this many frames (0 = all of them)
+    clip_frames: int = 0
 
     def __post_init__(self) -> None:
         if not self.videos:
             raise InputError("no videos to sample from")
         self.rng = np.random.default_rng(self.seed)
-        self.weights = _pixel_weights(self.videos)
+        self.weights = _pixel_weights(self.videos, self.clip_frames)
         self.still_weights = _image_weights(self.stills) if self.stills else None
 
     def sample(self, batch: int, frames: int, size: int) -> torch.Tensor:
@@ -185,6 +190,9 @@ class BatchSpec:
     nested_prob: float = 0.4
     # probability that an image batch comes from the stills (when there are any)
     still_frac: float = 0.5
+    # a video's sampling weight (∝ frames·H·W) counts at most this many frames; 0 = all frames.
+    # Caps the share of long clips (two static surveillance clips are 45% of train/'s frames)
+    clip_frames: int = 0
 
 
 def step_plan(spec: BatchSpec, seed: int, step: int) -> Tuple[bool, Optional[int]]:
@@ -208,9 +216,9 @@ def make_batch(spec: BatchSpec, videos: Sequence[np.ndarray], stills: Sequence[n
         if stills and rng.random() < spec.still_frac:
             x = _crop_batch(rng, stills, _image_weights(stills), spec.image_batch, 1, spec.image_crop)
         else:
-            x = _crop_batch(rng, videos, _pixel_weights(videos), spec.image_batch, 1, spec.image_crop)
+            x = _crop_batch(rng, videos, _pixel_weights(videos, spec.clip_frames), spec.image_batch, 1, spec.image_crop)
     else:
-        x = _crop_batch(rng, videos, _pixel_weights(videos), spec.batch, spec.frames, spec.crop)
+        x = _crop_batch(rng, videos, _pixel_weights(videos, spec.clip_frames), spec.batch, spec.frames, spec.crop)
     return {"x": x, "bits": -1 if bits is None else bits, "step": step}
 
 

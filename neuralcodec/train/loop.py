@@ -340,7 +340,8 @@ def _train(tc: TrainConfig, info: DistInfo, stop_at: Optional[int]) -> Tokenizer
     if use_workers:
         batches = iter(make_loader(BatchStream(spec, videos, stills, tc.seed, info.rank, step), tc.workers))
     else:
-        sampler = ClipSampler(videos, seed=tc.seed + step, stills=stills, still_frac=spec.still_frac)
+        sampler = ClipSampler(videos, seed=tc.seed + step, stills=stills, still_frac=spec.still_frac,
+                              clip_frames=spec.clip_frames)
         if rng_state:
             sampler.rng.bit_generator.state = json.loads(rng_state)
 
