@@ -95,6 +95,11 @@ class TokenizerConfig:
     quantizer: str = "lfq"
     # Bit planes per latent channel of the "planes" quantizer (2**planes levels each); 1 for "lfq".
     planes: int = 1
+    # "planes" only: send the planes after the first as sign-magnitude bits (bit 1 = the channel's
+    # magnitude is in the outer half of the cell) instead of offset-binary ones (bit 1 = above the
+    # cell's middle). Same levels, same decoder; the magnitude bits are what neighbouring tokens
+    # share, so the context coder codes them in fewer bytes (neuralcodec.quantizer.PlaneQuantizer).
+    sign_magnitude: bool = False
 
     def __post_init__(self) -> None:
         levels = len(self.enc_channels)
@@ -110,6 +115,8 @@ class TokenizerConfig:
             raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}")
         if self.planes < 1 or self.bits % self.planes or (self.quantizer == "lfq" and self.planes != 1):
             raise ValueError("planes must divide bits (and be 1 for the lfq quantizer)")
+        if self.sign_magnitude and self.quantizer != "planes":
+            raise ValueError("sign_magnitude needs the planes quantizer")
         if self.stem_patch < 1:
             raise ValueError("stem_patch must be >= 1")
         for c in self.enc_channels + self.dec_channels:

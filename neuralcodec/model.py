@@ -271,8 +271,11 @@ class Tokenizer(nn.Module):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, bits: int | None = None) -> torch.Tensor:
         """Codes ``B×K×t×h×w`` in {-1, +1} → video ``B×3×(1+f·(t-1))×h·s×w·s`` in [-1, 1]
-        (clamped). With ``bits`` = b < K only the first b bits are used (the rest read as 0)."""
-        return self.decoder(mask_bits(codes.to(self.dtype), bits)).float().clamp_(-1, 1)
+        (clamped). With ``bits`` = b < K only the first b bits are used (the rest read as 0).
+        The codes are the stored ones (the stream's bits); the quantizer turns them into the
+        decoder's input (:meth:`PlaneQuantizer.decoder_codes`)."""
+        codes = self.quantizer.decoder_codes(mask_bits(codes.to(self.dtype), bits))
+        return self.decoder(codes).float().clamp_(-1, 1)
 
     def forward(self, video: torch.Tensor, bits: int | None = None):
         """Training pass: padded video → (reconstruction, LFQOutput)."""

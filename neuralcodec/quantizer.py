@@ -102,6 +102,10 @@ class LFQ(nn.Module):
         value of every channel, ``B×K×…`` (the code itself, 0 where dropped)."""
         return _pad_channels(codes, self.bits)
 
+    def decoder_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Stored codes → the codes the decoder reads: the same tensor (one sign per channel)."""
+        return codes
+
     def steps(self, bits: int) -> torch.Tensor:
         """Quantization step of every channel when the first ``bits`` bits are stored: ``K``
         float32, 2 (the distance of -1 and +1) for a stored bit, 1 for a dropped one (whose
@@ -158,24 +162,56 @@ class PlaneQuantizer(nn.Module):
     quantization of the same channels and the decoder sees the middle of the remaining cell.
     Training passes the gradient of every plane straight through to ``v`` (FSQ's
     straight-through rounding, once per plane); no entropy penalty is needed.
+
+    With ``sign_magnitude`` the stored bit of plane j >= 1 is ``s_j·s_0`` (1 = the magnitude
+    ``|v|`` lies in the outer half of its cell) instead of ``s_j`` (1 = above the cell's
+    middle): the same levels, but a channel's magnitude bits mean the same on both sides of 0,
+    so neighbouring and successive tokens share them more often and the context coder
+    (spec §7) codes them in fewer bytes. Only the stored bits change: :meth:`decoder_codes`
+    turns them back into the offset codes the decoder reads, so the weights are the same.
     """
 
-    def __init__(self, bits: int, planes: int) -> None:
+    def __init__(self, bits: int, planes: int, sign_magnitude: bool = False) -> None:
         super().__init__()
         if planes < 1 or bits % planes:
             raise ValueError("planes must divide bits")
         self.bits = bits
         self.planes = planes
+        self.sign_magnitude = sign_magnitude
+
+    def _flip(self, x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+        """``x`` ``B×b×…`` with the channels k >= C (planes after the first) multiplied by
+        ``signs[:, k % C]`` (``B×C'×…``, C' <= C channels present; a missing sign reads as 0)."""
+        c = self.bits // self.planes
+        if x.shape[1] <= c:
+            return x
+        s = _pad_channels(signs[:, :c], c)
+        reps = -(-x.shape[1] // c)
+        mult = torch.cat([torch.ones_like(s), s.repeat(1, reps - 1, *([1] * (s.dim() - 2)))], dim=1)
+        return x * mult[:, :x.shape[1]]
+
+    def decoder_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Stored codes ``B×b×…`` ({-1, 0, +1}; 0 = dropped) → the offset-binary codes the
+        decoder reads (the same tensor without ``sign_magnitude``): plane j >= 1 of channel c
+        times the channel's sign code (exact in any float type; a dropped bit stays 0, and a
+        channel without its sign has no lower planes either)."""
+        if not self.sign_magnitude:
+            return codes
+        return self._flip(codes, codes)
 
     def latents(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` ``B×C×…`` (unbounded) → per-bit latents ``B×(P·C)×…``, plane-major: the
-        residuals ``r_j`` whose signs are the bits (values in (-1, 1))."""
+        residuals ``r_j`` whose signs are the bits (values in (-1, 1); with ``sign_magnitude``
+        ``r_j·s_0`` for j >= 1)."""
         r = torch.tanh(z)
         out = []
         for j in range(self.planes):
             out.append(r)
             r = r - sign_quantize(r) * 2.0 ** -(j + 1)
-        return torch.cat(out, dim=1)
+        lat = torch.cat(out, dim=1)
+        if self.sign_magnitude:  # planes j >= 1 as magnitude bits: r_j · s_0
+            lat = self._flip(lat, sign_quantize(lat[:, :self.bits // self.planes]))
+        return lat
 
     def targets(self, latents: torch.Tensor) -> torch.Tensor:
         """Per-bit latents ``B×K×…`` → the channel values ``v = tanh(z)``, ``B×C×…`` in (-1, 1)
@@ -191,7 +227,7 @@ class PlaneQuantizer(nn.Module):
         """Codes ``B×b×…`` (b <= K; values in {-1, 0, +1}, dropped bits absent or 0) → the
         decoded channel values ``Σ_j s_j 2^-(j+1)``, ``B×C×…`` in (-1, 1)."""
         c = self.bits // self.planes
-        full = _pad_channels(codes, self.bits)
+        full = _pad_channels(self.decoder_codes(codes), self.bits)
         return sum(full[:, j * c:(j + 1) * c] * 2.0 ** -(j + 1) for j in range(self.planes))
 
     def steps(self, bits: int) -> torch.Tensor:
@@ -203,9 +239,10 @@ class PlaneQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> LFQOutput:
         """``z``: ``B×C×T×H×W`` float (unbounded) → :class:`LFQOutput` with the K bit
-        planes as codes (the entropy fields 0: this quantizer has no entropy penalty)."""
+        planes as the decoder's (offset-binary) codes (the entropy fields 0: this quantizer has
+        no entropy penalty)."""
         v = torch.tanh(z)
-        q = sign_quantize(self.latents(z).detach())
+        q = self.decoder_codes(sign_quantize(self.latents(z).detach()))  # offset codes
         vp = v.repeat(1, self.planes, *([1] * (v.dim() - 2)))
         codes = q + (vp - vp.detach())
         zero = z.new_zeros(())
@@ -224,5 +261,5 @@ def _pad_channels(codes: torch.Tensor, k: int) -> torch.Tensor:
 def make_quantizer(cfg) -> nn.Module:
     """The quantizer of a :class:`neuralcodec.configs.TokenizerConfig`."""
     if cfg.quantizer == "planes":
-        return PlaneQuantizer(cfg.bits, cfg.planes)
+        return PlaneQuantizer(cfg.bits, cfg.planes, cfg.sign_magnitude)
     return LFQ(cfg.bits)

@@ -330,6 +330,25 @@ def test_bit_plane_model_round_trip(tmp_path, monkeypatch):
     assert back.cfg == m.cfg and back.cfg.quantizer == "planes"
 
 
+def test_sign_magnitude_model_stores_magnitude_bits_and_decodes_the_same(tmp_path):
+    """The same planes weights with ``sign_magnitude``: the stream stores, for planes j >= 1,
+    the offset bits XOR-ed with the channel's negative sign (RDO on), and decodes to the same
+    frames; the flag survives the weights file."""
+    from neuralcodec.weights import load_weights_file, save_weights
+    off = tiny_variant("tiny-planes", quantizer="planes", planes=2)
+    sm = tiny_variant("tiny-planes", quantizer="planes", planes=2, sign_magnitude=True)
+    v = clip(t=9)
+    d_off, d_sm = (codec.compress(m, v, entropy="context") for m in (off, sm))
+    b_off, b_sm = (payload.decode_payload(next(iter(ct.Reader(io.BytesIO(d)).segments())), 6)
+                   for d in (d_off, d_sm))
+    neg = 1 - b_off[:3]
+    np.testing.assert_array_equal(b_sm[:3], b_off[:3])
+    np.testing.assert_array_equal(b_sm[3:], b_off[3:] ^ neg)
+    assert neg.any()
+    np.testing.assert_array_equal(codec.decompress(d_sm, model=sm)[1], codec.decompress(d_off, model=off)[1])
+    save_weights(sm, tmp_path / "sm.safetensors", "tiny-planes")
+    assert load_weights_file(tmp_path / "sm.safetensors").cfg.sign_magnitude
+
 @pytest.mark.parametrize("temporal_down", [(False, True), (True, False)])
 def test_temporal_factor_2_model_round_trip(temporal_down, monkeypatch):
     """A model of temporal factor 2 (the family's `t2` member; either level halving the frame

@@ -186,6 +186,30 @@ def test_plane_quantizer_levels_nesting_and_straight_through():
         replace(CONFIGS["tiny"], planes=2)  # lfq sends one sign per channel
 
 
+def test_sign_magnitude_planes_store_magnitude_bits_and_decode_the_same():
+    """``sign_magnitude``: the stored bit of plane j >= 1 is the offset bit XOR-ed with the
+    channel's negative sign (1 = outer half of the cell on either side of 0); the decoder's
+    codes, the values, the training codes and every truncation b are those of the offset code."""
+    off, sm = PlaneQuantizer(bits=12, planes=3), PlaneQuantizer(bits=12, planes=3, sign_magnitude=True)
+    z = torch.randn(2, 4, 3, 5, 5) * 2
+    c_off, c_sm = sign_quantize(off.latents(z)), sign_quantize(sm.latents(z))
+    neg = c_off[:, :4] < 0
+    assert torch.equal(c_sm[:, :4], c_off[:, :4])
+    for j in (1, 2):
+        plane = slice(4 * j, 4 * j + 4)
+        assert torch.equal(c_sm[:, plane], torch.where(neg, -c_off[:, plane], c_off[:, plane]))
+        # bit 1 = |v| in the outer half of its cell (binary digit j of |v|), for both signs
+        outer = torch.floor(torch.tanh(z).abs() * 2 ** j) % 2 == 1
+        assert torch.equal(c_sm[:, plane] > 0, outer)
+    assert neg.any() and not torch.equal(c_sm, c_off)
+    for b in (1, 4, 6, 8, 12):
+        assert torch.equal(sm.decoder_codes(mask_bits(c_sm, b)), mask_bits(c_off, b))
+        torch.testing.assert_close(sm.values(c_sm[:, :b]), off.values(c_off[:, :b]))
+    assert torch.equal(sm(z).codes, off(z).codes)  # the decoder is trained on offset codes
+    torch.testing.assert_close(sm.unbounded(sm.latents(z)), off.unbounded(off.latents(z)))
+    with pytest.raises(ValueError):
+        replace(CONFIGS["tiny"], sign_magnitude=True)  # lfq has no planes
+
 def test_token_means_follow_the_causal_grouping():
     """The planes encoder's shortcut input: frame 0 alone, then groups of f frames, each s×s
     block averaged; a streamed split (1 frame, then multiples of f) gives the same means."""

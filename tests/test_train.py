@@ -525,23 +525,26 @@ def test_change_factors_folds_and_grows_the_upsamplers(corpus, tmp_path):
 
 
 def test_export_uses_the_run_config(corpus, tmp_path, monkeypatch):
-    """tools/export.py rebuilds the run's architecture from train_config.json (arch overrides)."""
+    """tools/export.py rebuilds the run's architecture from train_config.json (arch overrides);
+    --set changes a field that keeps the weights (the same tensors under sign-magnitude planes)."""
     import subprocess
     out = tmp_path / "exp"
-    train(_tc(corpus, out, arch='{"bits": 7}', nested_bits=(2,), steps=1))
+    train(_tc(corpus, out, arch='{"bits": 8, "quantizer": "planes", "planes": 2}', nested_bits=(2,), steps=1))
     models = tmp_path / "models"
     models.mkdir()
     (models / "registry.json").write_text("{}")
     code = ("import sys, runpy; from pathlib import Path; import neuralcodec.weights as w; "
             f"w.MODELS_DIR = Path({str(models)!r}); w.REGISTRY_FILE = w.MODELS_DIR / 'registry.json'; sys.argv = sys.argv[1:]; "
             "runpy.run_path(sys.argv[0], run_name='__main__')")
-    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "tools" / "export.py"),
-                        str(out / "checkpoint.pt"), "--name", "grown-test"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    for name, extra in (("grown-test", []), ("sm-test", ["--set", '{"sign_magnitude": true}'])):
+        r = subprocess.run([sys.executable, "-c", code, str(ROOT / "tools" / "export.py"),
+                            str(out / "checkpoint.pt"), "--name", name] + extra,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
     from neuralcodec.weights import load_weights_file
-    m = load_weights_file(models / "grown-test.safetensors")
-    assert m.cfg.bits == 7
+    m, sm = (load_weights_file(models / f"{n}.safetensors") for n in ("grown-test", "sm-test"))
+    assert m.cfg.bits == 8 and not m.cfg.sign_magnitude and sm.cfg.sign_magnitude
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), sm.state_dict().values()))
     assert "grown-test" in (models / "registry.json").read_text()
 
 

@@ -4,12 +4,16 @@
     python -m tools.export runs/default/checkpoint.pt --name mgv-default-v3
 
 The architecture comes from the run's ``train_config.json`` beside the checkpoint (its config
-name and ``arch`` overrides); ``--config`` names one for a bare checkpoint.
+name and ``arch`` overrides); ``--config`` names one for a bare checkpoint. ``--set`` changes
+config fields that keep every weight's shape (e.g. ``'{"sign_magnitude": true}'``: the same
+weights storing sign-magnitude bit planes); the weights must load into the changed model.
 
 Writes ``neuralcodec/models/NAME.safetensors`` (float16, config in metadata) and registers it
 with its sha256 in ``neuralcodec/models/registry.json``.
 """
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -27,6 +31,7 @@ def main() -> None:
     ap.add_argument("--config", default=None, choices=sorted(CONFIGS),
                     help="config of a checkpoint without train_config.json beside it")
     ap.add_argument("--key", default="ema", choices=["ema", "model"])
+    ap.add_argument("--set", default="", help="JSON object of config fields to change on export")
     a = ap.parse_args()
     run = Path(a.checkpoint).parent
     if a.config is None and (run / "train_config.json").exists():
@@ -36,6 +41,10 @@ def main() -> None:
         st = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
         model = Tokenizer(CONFIGS[a.config or "default"])
         model.load_state_dict(st[a.key])
+    if a.set:
+        changed = Tokenizer(dataclasses.replace(model.cfg, **json.loads(a.set)))
+        changed.load_state_dict(model.state_dict())  # strict: the same weights, the same shapes
+        model = changed
     file = f"{a.name}.safetensors"
     sha = save_weights(model, MODELS_DIR / file, a.name)
     register(a.name, file, sha)

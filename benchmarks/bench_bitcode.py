@@ -1,0 +1,59 @@
+"""Offset-binary vs sign-magnitude bit planes: coded size of the same tokens.
+
+For a "planes" model, tokenizes each clip (first ``--frames`` frames, short side
+``--short-side``; the encoder's default RDO) twice, with the planes after the first sent as
+offset-binary bits and as sign-magnitude bits (``TokenizerConfig.sign_magnitude``; same
+weights, same decoded frames), codes both with the ``context`` coder (spec §7) and reports the
+payload bytes at each ``--bits``. Markdown table on stdout.
+
+    nice -n 19 python -m benchmarks.bench_bitcode --model mgv-default-v3 --data runs/recipes/split/val
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from neuralcodec.entropy import encode_bits
+from neuralcodec.tokens import tokenize
+from neuralcodec.train.data import VIDEO_EXTS, decode_video_rgb
+from neuralcodec.weights import load_model
+
+
+def coded_bytes(model, video, bits: int) -> int:
+    tok = tokenize(model, video, bits=bits)
+    return sum(len(encode_bits(tok.segment_bits(i))) for i in range(len(tok.segments)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="mgv-default-v3", help="a registered planes model")
+    ap.add_argument("--data", required=True, help="folder of clips (never eval/ for decisions)")
+    ap.add_argument("--frames", type=int, default=17)
+    ap.add_argument("--short-side", type=int, default=256)
+    ap.add_argument("--bits", type=int, nargs="+", default=[18, 12, 9, 6])
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    model = load_model(a.model)
+    q = model.quantizer
+    if not hasattr(q, "sign_magnitude"):
+        raise SystemExit(f"error: {a.model} is not a planes model")
+    print(f"model {a.model}, {a.frames} frames, short side {a.short_side}\n\n"
+          "| clip | bits | offset-binary bytes | sign-magnitude bytes | change |\n|---|---|---|---|---|")
+    for p in sorted(Path(a.data).iterdir()):
+        if p.suffix.lower() not in VIDEO_EXTS:
+            continue
+        video = decode_video_rgb(p, a.short_side, a.frames)
+        for b in a.bits:
+            sizes = []
+            for sm in (False, True):
+                q.sign_magnitude = sm
+                sizes.append(coded_bytes(model, video, b))
+            print(f"| {p.name} | {b} | {sizes[0]} | {sizes[1]} | {100 * (sizes[1] - sizes[0]) / sizes[0]:+.1f}% |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
