@@ -22,6 +22,10 @@ from .model import Tokenizer
 
 MODELS_DIR = Path(__file__).parent / "models"
 REGISTRY_FILE = MODELS_DIR / "registry.json"
+#: Models this package no longer ships (name → the last commit that did). Their weights left
+#: the package to keep it within what a GPU lease carries (64 MiB); their streams get an error
+#: that names the model and where to find it instead of "unknown model". Cards stay in models/.
+RETIRED = {"mgv-default-v1": "b61ce62"}
 
 
 class WeightsError(ModelError):
@@ -118,6 +122,9 @@ def load_model(name: str = DEFAULT_MODEL, models_dir: Optional[Path] = None) -> 
     """Load a registered model by name (hash checked) from ``models_dir`` (default: the
     package's models folder)."""
     reg = registry(models_dir)
+    if name not in reg and name in RETIRED:
+        raise WeightsError(f"model '{name}' is no longer shipped: decode its streams with neuralcodec "
+                           f"at commit {RETIRED[name]} (git checkout {RETIRED[name]}), which has its weights")
     if name not in reg:
         known = ", ".join(sorted(reg)) or "none"
         raise WeightsError(f"unknown model '{name}' (known: {known})")

@@ -382,6 +382,27 @@ def test_help_names_the_default_model_and_every_model_has_a_card():
         assert (entry.path.parent / f"{name}.md").is_file(), f"no model card for {name}"
 
 
+def test_retired_model_streams_get_an_error_naming_the_model_and_commit(tiny, tmp_path):
+    """A model whose weights left the package (weights.RETIRED) is not registered, keeps its
+    card, and a stream that names it fails to decode with one line naming the model and the
+    commit that still ships it; no output file is left."""
+    from neuralcodec import codec
+    reg = weights.registry()
+    for name, commit in weights.RETIRED.items():
+        assert name not in reg and (weights.MODELS_DIR / f"{name}.md").is_file()
+        with pytest.raises(weights.WeightsError, match=f"{name}.*{commit}"):
+            weights.load_model(name)
+    name = next(iter(weights.RETIRED))
+    m = copy.deepcopy(tiny)
+    m.name = name
+    src = tmp_path / "old.mgv"
+    src.write_bytes(codec.compress(m, np.zeros((5, 16, 16, 3), np.uint8)))
+    out = tmp_path / "out.mkv"
+    r = CliRunner().invoke(cli.main, ["decode", str(src), "-o", str(out)])
+    assert r.exit_code != 0 and not out.exists()
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and name in lines[0] and weights.RETIRED[name] in lines[0], r.output
+
 def test_progress_has_a_total_for_raw_h264(runner, tmp_path):
     """A raw .264 declares no frame count; the progress bar still shows N/total."""
     import av

@@ -43,11 +43,13 @@ PROG = "gpu_train"
 # The GPU recipe: tools/train.py flags (--data, --out, --cache and --device are added on the
 # machine). The best measured: the recipe that made mgv-default-v3 (the bit-plane config `p6`,
 # warm start from the default model, its rate points and learning rate, Adam β2 0.95; session
-# 8 in benchmarks/results/recipes.md) with GPU-sized batches (8× the CPU recipe's clips, 2× the
-# frames, the same 128² crops) in bf16 autocast, 8 loader processes of the machine's 16 cores,
-# a checkpoint every 2 minutes.
+# 8 in benchmarks/results/recipes.md) with v4's rebalanced mix (a clip's sampling weight counts
+# at most 300 frames) and sign-magnitude planes (as the default model stores them), GPU-sized
+# batches (8× the CPU recipe's clips, 2× the frames, the same 128² crops) in bf16 autocast,
+# 8 loader processes of the machine's 16 cores, a checkpoint every 2 minutes.
 GPU_RECIPE = (
-    "--model", "p6", "--init", DEFAULT_MODEL,
+    "--model", "p6", "--arch", '{"sign_magnitude": true}', "--init", DEFAULT_MODEL,
+    "--clip-frames", "300",
     "--batch", "32", "--frames", "17", "--crop", "128",
     "--image-frac", "0.3", "--image-batch", "64", "--image-crop", "192",
     "--lr", "5e-4", "--warmup", "200", "--lr-floor", "0.05", "--adam-beta2", "0.95",
@@ -62,7 +64,7 @@ GPU_MINUTES = 22.0
 FOLLOW_1, FOLLOW_2 = 8.5, 17.5
 # A dry run on this CPU: the tiny config, tiny batches, no loader processes.
 DRY_RUN_ARGS = (
-    "--model", "tiny", "--init", "", "--batch", "2", "--frames", "5", "--crop", "32",
+    "--model", "tiny", "--arch", "", "--init", "", "--batch", "2", "--frames", "5", "--crop", "32",
     "--image-batch", "2", "--image-crop", "32", "--workers", "0", "--threads", "1",
     "--warmup", "5", "--short-side", "64", "--ckpt-minutes", "0.05", "--log-every", "2",
 )
