@@ -186,9 +186,8 @@ class PlaneQuantizer(nn.Module):
         if x.shape[1] <= c:
             return x
         s = _pad_channels(signs[:, :c], c)
-        reps = -(-x.shape[1] // c)
-        mult = torch.cat([torch.ones_like(s), s.repeat(1, reps - 1, *([1] * (s.dim() - 2)))], dim=1)
-        return x * mult[:, :x.shape[1]]
+        channel = torch.arange(c, x.shape[1], device=x.device) % c  # the channel of each bit k >= C
+        return torch.cat([x[:, :c], x[:, c:] * s[:, channel]], dim=1)
 
     def decoder_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Stored codes ``B×b×…`` ({-1, 0, +1}; 0 = dropped) → the offset-binary codes the

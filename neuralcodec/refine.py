@@ -120,11 +120,10 @@ def encode_refined(model, it: Iterator[np.ndarray], meta, seg_frames: int, bits:
     """:func:`neuralcodec.chunks.encode_segment` followed by :func:`refine_latents` at
     ``bits`` with ``steps`` (0: encode_segment alone) → (frames read, per-bit latents
     ``1×K×t×h×w``) or (0, None) at the end. With refinement the segment's frames are kept
-    until it is refined and ``progress`` counts refined frames (the slow part); frames larger
-    than :data:`REFINE_MAX_PIXELS` are refused (:class:`InputError`: memory)."""
+    until it is refined and ``progress`` counts refined frames (the slow part). The callers
+    check the frame size once, before the first segment (:func:`check_refine_size`)."""
     if steps <= 0:
         return encode_segment(model, it, meta, seg_frames, progress)
-    check_refine_size(meta.width, meta.height, steps)
     kept: List[np.ndarray] = []
 
     def tap() -> Iterator[np.ndarray]:

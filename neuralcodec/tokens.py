@@ -39,7 +39,7 @@ from .model import for_inference
 from .payload import decode_payload
 from .quantizer import indices_to_codes
 from .rdo import DEFAULT_LAMBDA, select_codes
-from .refine import DEFAULT_REFINE, encode_refined
+from .refine import DEFAULT_REFINE, check_refine_size, encode_refined
 from .video_io import VideoMeta
 from .weights import ModelSource, resolve_model
 
@@ -269,6 +269,7 @@ def tokenize(model: torch.nn.Module, video: VideoInput, *, bits: Optional[int] =
     check_encode_args(model, bits=bits, segment_frames=segment_frames, rdo=rdo, refine=refine)
     meta, it = open_video(video, fps)
     header = stream_header(model, meta, bits=bits, segment_frames=segment_frames)
+    check_refine_size(meta.width, meta.height, refine)
     model.eval()
     segs: List[np.ndarray] = []
     total = 0

@@ -77,6 +77,14 @@ def one_error_line(result, code):
     return err[0]
 
 
+def refused(runner, args, out: Path, word: str) -> str:
+    """Run a command that must be refused: exit 3, one error line that names ``word``, no
+    ``out`` and no temporary file left beside it → the error line."""
+    line = one_error_line(runner.invoke(cli.main, args), 3)
+    assert word in line and not out.exists() and not leftovers(out.parent), line
+    return line
+
+
 def test_encode_info_decode(runner, tmp_path):
     src = make_video(tmp_path / "in.mkv")
     mgv = tmp_path / "out.mgv"
