@@ -6,7 +6,10 @@ offset-binary bits and as sign-magnitude bits (``TokenizerConfig.sign_magnitude`
 weights, same decoded frames), codes both with the ``context`` coder (spec §7) and reports the
 payload bytes at each ``--bits``. Markdown table on stdout.
 
-    nice -n 19 python -m benchmarks.bench_bitcode --model mgv-default-v3 --data runs/recipes/split/val
+    nice -n 19 python -m benchmarks.bench_bitcode --data runs/recipes/split/val
+
+(``benchmarks/results/bitcode.md`` was measured with mgv-default-v3, retired since; its weights
+are at commit 9fb2336.)
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from neuralcodec.configs import DEFAULT_MODEL
 from neuralcodec.entropy import encode_bits
 from neuralcodec.tokens import tokenize
 from neuralcodec.train.data import VIDEO_EXTS, decode_video_rgb
@@ -28,7 +32,7 @@ def coded_bytes(model, video, bits: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="mgv-default-v3", help="a registered planes model")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="a registered planes model")
     ap.add_argument("--data", required=True, help="folder of clips (never eval/ for decisions)")
     ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--short-side", type=int, default=256)
