@@ -5,7 +5,7 @@
     python -m tools.train ... --workers 4 --stills ../wallpapers --perceptual 0.1 --gan 0.1 --gan-start 20000
     torchrun --nproc_per_node 8 -m tools.train ... --workers 6          # DDP (NCCL on GPU, gloo on CPU)
 
-Resumes from ``OUT/checkpoint.pt`` when it exists; ``--init mgv-default-v1`` (or a .safetensors
+Resumes from ``OUT/checkpoint.pt`` when it exists; ``--init mgv-default-v5`` (or a .safetensors
 path) warm-starts a new run from shipped weights. Export the result with python -m tools.export.
 """
 import argparse
