@@ -13,6 +13,7 @@ Layout conventions used throughout the package:
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -151,6 +152,15 @@ class TokenizerConfig:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kw)
+
+    def with_json(self, text: str) -> "TokenizerConfig":
+        """This config with the fields of ``text``, a JSON object (e.g. ``'{"sign_magnitude":
+        true}'``), replaced; ValueError when it is not an object, names an unknown field or
+        makes an invalid config."""
+        over = json.loads(text)
+        if not isinstance(over, dict):
+            raise ValueError("not a JSON object")
+        return TokenizerConfig.from_dict({**self.to_dict(), **over})
 
 
 # The paper's tokenizer (MAGVIT-v2, Table 7 / Open-MAGVIT2 sizes): full 3D kernels, 128 base

@@ -526,7 +526,8 @@ def test_change_factors_folds_and_grows_the_upsamplers(corpus, tmp_path):
 
 def test_export_uses_the_run_config(corpus, tmp_path, monkeypatch):
     """tools/export.py rebuilds the run's architecture from train_config.json (arch overrides);
-    --set changes a field that keeps the weights (the same tensors under sign-magnitude planes)."""
+    --set changes a field that keeps the weights (the same tensors under sign-magnitude planes);
+    a --set the config refuses stops with one line."""
     import subprocess
     out = tmp_path / "exp"
     train(_tc(corpus, out, arch='{"bits": 8, "quantizer": "planes", "planes": 2}', nested_bits=(2,), steps=1))
@@ -546,6 +547,12 @@ def test_export_uses_the_run_config(corpus, tmp_path, monkeypatch):
     assert m.cfg.bits == 8 and not m.cfg.sign_magnitude and sm.cfg.sign_magnitude
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), sm.state_dict().values()))
     assert "grown-test" in (models / "registry.json").read_text()
+    # a --set the config refuses (unknown field): one error line, nothing written or registered
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "tools" / "export.py"),
+                        str(out / "checkpoint.pt"), "--name", "bad-test", "--set", '{"bitz": 8}'],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.strip().splitlines() == [r.stderr.strip()] and "bitz" in r.stderr
+    assert not (models / "bad-test.safetensors").exists() and "bad-test" not in (models / "registry.json").read_text()
 
 
 def test_partial_warm_start_keeps_matching_tensors(tmp_path):

@@ -12,8 +12,6 @@ Writes ``neuralcodec/models/NAME.safetensors`` (float16, config in metadata) and
 with its sha256 in ``neuralcodec/models/registry.json``.
 """
 import argparse
-import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -42,7 +40,11 @@ def main() -> None:
         model = Tokenizer(CONFIGS[a.config or "default"])
         model.load_state_dict(st[a.key])
     if a.set:
-        changed = Tokenizer(dataclasses.replace(model.cfg, **json.loads(a.set)))
+        try:
+            cfg = model.cfg.with_json(a.set)
+        except (ValueError, TypeError) as e:
+            raise SystemExit(f"error: --set {a.set!r}: {e}") from None
+        changed = Tokenizer(cfg)
         changed.load_state_dict(model.state_dict())  # strict: the same weights, the same shapes
         model = changed
     file = f"{a.name}.safetensors"

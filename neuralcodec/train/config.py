@@ -5,7 +5,6 @@
 ``train_config.json``."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Tuple
 
@@ -133,9 +132,6 @@ class TrainConfig:
         if not self.arch:
             return cfg
         try:
-            over = json.loads(self.arch)
-            if not isinstance(over, dict):
-                raise ValueError("not a JSON object")
-            return TokenizerConfig.from_dict({**cfg.to_dict(), **over})  # unknown keys: ValueError
+            return cfg.with_json(self.arch)
         except (ValueError, TypeError) as e:
             raise InputError(f"--arch {self.arch!r}: {e}") from None
