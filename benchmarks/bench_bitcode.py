@@ -14,12 +14,15 @@ are at commit 9fb2336.)
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Tuple
 
 import torch
 
 from neuralcodec.configs import DEFAULT_MODEL
 from neuralcodec.entropy import encode_bits
+from neuralcodec.model import Tokenizer
 from neuralcodec.tokens import tokenize
 from neuralcodec.train.data import VIDEO_EXTS, decode_video_rgb
 from neuralcodec.weights import load_model
@@ -28,6 +31,20 @@ from neuralcodec.weights import load_model
 def coded_bytes(model, video, bits: int) -> int:
     tok = tokenize(model, video, bits=bits)
     return sum(len(encode_bits(tok.segment_bits(i))) for i in range(len(tok.segments)))
+
+
+def bit_codings(model: Tokenizer) -> Tuple[Tokenizer, Tokenizer]:
+    """``model``'s weights as two planes models: offset-binary and sign-magnitude lower planes
+    (``TokenizerConfig.sign_magnitude``), each with ``model``'s identity, in eval mode; ``model``
+    itself is left as it is. Raises ValueError if ``model`` has no bit planes."""
+    if model.cfg.quantizer != "planes":
+        raise ValueError(f"{model.name} is not a planes model (quantizer {model.cfg.quantizer!r})")
+    out = []
+    for sm in (False, True):
+        m = Tokenizer(model.cfg.with_json(json.dumps({"sign_magnitude": sm})), model.name, model.sha256)
+        m.load_state_dict(model.state_dict())  # strict: the same weights
+        out.append(m.eval())
+    return out[0], out[1]
 
 
 def main() -> None:
@@ -40,10 +57,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    model = load_model(a.model)
-    q = model.quantizer
-    if not hasattr(q, "sign_magnitude"):
-        raise SystemExit(f"error: {a.model} is not a planes model")
+    try:
+        models = bit_codings(load_model(a.model))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"model {a.model}, {a.frames} frames, short side {a.short_side}\n\n"
           "| clip | bits | offset-binary bytes | sign-magnitude bytes | change |\n|---|---|---|---|---|")
     for p in sorted(Path(a.data).iterdir()):
@@ -51,10 +68,7 @@ def main() -> None:
             continue
         video = decode_video_rgb(p, a.short_side, a.frames)
         for b in a.bits:
-            sizes = []
-            for sm in (False, True):
-                q.sign_magnitude = sm
-                sizes.append(coded_bytes(model, video, b))
+            sizes = [coded_bytes(m, video, b) for m in models]
             print(f"| {p.name} | {b} | {sizes[0]} | {sizes[1]} | {100 * (sizes[1] - sizes[0]) / sizes[0]:+.1f}% |",
                   flush=True)
 
