@@ -39,12 +39,9 @@ def bit_codings(model: Tokenizer) -> Tuple[Tokenizer, Tokenizer]:
     itself is left as it is. Raises ValueError if ``model`` has no bit planes."""
     if model.cfg.quantizer != "planes":
         raise ValueError(f"{model.name} is not a planes model (quantizer {model.cfg.quantizer!r})")
-    out = []
-    for sm in (False, True):
-        m = Tokenizer(model.cfg.with_json(json.dumps({"sign_magnitude": sm})), model.name, model.sha256)
-        m.load_state_dict(model.state_dict())  # strict: the same weights
-        out.append(m.eval())
-    return out[0], out[1]
+    off, sm = (model.with_config(model.cfg.with_json(json.dumps({"sign_magnitude": v}))).eval()
+               for v in (False, True))
+    return off, sm
 
 
 def main() -> None:

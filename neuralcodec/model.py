@@ -208,6 +208,15 @@ class Tokenizer(nn.Module):
         self.quantizer = make_quantizer(cfg)
         self.decoder = Decoder(cfg)
 
+    def with_config(self, cfg: TokenizerConfig) -> "Tokenizer":
+        """These weights under ``cfg``, a config that keeps every weight's shape (e.g. with
+        ``sign_magnitude`` changed: the same latents stored as other bits), with this model's
+        identity and training mode; this model is left as it is. Raises RuntimeError (from a
+        strict ``load_state_dict``) when a shape differs."""
+        m = Tokenizer(cfg, self.name, self.sha256)
+        m.load_state_dict(self.state_dict())
+        return m.train(self.training)
+
     @property
     def dtype(self) -> torch.dtype:
         """Floating type of the weights (float32, or bfloat16 / float16 for inference, see

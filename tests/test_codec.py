@@ -18,6 +18,7 @@ from neuralcodec.configs import CONFIGS, DEFAULT_RDO
 from neuralcodec.errors import InputError, ModelError, OutputError
 from neuralcodec.model import Tokenizer
 from neuralcodec.rdo import select_codes
+from neuralcodec.tokens import tokenize
 
 
 @pytest.fixture(scope="module")
@@ -333,10 +334,14 @@ def test_bit_plane_model_round_trip(tmp_path, monkeypatch):
 def test_sign_magnitude_model_stores_magnitude_bits_and_decodes_the_same(tmp_path):
     """The same planes weights with ``sign_magnitude``: the stream stores, for planes j >= 1,
     the offset bits XOR-ed with the channel's negative sign (RDO on), and decodes to the same
-    frames; the flag survives the weights file."""
+    frames; the flag survives the weights file. ``Tokenizer.with_config`` gives that model from
+    the offset one's weights and leaves the offset one as it was."""
     from neuralcodec.weights import load_weights_file, save_weights
     off = tiny_variant("tiny-planes", quantizer="planes", planes=2)
-    sm = tiny_variant("tiny-planes", quantizer="planes", planes=2, sign_magnitude=True)
+    sm = off.with_config(replace(off.cfg, sign_magnitude=True))
+    assert not off.cfg.sign_magnitude and not off.quantizer.sign_magnitude and sm.quantizer.sign_magnitude
+    assert (sm.name, sm.sha256, sm.training) == (off.name, off.sha256, False)
+    assert all(torch.equal(a, b) for a, b in zip(off.state_dict().values(), sm.state_dict().values()))
     v = clip(t=9)
     d_off, d_sm = (codec.compress(m, v, entropy="context") for m in (off, sm))
     b_off, b_sm = (payload.decode_payload(next(iter(ct.Reader(io.BytesIO(d)).segments())), 6)
@@ -348,6 +353,26 @@ def test_sign_magnitude_model_stores_magnitude_bits_and_decodes_the_same(tmp_pat
     np.testing.assert_array_equal(codec.decompress(d_sm, model=sm)[1], codec.decompress(d_off, model=off)[1])
     save_weights(sm, tmp_path / "sm.safetensors", "tiny-planes")
     assert load_weights_file(tmp_path / "sm.safetensors").cfg.sign_magnitude
+    with pytest.raises(RuntimeError):  # a config that changes a weight's shape
+        off.with_config(replace(off.cfg, planes=3))
+
+
+def test_bench_bitcode_codes_one_model_both_ways():
+    """benchmarks/bench_bitcode.py compares the two bit codings as two models from the loaded
+    weights: the loaded model keeps its coding, the sign planes are stored alike and the lower
+    planes differently; a model without bit planes is refused."""
+    from benchmarks import bench_bitcode
+    model = tiny_variant("tiny-planes", quantizer="planes", planes=2)
+    off, sm = bench_bitcode.bit_codings(model)
+    assert not model.quantizer.sign_magnitude and not off.cfg.sign_magnitude and sm.cfg.sign_magnitude
+    v = clip(t=9)
+    b_off, b_sm = (tokenize(m, v).segment_bits(0) for m in (off, sm))
+    c = model.cfg.bits // model.cfg.planes  # latent channels: plane 0 holds the signs
+    np.testing.assert_array_equal(b_sm[:c], b_off[:c])
+    assert (b_sm[c:] != b_off[c:]).any()
+    assert all(bench_bitcode.coded_bytes(m, v, model.cfg.bits) > 0 for m in (off, sm))
+    with pytest.raises(ValueError, match="not a planes model"):
+        bench_bitcode.bit_codings(tiny_variant("tiny-lfq"))
 
 @pytest.mark.parametrize("temporal_down", [(False, True), (True, False)])
 def test_temporal_factor_2_model_round_trip(temporal_down, monkeypatch):

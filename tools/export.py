@@ -44,9 +44,7 @@ def main() -> None:
             cfg = model.cfg.with_json(a.set)
         except (ValueError, TypeError) as e:
             raise SystemExit(f"error: --set {a.set!r}: {e}") from None
-        changed = Tokenizer(cfg)
-        changed.load_state_dict(model.state_dict())  # strict: the same weights, the same shapes
-        model = changed
+        model = model.with_config(cfg)  # strict: the same weights, the same shapes
     file = f"{a.name}.safetensors"
     sha = save_weights(model, MODELS_DIR / file, a.name)
     register(a.name, file, sha)
