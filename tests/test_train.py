@@ -479,6 +479,48 @@ def test_grow_bits_keeps_the_old_code(corpus, tmp_path):
     assert got.cfg.bits == 10
 
 
+
+def test_grow_bits_adds_a_bit_plane_to_a_planes_model(corpus, tmp_path):
+    """A sign-magnitude "planes" model grows by a whole plane of its channels (6 → 9 bits: 3
+    channels × 2 → 3 planes): the encoder is kept as it is, the first 6 bits and their decoding
+    are unchanged, the new plane is the finer residual of the same channels and the decoder
+    ignores it until trained; --init grows automatically, a plane count that would change the
+    channels is refused."""
+    from neuralcodec.train.loop import grow_bits, grown_config, init_weights
+    from neuralcodec.weights import save_weights
+    torch.manual_seed(2)
+    cfg = replace(CONFIGS["tiny"], quantizer="planes", planes=2, sign_magnitude=True)
+    small = Tokenizer(cfg).eval()
+    with torch.no_grad():
+        for p in small.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    big = grow_bits(small, 9).eval()
+    assert big.cfg == grown_config(cfg, 9) == replace(cfg, bits=9, planes=3)
+    assert big.cfg.latent_channels == cfg.latent_channels == 3
+    assert torch.equal(big.encoder.out.weight, small.encoder.out.weight)
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    cs, cb = small.encode(x), big.encode(x)
+    assert torch.equal(cb[:, :6], cs)
+    assert torch.equal(big.decode(cb, bits=6), small.decode(cs))
+    assert torch.allclose(big.decode(cb), small.decode(cs), atol=1e-6)
+    with torch.no_grad():  # plane 3 refines: the 9-bit values are nearer the encoder's
+        v = torch.tanh(big.encoder(big.pad_video(x)))
+        err6 = (big.quantizer.values(cb[:, :6]) - v).abs()
+        err9 = (big.quantizer.values(cb) - v).abs()
+    assert err6.max() <= 0.25 + 1e-6 and err9.max() <= 0.125 + 1e-6  # half a cell of 4, 8 levels
+    assert err9.mean() < err6.mean()
+    for bad in (6, 8):
+        with pytest.raises(InputError):
+            grow_bits(small, bad)
+    path = tmp_path / "small.safetensors"
+    save_weights(small, path, "small")
+    with pytest.raises(InputError):  # 12 bits of 3 channels are 4 planes, not 3
+        init_weights(str(path), replace(cfg, bits=12, planes=3))
+    got = train(_tc(corpus, tmp_path / "growp", init=str(path),
+                    arch='{"quantizer": "planes", "planes": 3, "bits": 9, "sign_magnitude": true}',
+                    steps=1, nested_bits=(6,), lr=1e-12, warmup=1))
+    assert got.cfg == big.cfg
+
 def test_change_factors_folds_and_grows_the_upsamplers(corpus, tmp_path):
     """A model warm-started under other down-sampling factors copies every weight; the decoder
     Upsample whose factor is dropped averages its sub-pixel output channels (and the factorized

@@ -112,18 +112,33 @@ def _open_csv(path: Path, names):
     return fh, w
 
 
-def grow_bits(start: Tokenizer, bits: int) -> Tokenizer:
-    """A copy of ``start`` with ``bits`` > K LFQ bits per token, coding exactly as ``start`` on
-    its K bits: the encoder's output projection keeps its K rows and gets fresh random rows for
-    the new bits; every layer that reads the codes (the decoder's input convolution and the
-    AdaGN projections) keeps its weights for the first K code channels and gets zero weights for
-    the new ones, so decoding the first K bits (the rest dropped or not) is unchanged until
-    training teaches the decoder to use the new bits (nested-rate training keeps the old ones
-    meaningful)."""
-    k = start.cfg.bits
+def grown_config(cfg: TokenizerConfig, bits: int) -> TokenizerConfig:
+    """``cfg`` with ``bits`` > K bits per token: more LFQ signs, or for a "planes" model more bit
+    planes of the same latent channels (``bits`` a multiple of K / P; the new planes refine every
+    channel's value, appended after the old bits as the spec's plane-major order puts them).
+    InputError when ``bits`` cannot grow ``cfg``."""
+    k = cfg.bits
     if bits <= k:
         raise InputError(f"cannot grow a {k}-bit model to {bits} bits")
-    grown = Tokenizer(replace(start.cfg, bits=bits))
+    if cfg.quantizer != "planes":
+        return replace(cfg, bits=bits)
+    c = cfg.latent_channels
+    if bits % c:
+        raise InputError(f"a planes model of {c} latent channels grows by whole planes: "
+                         f"bits must be a multiple of {c}, got {bits}")
+    return replace(cfg, bits=bits, planes=bits // c)
+
+
+def grow_bits(start: Tokenizer, bits: int) -> Tokenizer:
+    """A copy of ``start`` with ``bits`` > K bits per token (:func:`grown_config`), coding
+    exactly as ``start`` on its K bits: an LFQ encoder's output projection keeps its K rows and
+    gets fresh random rows for the new bits (a "planes" encoder is unchanged: its new planes are
+    finer quantization of the same channels); every layer that reads the codes (the decoder's
+    input convolution and the AdaGN projections) keeps its weights for the first K code
+    channels and gets zero weights for the new ones, so decoding the first K bits (the rest
+    dropped or not) is unchanged until training teaches the decoder to use the new bits
+    (nested-rate training keeps the old ones meaningful)."""
+    grown = Tokenizer(grown_config(start.cfg, bits))
     old = start.state_dict()
     new = grown.state_dict()
     with torch.no_grad():
@@ -200,8 +215,8 @@ def change_factors(start: Tokenizer, cfg: TokenizerConfig) -> Tokenizer:
 
 def init_weights(spec: str, cfg: TokenizerConfig, partial: bool = False) -> Tokenizer:
     """Weights to warm-start from: ``spec`` is a .safetensors path or a registered model name;
-    its config must equal ``cfg``, or differ only in having fewer bits (then it is grown with
-    :func:`grow_bits`) or in its down-sampling factors (:func:`change_factors`); else InputError. ``partial``: any config; a model of ``cfg`` (seeded
+    its config must equal ``cfg``, or differ only in having fewer bits (LFQ) or bit planes (then
+    it is grown with :func:`grow_bits`) or in its down-sampling factors (:func:`change_factors`); else InputError. ``partial``: any config; a model of ``cfg`` (seeded
     random init) receives every tensor of ``spec`` whose name and shape match, the rest stay
     random (``copied`` / ``fresh`` attributes count the tensors)."""
     from ..weights import load_model, load_weights_file
@@ -217,7 +232,11 @@ def init_weights(spec: str, cfg: TokenizerConfig, partial: bool = False) -> Toke
         return model
     if start.cfg == cfg:
         return start
-    if replace(start.cfg, bits=cfg.bits) == cfg and cfg.bits > start.cfg.bits:
+    if cfg.bits > start.cfg.bits and replace(start.cfg, bits=cfg.bits, planes=cfg.planes) == cfg:
+        if grown_config(start.cfg, cfg.bits) != cfg:  # a planes model keeps its channels
+            raise InputError(f"--init {spec}: {cfg.bits} bits of its {start.cfg.latent_channels} "
+                             f"latent channels are {cfg.bits // start.cfg.latent_channels} "
+                             f"planes, not {cfg.planes}")
         return grow_bits(start, cfg.bits)
     if _only_factors_differ(start.cfg, cfg):
         return change_factors(start, cfg)
