@@ -20,7 +20,7 @@ from typing import Tuple
 # The registered model that encodes when none is named (its weights and card live in
 # neuralcodec/models/; neuralcodec.weights loads it). Here, in a module without torch, so that
 # the command line's help can name it without importing torch.
-DEFAULT_MODEL = "mgv-default-v5"
+DEFAULT_MODEL = "mgv-default-v6"
 
 # Default λ of the encoder's rate–distortion choice to repeat a token of the previous latent
 # frame (neuralcodec.rdo; `mgv encode --rdo`): the squared quantization error, in steps, a

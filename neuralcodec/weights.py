@@ -25,7 +25,7 @@ REGISTRY_FILE = MODELS_DIR / "registry.json"
 #: Models this package no longer ships (name → the last commit that did). Their weights left
 #: the package to keep it within what a GPU lease carries (64 MiB); their streams get an error
 #: that names the model and where to find it instead of "unknown model". Cards stay in models/.
-RETIRED = {"mgv-default-v1": "b61ce62", "mgv-default-v3": "9fb2336"}
+RETIRED = {"mgv-default-v1": "b61ce62", "mgv-default-v3": "9fb2336", "mgv-default-v4": "5f6bb16"}
 
 
 class WeightsError(ModelError):

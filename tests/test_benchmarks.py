@@ -232,7 +232,7 @@ def test_mgv_command_line():
                                           "--entropy", "none", "-y", "-q"]
     dec = c.decode_cmd(Path("o.mgv"), Path("d.y4m"))
     assert dec[dec.index("decode"):] == ["decode", "o.mgv", "-o", "d.y4m", "-y", "-q"]
-    assert C.MGV().name == "mgv" and C.MGV().points == (2, 6, 12, 18)
+    assert C.MGV().name == "mgv" and C.MGV().points == (2, 6, 12, 18, 24)
     assert "--entropy" not in C.MGV().encode_cmd(Path("s"), Path("o"), 6, 8, 8)
     with pytest.raises(InputError):
         C.MGV(entropy="zip")

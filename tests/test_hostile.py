@@ -15,7 +15,6 @@ import torch
 
 from neuralcodec import codec, payload, recovery, weights
 from neuralcodec import container as ct
-from neuralcodec.configs import CONFIGS
 from neuralcodec.errors import MGVError, ResourceError, StreamError, Truncated
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +75,7 @@ def test_huge_frame_bomb_is_refused_in_one_line(tmp_path):
     """A few hundred bytes declaring 8192×4096 frames made the decoder allocate tens of GB and
     die with a torch traceback (under a 3 GB address-space limit here)."""
     e = weights.registry()[weights.DEFAULT_MODEL]
-    cfg = CONFIGS["default"]
+    cfg = weights.load_model(weights.DEFAULT_MODEL).cfg  # the header must match its geometry
     h = header_for(weights.DEFAULT_MODEL, e.sha256, cfg, width=8192, height=4096)
     data = stream(h)
     assert len(data) < 4096

@@ -44,16 +44,18 @@ PROG = "gpu_train"
 # machine). The best measured: the recipe that made mgv-default-v3 (the bit-plane config `p6`,
 # warm start from the default model, its rate points and learning rate, Adam β2 0.95; session
 # 8 in benchmarks/results/recipes.md) with v4's rebalanced mix (a clip's sampling weight counts
-# at most 300 frames) and sign-magnitude planes (as the default model stores them), GPU-sized
+# at most 300 frames), sign-magnitude planes and the fourth bit plane of mgv-default-v6 (24 bits,
+# half the steps at the nested rates 2-21: v6's CPU run, session 15), GPU-sized
 # batches (8× the CPU recipe's clips, 2× the frames, the same 128² crops) in bf16 autocast,
 # 8 loader processes of the machine's 16 cores, a checkpoint every 2 minutes.
 GPU_RECIPE = (
-    "--model", "p6", "--arch", '{"sign_magnitude": true}', "--init", DEFAULT_MODEL,
+    "--model", "p6", "--arch", '{"sign_magnitude": true, "bits": 24, "planes": 4}',
+    "--init", DEFAULT_MODEL,
     "--clip-frames", "300",
     "--batch", "32", "--frames", "17", "--crop", "128",
     "--image-frac", "0.3", "--image-batch", "64", "--image-crop", "192",
     "--lr", "5e-4", "--warmup", "200", "--lr-floor", "0.05", "--adam-beta2", "0.95",
-    "--nested-bits", "2,4,6,9,12,15", "--nested-prob", "0.4",
+    "--nested-bits", "2,4,6,9,12,15,18,21", "--nested-prob", "0.5",
     "--bf16", "true", "--workers", "8", "--threads", "4",
     "--short-side", "360", "--ckpt-minutes", "2", "--log-every", "25",
 )

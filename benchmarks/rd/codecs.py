@@ -36,7 +36,7 @@ QP_POINTS = (27, 32, 37, 42, 47, 51)
 QUICK_POINTS = (27, 35, 43, 51)
 AV1_CRF_POINTS = (32, 39, 46, 53, 59, 63)  # SVT-AV1's CRF scale is 0..63
 AV1_QUICK_POINTS = (32, 43, 53, 63)
-MGV_BITS = (2, 6, 12, 18)  # nested rate points of the default model (v3: 6 / 12 / 18 are whole bit planes)
+MGV_BITS = (2, 6, 12, 18, 24)  # nested rate points of the default model (v6: 6 / 12 / 18 / 24 are whole bit planes)
 
 
 @functools.lru_cache(maxsize=None)
