@@ -374,6 +374,7 @@ def test_bench_bitcode_codes_one_model_both_ways():
     with pytest.raises(ValueError, match="not a planes model"):
         bench_bitcode.bit_codings(tiny_variant("tiny-lfq"))
 
+
 @pytest.mark.parametrize("temporal_down", [(False, True), (True, False)])
 def test_temporal_factor_2_model_round_trip(temporal_down, monkeypatch):
     """A model of temporal factor 2 (the family's `t2` member; either level halving the frame

@@ -149,12 +149,9 @@ def test_gpu_checks_rehearsed_on_cpu(tiny, clips, tmp_path):
 @pytest.mark.skipif(weights.DEFAULT_MODEL not in weights.registry(), reason="default weights not shipped")
 def test_gpu_recipe_warm_starts_from_the_default_model():
     """The GPU recipe's --model/--arch describe the shipped default's architecture, so that its
-    --init (the default model) loads on the machine without growing or failing."""
-    from neuralcodec.train.loop import init_weights
-    r = list(gpu_train.GPU_RECIPE)
-    assert r[r.index("--init") + 1] == weights.DEFAULT_MODEL
-    cfg = CONFIGS[r[r.index("--model") + 1]].with_json(r[r.index("--arch") + 1])
+    --init (the default model) loads on the machine as it is, without growing."""
+    tc = gpu_train.check_recipe(list(gpu_train.GPU_RECIPE))  # the tool's own parse and checks
+    cfg = tc.tokenizer_config()
+    assert tc.init == weights.DEFAULT_MODEL
     assert weights.load_model(weights.DEFAULT_MODEL).cfg == cfg
-    assert init_weights(weights.DEFAULT_MODEL, cfg).cfg == cfg
-    top = max(int(b) for b in r[r.index("--nested-bits") + 1].split(","))
-    assert top < cfg.bits  # every nested rate is below the full code
+    assert max(tc.batches.nested_bits) < cfg.bits  # every nested rate is below the full code

@@ -479,7 +479,6 @@ def test_grow_bits_keeps_the_old_code(corpus, tmp_path):
     assert got.cfg.bits == 10
 
 
-
 def test_grow_bits_adds_a_bit_plane_to_a_planes_model(corpus, tmp_path):
     """A sign-magnitude "planes" model grows by a whole plane of its channels (6 → 9 bits: 3
     channels × 2 → 3 planes): the encoder is kept as it is, the first 6 bits and their decoding
@@ -520,6 +519,7 @@ def test_grow_bits_adds_a_bit_plane_to_a_planes_model(corpus, tmp_path):
                     arch='{"quantizer": "planes", "planes": 3, "bits": 9, "sign_magnitude": true}',
                     steps=1, nested_bits=(6,), lr=1e-12, warmup=1))
     assert got.cfg == big.cfg
+
 
 def test_change_factors_folds_and_grows_the_upsamplers(corpus, tmp_path):
     """A model warm-started under other down-sampling factors copies every weight; the decoder

@@ -233,10 +233,10 @@ def init_weights(spec: str, cfg: TokenizerConfig, partial: bool = False) -> Toke
     if start.cfg == cfg:
         return start
     if cfg.bits > start.cfg.bits and replace(start.cfg, bits=cfg.bits, planes=cfg.planes) == cfg:
-        if grown_config(start.cfg, cfg.bits) != cfg:  # a planes model keeps its channels
+        grown = grown_config(start.cfg, cfg.bits)  # a planes model keeps its channels
+        if grown != cfg:
             raise InputError(f"--init {spec}: {cfg.bits} bits of its {start.cfg.latent_channels} "
-                             f"latent channels are {cfg.bits // start.cfg.latent_channels} "
-                             f"planes, not {cfg.planes}")
+                             f"latent channels are {grown.planes} planes, not {cfg.planes}")
         return grow_bits(start, cfg.bits)
     if _only_factors_differ(start.cfg, cfg):
         return change_factors(start, cfg)
