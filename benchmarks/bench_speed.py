@@ -41,6 +41,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from neuralcodec.evaluate import psnr
+
 ROOT = Path(__file__).resolve().parents[1]
 # The last commit of the release before the inference fast path (2026-11-23, session 3's end).
 BASELINE = "65442ca"
@@ -120,11 +122,6 @@ def combine(runs: List[dict]) -> dict:
             "rss_mb": max(r["rss_mb"] for r in runs), "fps_runs": [r["fps"] for r in runs]}
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
-
-
 def read_all(path: Path) -> np.ndarray:
     from neuralcodec.video_io import read_frames
     return np.stack(list(read_frames(path)))
@@ -160,7 +157,7 @@ def bench(a) -> dict:
                     got = runs.setdefault(cname, {"encode": [], "decode": []})
                     got["encode"].append(enc)
                     got["decode"].append(dec)
-                    quality = rows[cname]["psnr"] if rep else round(psnr(read_all(out), ref), 3)
+                    quality = rows[cname]["psnr"] if rep else round(psnr(ref, read_all(out)), 3)
                     rows[cname] = {"encode": combine(got["encode"]), "decode": combine(got["decode"]),
                                    "bytes": mgv.stat().st_size, "psnr": quality}
                     print(f"{name} {cname} (run {rep + 1}/{a.repeat}): encode {enc['fps']:.2f} fps "

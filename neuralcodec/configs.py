@@ -25,7 +25,7 @@ DEFAULT_MODEL = "mgv-default-v6"
 # Default λ of the encoder's rate–distortion choice to repeat a token of the previous latent
 # frame (neuralcodec.rdo; `mgv encode --rdo`): the squared quantization error, in steps, a
 # repeat may add to a token; tuned on the validation clips held apart from ../shared/data/train
-# (python -m benchmarks.rdo_sweep → benchmarks/results/rdo.md), never on eval/.
+# (python -m lab.studies.rdo_sweep → lab/notes/rdo.md), never on eval/.
 DEFAULT_RDO = 2.0
 
 # Encoder-side latent refinement (neuralcodec.refine; `mgv encode --refine N`): Adam steps per
@@ -163,35 +163,9 @@ class TokenizerConfig:
         return TokenizerConfig.from_dict({**self.to_dict(), **over})
 
 
-# The paper's tokenizer (MAGVIT-v2, Table 7 / Open-MAGVIT2 sizes): full 3D kernels, 128 base
-# channels, 4 residual blocks per level, 8× spatial and 4× temporal downsampling, 18 bits.
-PAPER = TokenizerConfig(
-    bits=18,
-    stem_patch=1,
-    enc_channels=(128, 256, 256, 512),
-    dec_channels=(128, 256, 256, 512),
-    enc_blocks=(4, 4, 4, 4),
-    dec_blocks=(4, 4, 4, 4),
-    spatial_down=(True, True, True),
-    temporal_down=(False, True, True),
-    factorized=False,
-    norm_groups=32,
-)
-
 # The default CPU configuration: space-to-depth stem, factorized convolutions, a decoder wider
 # than its encoder; same factors (8× space, 4× time) and bit count as the paper.
 DEFAULT = TokenizerConfig()
-
-# The default's layers at 4× space, 4× time: its second spatial ×2 step left out, so levels 2
-# and 3 run at H/4 and a token covers 4×4 pixels of 4 frames (4× the tokens of `default`, the
-# same weights' shapes except one decoder Upsample; train/loop.py's change_factors converts).
-S4 = dataclasses.replace(DEFAULT, spatial_down=(True, False, False))
-
-# The default's layers at 8× space, 2× time: its last temporal ×2 step left out, so the deepest
-# level runs at half the frame rate and a token covers 8×8 pixels of 2 frames (2× the tokens of
-# `default`; the same weights' shapes except the deepest decoder Upsample, converted by
-# train/loop.py's change_factors).
-T2 = dataclasses.replace(DEFAULT, temporal_down=(False, True, False))
 
 # The default's layers with the "planes" quantizer: 6 latent channels × 8 levels sent as 3 bit
 # planes (18 bits per token, as the default), and the encoder's shortcut from the token's mean
@@ -212,4 +186,6 @@ TINY = TokenizerConfig(
     norm_groups=4,
 )
 
-CONFIGS = {"paper": PAPER, "default": DEFAULT, "s4": S4, "t2": T2, "p6": P6, "tiny": TINY}
+# The configurations by name (the shipped models store their own config in their weights file;
+# experiment-only configurations live in the lab, lab/configs.py).
+CONFIGS = {"default": DEFAULT, "p6": P6, "tiny": TINY}

@@ -187,11 +187,19 @@ def unpack_bits_reference(packed: torch.Tensor, shape: Tuple[int, int, int, int,
     return torch.where(bits.bool(), one, -one).contiguous()
 
 
+def bit_weights(k: int, device=None) -> torch.Tensor:
+    """The token bit order, written once (spec §5, ``bit_order`` 0): channel / bit k of a token
+    weighs 2^k in its index, least significant first → int64 tensor ``[1, 2, 4, …, 2^(k-1)]``
+    (``k`` <= 63). Every index ↔ bits conversion of the package (quantizer, token files, the
+    reference below) multiplies by it; the Triton kernels shift by the same k in registers."""
+    return 2 ** torch.arange(k, device=device, dtype=torch.int64)
+
+
 def token_indices_reference(z: torch.Tensor) -> torch.Tensor:
     """Reference token indices (vectorized PyTorch). ``z``: ``B×K×T×H×W`` float →
     int32 ``B×T×H×W``, ``Σ_k 2^k·[z_k > 0]`` (for K = 32 the same 32 bits, two's complement)."""
     k = z.shape[1]
-    weights = (2 ** torch.arange(k, device=z.device, dtype=torch.int64)).view(1, k, 1, 1, 1)
+    weights = bit_weights(k, z.device).view(1, k, 1, 1, 1)
     idx = ((z > 0).to(torch.int64) * weights).sum(1)
     idx = torch.where(idx >= 2 ** 31, idx - 2 ** 32, idx)  # reinterpret bit 31 as the sign
     return idx.to(torch.int32)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import bit_weights
+
 
 def sign_quantize(z: torch.Tensor) -> torch.Tensor:
     """``z`` any shape, float → same shape and dtype, values in {-1, +1} (z <= 0 → -1)."""
@@ -37,7 +39,7 @@ def codes_to_indices(codes: torch.Tensor, dim: int = 1) -> torch.Tensor:
         raise ValueError("at most 62 bits per index")
     shape = [1] * codes.dim()
     shape[dim] = k
-    weights = (2 ** torch.arange(k, device=codes.device, dtype=torch.int64)).view(shape)
+    weights = bit_weights(k, codes.device).view(shape)
     return ((codes > 0).to(torch.int64) * weights).sum(dim=dim)
 
 
@@ -48,7 +50,7 @@ def indices_to_codes(indices: torch.Tensor, bits: int, dim: int = 1,
     idx = indices.to(torch.int64).unsqueeze(dim)
     shape = [1] * idx.dim()
     shape[dim] = bits
-    masks = (2 ** torch.arange(bits, device=indices.device, dtype=torch.int64)).view(shape)
+    masks = bit_weights(bits, indices.device).view(shape)
     return torch.where((idx & masks) != 0, 1.0, -1.0).to(dtype)
 
 

@@ -20,7 +20,7 @@ change the format: any reader decodes the result. ``lam = 0`` only repeats token
 unchanged anyway, i.e. gives the plain codes.
 
 Measured on the validation clips held apart from ``../shared/data/train`` with mgv-default-v3
-(33 frames; ``python -m benchmarks.rdo_sweep``, table in ``benchmarks/results/rdo.md``): the
+(33 frames; ``python -m lab.studies.rdo_sweep``, table in ``lab/notes/rdo.md``): the
 default λ = 2 stores 42–46 % fewer bits at 6–18 bits per token for 0.02–0.19 dB PSNR-RGB, and
 its points lie on the convex hull of all (bits, λ) points at 6, 12 and 18 bits; λ = 4 saves
 47–52 % for 0.04–0.5 dB.

@@ -34,7 +34,7 @@ from . import container as ct
 from .chunks import Progress, decode_segment
 from .codec import VideoInput, check_encode_args, open_video, stream_header
 from .errors import InputError, MGVError
-from .kernels import token_indices
+from .kernels import bit_weights, token_indices
 from .model import for_inference
 from .payload import decode_payload
 from .quantizer import indices_to_codes
@@ -231,8 +231,8 @@ def _as_tokens(a: np.ndarray, name: str) -> np.ndarray:
 
 def bits_to_tokens(bits: np.ndarray) -> np.ndarray:
     """Bit array ``b×t×h×w`` uint8 {0,1} → token indices ``t×h×w`` int64 (Σ_k 2^k·bit_k)."""
-    k = np.arange(bits.shape[0], dtype=np.int64).reshape(-1, 1, 1, 1)
-    return (bits.astype(np.int64) << k).sum(axis=0)
+    w = bit_weights(bits.shape[0]).numpy().reshape(-1, 1, 1, 1)
+    return (bits.astype(np.int64) * w).sum(axis=0)
 
 
 # ---- producing tokens -----------------------------------------------------------------------

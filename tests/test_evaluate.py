@@ -1,0 +1,45 @@
+"""neuralcodec.evaluate: the one "encode, decode, measure" path and its metrics."""
+import math
+
+import numpy as np
+import pytest
+
+from neuralcodec import codec
+from neuralcodec.errors import InputError
+from neuralcodec.evaluate import PSNR_CAP, measure, ms_ssim_rgb, psnr, psnr_from_mse
+
+from test_codec import clip  # noqa: E402
+
+
+def test_psnr_pools_the_squared_error():
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[0] = 10  # frame 0: MSE 100, frame 1: exact → pooled MSE 50, not a mean of per-frame PSNRs
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255 ** 2 / 50))
+    assert psnr(a, a) == PSNR_CAP and float(psnr_from_mse(0.0)) == PSNR_CAP
+    with pytest.raises(InputError):
+        psnr(a, b[:1])
+
+
+def test_ms_ssim_needs_five_scales():
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    assert ms_ssim_rgb(small, small) == {}
+    big = rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    r = ms_ssim_rgb(big, big)
+    assert r["ms_ssim"] == pytest.approx(1.0) and r["ms_ssim_win"] == 3
+
+
+def test_measure_is_the_codec_round_trip(make_tiny):
+    """measure() reports the real stream (its bytes are what codec.compress writes) and the
+    PSNR of what codec.decompress gives back."""
+    model = make_tiny(0.05)
+    v = clip(t=9)
+    pt = measure(model, v, bits=4, ssim=False)
+    assert pt.stream == codec.compress(model, v, bits=4)
+    _, rec = codec.decompress(pt.stream, model=model)
+    assert pt.psnr_rgb == pytest.approx(psnr(v, rec)) and pt.psnr_rgb < PSNR_CAP
+    assert (pt.bits, pt.frames, pt.height, pt.width, pt.bytes) == (4, 9, 30, 42, len(pt.stream))
+    assert pt.bpp == pytest.approx(8 * len(pt.stream) / (9 * 30 * 42))
+    assert pt.ms_ssim is None and "stream" not in pt.row() and pt.row()["bytes"] == pt.bytes
+    assert measure(model, v, ssim=False).bits == model.cfg.bits
