@@ -21,8 +21,8 @@ import click
 
 from .. import __version__
 from .. import video_io as vio
-from neuralcodec.configs import DEFAULT_MODEL, DEFAULT_RDO, DEFAULT_REFINE
-from neuralcodec.errors import InputError, OutputError, StreamError
+from ..configs import DEFAULT_MODEL, DEFAULT_RDO, DEFAULT_REFINE
+from ..errors import InputError, OutputError, StreamError
 from ..outputs import atomic_output
 from ..resources import release_large_blocks
 from .common import (DEVICE_OPTION, EXIT_INTERRUPTED, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP,

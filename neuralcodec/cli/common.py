@@ -12,7 +12,7 @@ import click
 
 from .. import video_out as vout
 from ..container import MAGIC
-from neuralcodec.errors import InputError, MGVError, ModelError, OutputError
+from ..errors import InputError, MGVError, ModelError, OutputError
 from ..outputs import atomic_output, atomic_pattern
 from ..resources import is_out_of_memory
 
@@ -180,7 +180,7 @@ def is_mgv(path: Path) -> bool:
 def load_model(model_name: Optional[str], device: str, precision: str = "auto"):
     """A registered model ready for inference on ``device`` (cast as ``precision`` says)."""
     from .. import weights
-    from neuralcodec.model import for_inference
+    from ..model import for_inference
 
     try:
         model = weights.load_model(model_name or weights.DEFAULT_MODEL)

@@ -9,8 +9,8 @@ from typing import Optional
 import click
 
 from .. import video_io as vio
-from neuralcodec.configs import DEFAULT_MODEL, DEFAULT_RDO, DEFAULT_REFINE
-from neuralcodec.errors import InputError, OutputError
+from ..configs import DEFAULT_MODEL, DEFAULT_RDO, DEFAULT_REFINE
+from ..errors import InputError, OutputError
 from ..outputs import atomic_output
 from . import main
 from .common import (DEVICE_OPTION, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP, QUIET_OPTION,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional, Tuple, Union
 
-from neuralcodec.errors import RecordError
+from ..errors import RecordError
 from .header import MAX_AUDIO_TEMPLATE, MAX_AUDIO_TRACKS, MAX_TIME_BASE_TERM
 
 __all__ = ["AUDIO_TRACK", "AUDIO_PACKETS", "AUDIO_TRACK_HEAD", "AUDIO_TRACK_FIXED",

@@ -10,8 +10,8 @@ from dataclasses import dataclass, fields as dc_fields
 from fractions import Fraction
 from typing import Dict, List, Optional, Tuple
 
-from neuralcodec.configs import MAX_BITS, latent_frames, latent_size
-from neuralcodec.errors import HeaderError
+from ..configs import MAX_BITS, latent_frames, latent_size
+from ..errors import HeaderError
 
 __all__ = ["MAGIC", "MAJOR", "MINOR", "MINOR_SEGMENT_BITS", "MINOR_KNOWN", "PRELUDE",
            "RECORD_SYNC", "RECORD_HEAD", "CRC", "MAX_HEADER_LEN", "MAX_SIDE", "MAX_PIXELS",

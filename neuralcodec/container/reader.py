@@ -6,7 +6,7 @@ from __future__ import annotations
 import zlib
 from typing import BinaryIO, Iterator, List, Optional, Union
 
-from neuralcodec.errors import (BadMagic, CRCMismatch, HeaderError, RecordError, StreamError, Truncated,
+from ..errors import (BadMagic, CRCMismatch, HeaderError, RecordError, StreamError, Truncated,
                       UnsupportedVersion)
 from .header import (CRC, END_RECORD_SIZE, FLAG_CRITICAL, MAGIC, MAJOR, MAX_HEADER_LEN,
                      MAX_RECORD_PAYLOAD, PRELUDE, READ_CHUNK, RECORD_HEAD, RECORD_NAMES,

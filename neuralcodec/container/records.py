@@ -9,7 +9,7 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, List, Optional
 
-from neuralcodec.errors import HeaderError, RecordError, StreamError, UnsupportedVersion
+from ..errors import HeaderError, RecordError, StreamError, UnsupportedVersion
 from .header import (CRC, END_PAYLOAD, ENTROPY_CONTEXT, ENTROPY_NONE, FLAG_CRITICAL, INDEX_ENTRY,
                      MAX_FRAMES, MAX_RECORD_PAYLOAD, MINOR, MINOR_SEGMENT_BITS, RECORD_HEAD,
                      RECORD_SYNC, REC_END, REC_INDEX, REC_SEGMENT, SEGMENT_HEAD, Header)
