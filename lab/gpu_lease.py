@@ -2,7 +2,7 @@
 machine, the size of what travels to it, the files that come back, and the small process and
 file helpers of the remote side.
 
-The machine (see the README, "Training on a GPU"): one H200, lent without notice for at most
+The machine (see docs/training.md, "Training on a GPU"): one H200, lent without notice for at most
 30 minutes of device time counted from its start; a command runs at most 10 minutes in the
 repository root; the working tree (tracked + untracked-not-ignored files) plus the carried
 (gitignored) folders travel, at most 64 MiB; at most 8 files of at most 16 MiB come back from

@@ -36,16 +36,16 @@ from .audio import AudioSink, AudioSource, write_audio
 from .chunks import Progress, chunk_frames, decoder_step
 from .errors import InputError, MGVError, ResourceError, Truncated
 from .model import PRECISIONS, for_inference
+from .options import ENTROPY_MODES, EncodeOptions
 from .payload import RATE_TOLERANCE, SEGMENT_OVERHEAD, STREAM_TAIL, encode_payload, rate_payload
-from .rdo import DEFAULT_LAMBDA, select_codes
-from .refine import DEFAULT_REFINE, MAX_REFINE, check_refine_size, encode_refined
+from .rdo import select_codes
+from .refine import encode_refined
 from .recovery import OnDamage, decode_plan, segment_plan, segments_held, too_much_concealment
 from .resources import check_memory, estimate_bytes, is_out_of_memory
 from .video_io import VideoMeta, frames_of, probe, read_frames
 from .weights import ModelSource, model_identity, resolve_model
 
 SEGMENT_SECONDS = 2.0  # default segment duration
-ENTROPY_MODES = {"none": ct.ENTROPY_NONE, "context": ct.ENTROPY_CONTEXT}
 
 VideoInput = Union[str, Path, np.ndarray, Tuple[VideoMeta, Iterable[np.ndarray]]]
 
@@ -99,35 +99,14 @@ def open_video(video: VideoInput, fps: Optional[Fraction] = None) -> Tuple[Video
 
 
 # ---- encoding -------------------------------------------------------------------------------
-def check_encode_args(model: torch.nn.Module, *, bits: Optional[int] = None,
-                      entropy: str = "context", segment_frames: Optional[int] = None,
-                      rdo: float = DEFAULT_LAMBDA, refine: int = DEFAULT_REFINE) -> None:
-    """Validate :func:`compress_to_file` options for ``model`` → :class:`InputError` /
-    :class:`ModelError` (lets a caller fail before it starts reading the input)."""
-    name, _ = model_identity(model)
-    if entropy not in ENTROPY_MODES:
-        raise InputError(f"unknown entropy mode {entropy!r} (use none or context)")
-    k = model.cfg.bits
-    if bits is not None and (not isinstance(bits, int) or not 1 <= bits <= k):
-        raise InputError(f"bits must be in 1..{k} for model {name}, got {bits}")
-    tf = model.cfg.temporal_factor
-    if segment_frames is not None and (not isinstance(segment_frames, int) or segment_frames < 1
-                                       or (segment_frames - 1) % tf
-                                       or segment_frames > ct.MAX_SEGMENT_FRAMES):
-        raise InputError(f"segment frames must be 1 + {tf}·k (<= {ct.MAX_SEGMENT_FRAMES}), "
-                         f"got {segment_frames}")
-    if not isinstance(rdo, (int, float)) or not 0 <= rdo < float("inf"):
-        raise InputError(f"rdo lambda must be a number >= 0, got {rdo!r}")
-    if isinstance(refine, bool) or not isinstance(refine, int) or not 0 <= refine <= MAX_REFINE:
-        raise InputError(f"refine steps must be an integer in 0..{MAX_REFINE}, got {refine!r}")
-
-
-def stream_header(model: torch.nn.Module, meta: VideoMeta, *, bits: Optional[int] = None,
-                  entropy: str = "context", segment_frames: Optional[int] = None) -> ct.Header:
-    """The header :func:`compress_to_file` starts a stream of ``meta`` with (``frames`` is 1
-    when ``meta`` does not know the count; the writer corrects it at the end) →
-    :class:`InputError` when the input cannot be coded (size or rate out of range)."""
-    check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames)
+def stream_header(model: torch.nn.Module, meta: VideoMeta,
+                  options: Optional[EncodeOptions] = None) -> ct.Header:
+    """The header :func:`compress_to_file` starts a stream of ``meta`` with under ``options``
+    (``frames`` is 1 when ``meta`` does not know the count; the writer corrects it at the end)
+    → :class:`InputError` when the options or the input cannot be coded (size or rate out of
+    range)."""
+    opts = (options or EncodeOptions()).checked(model)
+    bits, entropy, segment_frames = opts.bits, opts.entropy, opts.segment_frames
     name, prefix = model_identity(model)
     cfg = model.cfg
     tf = cfg.temporal_factor
@@ -148,20 +127,19 @@ def stream_header(model: torch.nn.Module, meta: VideoMeta, *, bits: Optional[int
     return header
 
 
-def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
-                     bits: Optional[int] = None, entropy: str = "context",
-                     segment_frames: Optional[int] = None, progress: Progress = None,
+def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
+                     options: Optional[EncodeOptions] = None, *, progress: Progress = None,
                      fps: Optional[Fraction] = None, audio: bool = True,
-                     bitrate: Optional[float] = None, bpp: Optional[float] = None,
-                     backend: Optional[str] = None, rdo: float = DEFAULT_LAMBDA,
-                     refine: int = DEFAULT_REFINE) -> EncodeResult:
+                     backend: Optional[str] = None, **fields) -> EncodeResult:
     """Encode ``video`` with ``model`` into the binary file object ``fo``.
 
     ``video``: a path PyAV can open, a ``T×H×W×3`` uint8 RGB array (rate ``fps``, default 25)
-    or ``(VideoMeta, iterable of frames)``. ``bits``: LFQ bits stored per token (1..K, default
-    K). ``entropy``: "context" (entropy code where it helps) or "none". ``segment_frames``:
-    1 + f·k frames per segment (default about 2 s). ``progress(n)`` is called as frames are
-    encoded. The frame count is patched into the header at the end when the input did not
+    or ``(VideoMeta, iterable of frames)``. ``options``: an :class:`EncodeOptions` (checked
+    here once; ``fields`` — ``bits=…``, ``rdo=…`` — replace its fields, so that
+    ``compress_to_file(m, v, fo, bits=6)`` reads as before). Its fields: ``bits``: bits stored
+    per token (1..K, default K). ``entropy``: "context" (entropy code where it helps) or
+    "none". ``segment_frames``: 1 + f·k frames per segment (default about 2 s).
+    ``progress(n)`` is called as frames are encoded. The frame count is patched into the header at the end when the input did not
     declare it (needs a seekable ``fo``). ``audio``: carry the audio tracks of a file input
     through unchanged (AUDIO records interleaved with the segments by time, spec §8a); tracks
     that cannot be carried are listed in :attr:`EncodeResult.warnings`. ``backend``: the
@@ -180,26 +158,19 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO, *,
     result misses the target by more than :data:`~neuralcodec.payload.RATE_TOLERANCE`.
     Raises :class:`MGVError` subclasses for bad input.
     """
-    check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames, rdo=rdo,
-                      refine=refine)
-    if bitrate is not None and bpp is not None:
-        raise InputError("give a target bitrate or bpp, not both")
-    for name, v in (("bitrate", bitrate), ("bpp", bpp)):
-        if v is not None and not (isinstance(v, (int, float)) and 0 < v < float("inf")):
-            raise InputError(f"{name} must be a positive number, got {v!r}")
+    opts = EncodeOptions.of(options, **fields).checked(model)
     meta, it = open_video(video, fps)
-    header = stream_header(model, meta, bits=bits, entropy=entropy, segment_frames=segment_frames)
-    check_refine_size(meta.width, meta.height, refine)
-    if bpp is not None:
-        bitrate = bpp * meta.width * meta.height * float(meta.fps)
+    header = stream_header(model, meta, opts)
+    opts.check_frame_size(meta.width, meta.height)
+    bitrate = opts.target_bitrate(meta.width, meta.height, float(meta.fps))
     check_memory(estimate_bytes(model, meta.width, meta.height,
                                 chunk_frames(meta.width * meta.height, model.cfg.temporal_factor),
                                 decoder=False),
                  f"encoding {meta.width}x{meta.height} frames")
     asrc = AudioSource(video) if audio and isinstance(video, (str, Path)) else None
     try:
-        return _compress(model, it, meta, header, fo, progress, asrc, bitrate, backend, rdo,
-                         refine)
+        return _compress(model, it, meta, header, fo, progress, asrc, bitrate, backend, opts.rdo,
+                         opts.refine)
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
@@ -273,10 +244,11 @@ def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progr
                         tuple(asrc.warnings) if asrc is not None else ())
 
 
-def compress(model: torch.nn.Module, video: VideoInput, **kw) -> bytes:
+def compress(model: torch.nn.Module, video: VideoInput, options: Optional[EncodeOptions] = None,
+             **kw) -> bytes:
     """:func:`compress_to_file` into memory → the ``.mgv`` bytes."""
     buf = io.BytesIO()
-    compress_to_file(model, video, buf, **kw)
+    compress_to_file(model, video, buf, options, **kw)
     return buf.getvalue()
 
 

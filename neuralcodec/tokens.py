@@ -32,14 +32,15 @@ import torch
 
 from . import container as ct
 from .chunks import Progress, decode_segment
-from .codec import VideoInput, check_encode_args, open_video, stream_header
+from .codec import VideoInput, open_video, stream_header
 from .errors import InputError, MGVError
 from .kernels import bit_weights, token_indices
 from .model import for_inference
+from .options import EncodeOptions
 from .payload import decode_payload
 from .quantizer import indices_to_codes
-from .rdo import DEFAULT_LAMBDA, select_codes
-from .refine import DEFAULT_REFINE, check_refine_size, encode_refined
+from .rdo import select_codes
+from .refine import encode_refined
 from .video_io import VideoMeta
 from .weights import ModelSource, resolve_model
 
@@ -257,19 +258,22 @@ def tokens_from_stream(fo: BinaryIO, bits: Optional[int] = None) -> Tokens:
     return Tokens(header, tuple(segs), tuple(nbits))
 
 
-def tokenize(model: torch.nn.Module, video: VideoInput, *, bits: Optional[int] = None,
-             segment_frames: Optional[int] = None, fps: Optional[Fraction] = None,
-             progress: Progress = None, rdo: float = DEFAULT_LAMBDA,
-             refine: int = DEFAULT_REFINE) -> Tokens:
+def tokenize(model: torch.nn.Module, video: VideoInput, options: Optional[EncodeOptions] = None, *,
+             fps: Optional[Fraction] = None, progress: Progress = None, **fields) -> Tokens:
     """Encode ``video`` (see :func:`neuralcodec.codec.open_video`) → the tokens ``mgv encode``
-    with the same options would store (``bits`` per token, default K; ``segment_frames``,
-    ``rdo`` and ``refine`` as there: :func:`neuralcodec.rdo.select_codes`,
-    :func:`neuralcodec.refine.refine_latents`). The token indices are computed
-    on the model's device (:func:`neuralcodec.kernels.token_indices`)."""
-    check_encode_args(model, bits=bits, segment_frames=segment_frames, rdo=rdo, refine=refine)
+    with the same options would store: ``options`` (an :class:`~neuralcodec.options.EncodeOptions`,
+    checked here once; ``fields`` such as ``bits=…`` replace its fields) — ``bits`` per token
+    (default K), ``segment_frames``, ``rdo`` and ``refine`` as there
+    (:func:`neuralcodec.rdo.select_codes`, :func:`neuralcodec.refine.refine_latents`); rate
+    control and the entropy mode do not apply to tokens. The token indices are computed on
+    the model's device (:func:`neuralcodec.kernels.token_indices`)."""
+    opts = EncodeOptions.of(options, **fields).checked(model)
+    if opts.bitrate is not None or opts.bpp is not None:
+        raise InputError("rate control (bitrate, bpp) does not apply to tokens: give bits")
     meta, it = open_video(video, fps)
-    header = stream_header(model, meta, bits=bits, segment_frames=segment_frames)
-    check_refine_size(meta.width, meta.height, refine)
+    header = stream_header(model, meta, opts)
+    opts.check_frame_size(meta.width, meta.height)
+    refine, rdo = opts.refine, opts.rdo
     model.eval()
     segs: List[np.ndarray] = []
     total = 0

@@ -392,12 +392,12 @@ def test_help_names_the_default_model_and_every_model_has_a_card():
 
 def test_retired_model_streams_get_an_error_naming_the_model_and_commit(tiny, tmp_path):
     """A model whose weights left the package (weights.RETIRED) is not registered, keeps its
-    card, and a stream that names it fails to decode with one line naming the model and the
+    card in the lab's history (lab/notes), and a stream that names it fails to decode with one line naming the model and the
     commit that still ships it; no output file is left."""
     from neuralcodec import codec
     reg = weights.registry()
     for name, commit in weights.RETIRED.items():
-        assert name not in reg and (weights.MODELS_DIR / f"{name}.md").is_file()
+        assert name not in reg and (Path(__file__).resolve().parents[1] / "lab" / "notes" / f"{name}.md").is_file()
         with pytest.raises(weights.WeightsError, match=f"{name}.*{commit}"):
             weights.load_model(name)
     name = next(iter(weights.RETIRED))

@@ -2,7 +2,7 @@
 """Print parameter count, MACs per pixel, and measured training / inference throughput
 (pixels per second) of each tokenizer config on this machine.
 
-    python -m tools.model_stats [--configs paper default tiny] [--frames 9] [--size 64] [--batch 2]
+    python -m tools.model_stats [--configs default p6 tiny] [--frames 9] [--size 64] [--batch 2]
 """
 import argparse
 import time
@@ -23,7 +23,7 @@ def timed(fn, reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", nargs="+", default=["tiny", "default", "paper"])
+    ap.add_argument("--configs", nargs="+", default=["tiny", "default", "p6"])
     ap.add_argument("--frames", type=int, default=9)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=2)

