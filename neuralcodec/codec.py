@@ -106,7 +106,7 @@ def stream_header(model: torch.nn.Module, meta: VideoMeta,
     → :class:`InputError` when the options or the input cannot be coded (size or rate out of
     range)."""
     opts = (options or EncodeOptions()).checked(model)
-    bits, entropy, segment_frames = opts.bits, opts.entropy, opts.segment_frames
+    bits, entropy, segment_frames = opts.stored_bits(model), opts.entropy, opts.segment_frames
     name, prefix = model_identity(model)
     cfg = model.cfg
     tf = cfg.temporal_factor
@@ -117,7 +117,7 @@ def stream_header(model: torch.nn.Module, meta: VideoMeta,
     try:
         header = ct.Header(width=meta.width, height=meta.height, frames=max(1, meta.frames or 1),
                            fps_num=meta.fps.numerator, fps_den=meta.fps.denominator,
-                           model_bits=cfg.bits, bits=cfg.bits if bits is None else bits,
+                           model_bits=cfg.bits, bits=bits,
                            temporal_factor=tf, spatial_factor=cfg.spatial_factor,
                            entropy=ENTROPY_MODES[entropy], segment_frames=seg,
                            model_sha256=prefix, pix_fmt=pix[:32], model_name=name)

@@ -39,6 +39,19 @@ REFINE_LR = 0.05
 # 4 frames peaks at 7 GB at 1280×720 and 14 GB at 1920×1080 (float32 model, bf16 autocast).
 REFINE_MAX_PIXELS = 1920 * 1088
 
+# Encoder effort presets (`mgv encode --preset`), fastest first: each sets the encoder's choice of
+# codes (rdo λ, refinement steps); an --rdo or --refine given explicitly overrides it. Encode time
+# and gain of each, measured on the validation clips: docs/cli.md ("Presets").
+PRESETS = {
+    "fast": {"rdo": DEFAULT_RDO, "refine": DEFAULT_REFINE},  # RDO only (the encoder before presets)
+    "medium": {"rdo": DEFAULT_RDO, "refine": 4},
+    "slow": {"rdo": DEFAULT_RDO, "refine": 10},
+    "veryslow": {"rdo": DEFAULT_RDO, "refine": 20},
+}
+# The preset an encode uses when none is named (keeps DEFAULT_RDO / DEFAULT_REFINE).
+DEFAULT_PRESET = "fast"
+
+
 # Most LFQ bits per token anywhere in the package: the header's u8 bit fields (spec §3), the
 # kernels' int32 token indices and the entropy coder all stop at 32.
 MAX_BITS = 32

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,6 +25,10 @@ from .configs import DEFAULT_RDO, DEFAULT_REFINE
 from .errors import InputError
 
 PSNR_CAP = 100.0  # dB reported for a frame (or plane, or clip) without error
+# The knee of a model's nested-rate curve, where its default rate sits (registry default_bits):
+# the last step up to the default must gain at least this much PSNR-RGB per doubling of the
+# stream's bytes (x265 medium gains about 2-3 dB per doubling over mgv's range on foreman).
+KNEE_DB_PER_DOUBLING = 1.0
 
 
 def psnr_from_mse(mse, peak: float = 255.0) -> np.ndarray:
@@ -80,6 +84,24 @@ def ms_ssim_rgb(ref_rgb: np.ndarray, dec_rgb: np.ndarray, batch: int = 8) -> Dic
     m = float(torch.cat(vals).mean().clamp(0.0, 1.0))
     db = PSNR_CAP if m >= 1.0 else min(PSNR_CAP, -10.0 * math.log10(1.0 - m))
     return {"ms_ssim": m, "ms_ssim_db": db, "ms_ssim_win": win}
+
+
+def knee_bits(points: Sequence[Tuple[int, float, float]],
+              min_db_per_doubling: float = KNEE_DB_PER_DOUBLING) -> int:
+    """The default rate of a model from its measured nested-rate curve: ``points`` are
+    (bits, bytes, PSNR dB) of the same clips at each measured bit count (bytes summed, PSNR
+    pooled) → the largest bits b such that every step between consecutive measured points up
+    to b gains at least ``min_db_per_doubling`` dB per doubling of the bytes (the lowest point
+    always qualifies). ValueError when ``points`` is empty."""
+    pts = sorted(points)
+    if not pts:
+        raise ValueError("no rate points")
+    best = pts[0][0]
+    for (_, r0, q0), (b1, r1, q1) in zip(pts, pts[1:]):
+        if r1 <= r0 or (q1 - q0) / math.log2(r1 / r0) < min_db_per_doubling:
+            break
+        best = b1
+    return int(best)
 
 
 @dataclass(frozen=True)

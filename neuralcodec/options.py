@@ -16,10 +16,10 @@ from typing import Optional, Tuple
 import torch
 
 from . import container as ct
-from .configs import DEFAULT_RDO, DEFAULT_REFINE
+from .configs import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_REFINE, PRESETS
 from .errors import InputError
 from .refine import MAX_REFINE, check_refine_size
-from .weights import model_identity
+from .weights import default_bits, model_identity
 
 # Entropy modes of ``--entropy`` and the header value each writes (spec §5).
 ENTROPY_MODES = {"none": ct.ENTROPY_NONE, "context": ct.ENTROPY_CONTEXT}
@@ -36,7 +36,8 @@ class EncodeOptions:
     """What an encode stores and how hard the encoder works (everything but the input, the
     output and where the model runs)."""
 
-    bits: Optional[int] = None  # bits stored per token, the first b of the nested code (1..K; None: K)
+    bits: Optional[int] = None  # bits stored per token, the first b of the nested code (1..K;
+    #   None: the model's default on its RD hull, all K under rate control; see stored_bits)
     entropy: str = "context"  # segment coding: "context" (entropy coded where smaller) or "none"
     segment_frames: Optional[int] = None  # frames per segment, 1 + f·k (None: about 2 s of video)
     bitrate: Optional[float] = None  # rate control: target video bits per second (None: off)
@@ -55,6 +56,16 @@ class EncodeOptions:
             raise InputError(f"unknown encode option(s): {', '.join(sorted(unknown))}")
         base = options if options is not None else cls()
         return dataclasses.replace(base, checked_for=None, **fields) if fields else base
+
+    @classmethod
+    def from_preset(cls, preset: Optional[str] = None, **fields) -> "EncodeOptions":
+        """The options of ``preset`` (default :data:`DEFAULT_PRESET`) with ``fields`` (those not
+        None) replacing its values → InputError for an unknown preset name."""
+        name = DEFAULT_PRESET if preset is None else preset
+        if name not in PRESETS:
+            raise InputError(f"unknown preset {name!r} (use {', '.join(PRESETS)})")
+        given = {k: v for k, v in fields.items() if v is not None}
+        return cls.of(None, **{**PRESETS[name], **given})
 
     def checked(self, model: torch.nn.Module) -> "EncodeOptions":
         """These options validated for ``model`` → a copy marked as checked for it (returned as it
@@ -85,6 +96,16 @@ class EncodeOptions:
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_REFINE:
             raise InputError(f"refine steps must be an integer in 0..{MAX_REFINE}, got {n!r}")
         return dataclasses.replace(self, checked_for=ident)
+
+    def stored_bits(self, model: torch.nn.Module) -> int:
+        """Bits per token the encode stores (at most, under rate control): ``bits`` when given;
+        with rate control all K (the target decides); otherwise the model's default, its
+        measured RD knee (:func:`neuralcodec.weights.default_bits`)."""
+        if self.bits is not None:
+            return self.bits
+        if self.bitrate is not None or self.bpp is not None:
+            return int(model.cfg.bits)
+        return default_bits(model)
 
     def check_frame_size(self, width: int, height: int) -> None:
         """InputError when the encoder effort asked for cannot run on frames of this size."""

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 
 from . import container as ct
-from .configs import DEFAULT_MODEL, TokenizerConfig
+from .configs import DEFAULT_MODEL, MAX_BITS, TokenizerConfig
 from .errors import ModelError
 from .model import Tokenizer
 
@@ -40,6 +40,8 @@ class ModelEntry:
     file: str  # weights file name inside the models folder
     sha256: str  # hex sha256 of the weights file
     folder: Optional[Path] = None  # models folder holding file and registry.json (None: the package's)
+    default_bits: Optional[int] = None  # bits per token an encode stores unless told: the model's
+    #   measured RD knee (tools/eval_model --hull on validation clips; None: all K bits)
 
     @property
     def path(self) -> Path:
@@ -58,7 +60,13 @@ def registry(models_dir: Optional[Path] = None) -> Dict[str, ModelEntry]:
         return {}
     data = json.loads(reg_file.read_text())
     folder = None if models_dir is None else Path(models_dir)
-    return {n: ModelEntry(n, e["file"], e["sha256"], folder) for n, e in data.items()}
+    out = {}
+    for n, e in data.items():
+        b = e.get("default_bits")
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BITS):
+            raise WeightsError(f"{reg_file}: default_bits of {n} must be an integer in 1..{MAX_BITS}")
+        out[n] = ModelEntry(n, e["file"], e["sha256"], folder, b)
+    return out
 
 
 def file_sha256(path: Path) -> str:
@@ -132,13 +140,28 @@ def load_model(name: str = DEFAULT_MODEL, models_dir: Optional[Path] = None) -> 
     return load_weights_file(e.path, e.sha256, name=name)
 
 
-def register(name: str, file: str, sha256: str, models_dir: Optional[Path] = None) -> None:
+def register(name: str, file: str, sha256: str, models_dir: Optional[Path] = None,
+             default_bits: Optional[int] = None) -> None:
     """Add or replace a registry entry (used by the export and import tools) in
     ``models_dir`` (default: the package's models folder)."""
     reg_file = _registry_file(models_dir)
     data = json.loads(reg_file.read_text()) if reg_file.exists() else {}
     data[name] = {"file": file, "sha256": sha256}
+    if default_bits is not None:
+        data[name]["default_bits"] = int(default_bits)
     reg_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def default_bits(model: torch.nn.Module) -> int:
+    """Bits per token an encode with ``model`` stores unless told otherwise: the registry's
+    ``default_bits`` of the registered model with this name and weights (its measured RD knee),
+    else all K bits (a model outside the registry, or registered without one)."""
+    k = int(model.cfg.bits)
+    name, sha = getattr(model, "name", None), getattr(model, "sha256", None)
+    e = registry().get(name) if isinstance(name, str) else None
+    if e is None or e.default_bits is None or e.sha256 != sha:
+        return k
+    return min(e.default_bits, k)
 
 
 # ---- identity checks --------------------------------------------------------------------------

@@ -251,6 +251,9 @@ def test_make_codec_names():
     assert ref.encode_cmd(Path("s"), Path("o"), 6, 8, 8)[-4:-2] == ["--refine", "10"]
     assert "--refine" not in C.make_codec("mgv").encode_cmd(Path("s"), Path("o"), 6, 8, 8)
     assert C.make_codec("mgv-context-refine3@m").name == "mgv-context-refine3@m"
+    slow = C.make_codec("mgv-slow")  # an encoder preset: its own name and cache entries
+    assert slow.name == "mgv-slow" and slow.preset == "slow"
+    assert slow.encode_cmd(Path("s"), Path("o"), 6, 8, 8)[-4:] == ["--preset", "slow", "-y", "-q"]
     with pytest.raises(InputError):
         C.make_codec("mgv-zip")
     av1 = C.make_codec("svtav1-p8")

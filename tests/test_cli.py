@@ -436,3 +436,23 @@ def test_progress_has_a_total_for_raw_h264(runner, tmp_path):
     assert r.exit_code == 0, r.output
     assert totals == [13]
     assert vio.count_frames(tmp_path / "missing.264") is None
+
+
+def test_preset_sets_the_encoder_effort_and_explicit_options_win(runner, tmp_path):
+    """--preset medium encodes as --refine <medium's steps>; an explicit --refine overrides the
+    preset; an unknown preset is a usage error."""
+    from neuralcodec.configs import PRESETS
+    src = make_video(tmp_path / "in.mkv", t=5)
+
+    def enc(name, *args):
+        r = runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / name), "-q", *args])
+        assert r.exit_code == 0, r.output
+        return (tmp_path / name).read_bytes()
+
+    medium = enc("medium.mgv", "--preset", "medium")
+    assert medium == enc("r.mgv", "--refine", str(PRESETS["medium"]["refine"]))
+    assert medium != enc("fast.mgv")
+    assert enc("f.mgv", "--preset", "medium", "--refine", "0") == enc("fast2.mgv", "--preset", "fast")
+    r = runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "x.mgv"), "--preset", "placebo"])
+    one_error_line(r, 3)
+    assert not (tmp_path / "x.mgv").exists()

@@ -43,3 +43,15 @@ def test_measure_is_the_codec_round_trip(make_tiny):
     assert pt.bpp == pytest.approx(8 * len(pt.stream) / (9 * 30 * 42))
     assert pt.ms_ssim is None and "stream" not in pt.row() and pt.row()["bytes"] == pt.bytes
     assert measure(model, v, ssim=False).bits == model.cfg.bits
+
+
+def test_knee_bits_stops_where_a_doubling_gains_too_little():
+    from neuralcodec.evaluate import knee_bits
+    # 6 → 12: 2 dB for 2x bytes; 12 → 18: 1.2 dB for 2x; 18 → 24: 0.3 dB for 1.8x
+    curve = [(24, 7200, 26.5), (6, 1000, 23.0), (12, 2000, 25.0), (18, 4000, 26.2)]
+    assert knee_bits(curve) == 18
+    assert knee_bits(curve, min_db_per_doubling=1.5) == 12
+    assert knee_bits(curve, min_db_per_doubling=0.1) == 24
+    assert knee_bits([(6, 10, 20.0), (12, 10, 21.0)]) == 6  # no more bytes: no step
+    with pytest.raises(ValueError):
+        knee_bits([])

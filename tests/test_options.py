@@ -38,3 +38,45 @@ def test_api_takes_the_object_or_its_fields(make_tiny):
     assert codec.compress(model, v, opts) == codec.compress(model, v, bits=4, rdo=0.0)
     assert codec.compress(model, v, opts, bits=5) == codec.compress(model, v, bits=5, rdo=0.0)
     assert EncodeOptions(bpp=0.5).target_bitrate(10, 10, 25.0) == pytest.approx(1250.0)
+
+
+def test_presets_set_effort_and_explicit_options_win():
+    from neuralcodec.configs import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_REFINE, PRESETS
+    assert PRESETS[DEFAULT_PRESET] == {"rdo": DEFAULT_RDO, "refine": DEFAULT_REFINE}  # today's encoder
+    steps = [PRESETS[p]["refine"] for p in ("fast", "medium", "slow", "veryslow")]
+    assert steps == sorted(steps) and len(set(steps)) == 4  # a ladder: each slower than the last
+    assert EncodeOptions.from_preset() == EncodeOptions()
+    assert EncodeOptions.from_preset("slow").refine == PRESETS["slow"]["refine"]
+    assert EncodeOptions.from_preset("slow", refine=1, rdo=None).refine == 1
+    with pytest.raises(InputError, match="unknown preset"):
+        EncodeOptions.from_preset("placebo")
+
+
+def test_default_bits_come_from_the_registry(tiny, monkeypatch):
+    """No --bits: the registered model's default_bits (its measured knee); under rate control
+    all K; a model outside the registry, or another file under the same name: all K."""
+    from neuralcodec import weights
+    k = tiny.cfg.bits
+    assert EncodeOptions().stored_bits(tiny) == k
+    entry = weights.ModelEntry(tiny.name, "x.safetensors", tiny.sha256, None, 4)
+    monkeypatch.setattr(weights, "registry", lambda models_dir=None: {tiny.name: entry})
+    assert EncodeOptions().stored_bits(tiny) == 4
+    assert EncodeOptions(bits=5).stored_bits(tiny) == 5
+    assert EncodeOptions(bitrate=1e5).stored_bits(tiny) == k
+    data = codec.compress(tiny, clip(t=5))
+    assert codec.decompress(data, model=tiny)[0] is not None
+    from neuralcodec.streaminfo import stream_info
+    import io
+    assert stream_info(io.BytesIO(data)).header.bits == 4
+    other = weights.ModelEntry(tiny.name, "x.safetensors", "00" * 32, None, 4)
+    monkeypatch.setattr(weights, "registry", lambda models_dir=None: {tiny.name: other})
+    assert EncodeOptions().stored_bits(tiny) == k
+
+
+def test_registry_default_bits_is_validated(tmp_path):
+    from neuralcodec import weights
+    (tmp_path / "registry.json").write_text('{"m": {"file": "m.safetensors", "sha256": "00", "default_bits": 0}}')
+    with pytest.raises(weights.WeightsError, match="default_bits"):
+        weights.registry(tmp_path)
+    weights.register("m", "m.safetensors", "00", tmp_path, default_bits=12)
+    assert weights.registry(tmp_path)["m"].default_bits == 12

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from neuralcodec.configs import DEFAULT_RDO, DEFAULT_REFINE
-from neuralcodec.evaluate import measure
+from neuralcodec.evaluate import KNEE_DB_PER_DOUBLING, knee_bits, measure, psnr_from_mse
 from neuralcodec.video_io import VIDEO_EXTS, probe, read_rgb
 from neuralcodec.weights import DEFAULT_MODEL, load_model
 
@@ -40,6 +40,9 @@ def main() -> None:
                     help="only the clips whose file names start with these")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
+    ap.add_argument("--knee", action="store_true",
+                    help="also print the model's default rate: the knee of its curve over all "
+                         "clips (neuralcodec.evaluate.knee_bits; measure on validation clips, never eval/)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model = load_model(a.model)
@@ -67,6 +70,17 @@ def main() -> None:
         ssim = r["ms_ssim"] if r["ms_ssim"] is not None else float("nan")
         print(f"| {r['clip']} | {r['size']} | {r['frames']} | {r['bits']} | {r['bytes']} | {r['bpp']:.4f} "
               f"| {r['raw_bpp']:.4f} | {r['psnr_rgb']:.2f} | {ssim:.4f} |")
+    if a.knee:
+        curve = []
+        for b in sorted(set(a.bits)):
+            rs = [r for r in rows if r["bits"] == b]
+            npx = sum(r["frames"] * r["width"] * r["height"] for r in rs)
+            mse = sum(r["mse"] * r["frames"] * r["width"] * r["height"] for r in rs) / npx
+            curve.append((b, sum(r["bytes"] for r in rs), float(psnr_from_mse(mse))))
+        print("\nbits | bytes (all clips) | PSNR-RGB pooled (dB)\n---|---|---")
+        for b, n, q in curve:
+            print(f"{b} | {n} | {q:.3f}")
+        print(f"\nknee (>= {KNEE_DB_PER_DOUBLING:g} dB per doubling of bytes): {knee_bits(curve)} bits")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
 

@@ -246,7 +246,8 @@ class MGV(Codec):
 
     Rate points are the number of LFQ bits kept per token (nested: one model, every rate).
     ``entropy``: None uses the CLI's default; "none" or "context" is passed as ``--entropy``.
-    ``refine``: encoder refinement steps (``--refine N``; None = the CLI's default, off).
+    ``refine``: encoder refinement steps (``--refine N``; None = the preset's).
+    ``preset``: encoder effort (``--preset NAME``; None = the CLI's default preset).
     """
 
     ext = "mgv"
@@ -254,15 +255,17 @@ class MGV(Codec):
 
     def __init__(self, points: Sequence[int] = MGV_BITS, entropy: Optional[str] = None,
                  model: Optional[str] = None, python: Optional[str] = None,
-                 refine: Optional[int] = None):
+                 refine: Optional[int] = None, preset: Optional[str] = None):
         if entropy not in (None, "none", "context"):
             raise InputError(f"entropy must be none or context, got {entropy!r}")
         self.points = tuple(points)
         self.entropy = entropy
         self.model = model
         self.refine = refine
+        self.preset = preset
         self.python = python or sys.executable
         self.name = (("mgv" if entropy is None else f"mgv-{entropy}")
+                     + (f"-{preset}" if preset is not None else "")
                      + (f"-refine{refine}" if refine is not None else "")
                      + (f"@{model}" if model else ""))
 
@@ -281,6 +284,8 @@ class MGV(Codec):
             cmd += ["--entropy", self.entropy]
         if self.model is not None:
             cmd += ["--model", self.model]
+        if self.preset is not None:
+            cmd += ["--preset", self.preset]
         if self.refine is not None:
             cmd += ["--refine", str(self.refine)]
         return cmd + ["-y", "-q"]
@@ -327,6 +332,7 @@ class MGV(Codec):
 
 def make_codec(name, quick: bool = False, ffmpeg: Optional[str] = None) -> Codec:
     """Codec from its name: ``mgv``, ``mgv-none``, ``mgv-context`` (each with an optional
+    ``-PRESET``, encoder effort: ``mgv-slow``, an optional
     ``-refineN``, encoder refinement steps: ``mgv-refine10``, and an optional
     ``@MODEL``, a registered model other than the default: ``mgv@mgv-s4-v1``),
     ``x265-<preset>-ra|ld``, ``vvenc-<preset>``, ``x264-<preset>``, ``svtav1-p<n>``. ``quick``
@@ -334,10 +340,13 @@ def make_codec(name, quick: bool = False, ffmpeg: Optional[str] = None) -> Codec
     if isinstance(name, Codec):
         return name
     pts = QUICK_POINTS if quick else None
-    m = re.fullmatch(r"mgv(?:-(none|context))?(?:-refine(\d+))?(?:@([\w.-]+))?", name)
+    from neuralcodec.configs import PRESETS
+
+    m = re.fullmatch(r"mgv(?:-(none|context))?(?:-(" + "|".join(PRESETS) + r"))?(?:-refine(\d+))?"
+                     r"(?:@([\w.-]+))?", name)
     if m:
-        refine = int(m.group(2)) if m.group(2) is not None else None
-        return MGV(entropy=m.group(1), model=m.group(3), refine=refine)
+        refine = int(m.group(3)) if m.group(3) is not None else None
+        return MGV(entropy=m.group(1), model=m.group(4), refine=refine, preset=m.group(2))
     m = re.fullmatch(r"x265-(\w+)-(ra|ld)", name)
     if m:
         return X265(m.group(1), m.group(2) == "ld", pts or CRF_POINTS, ffmpeg)

@@ -21,7 +21,7 @@ import click
 
 from .. import __version__
 from .. import video_io as vio
-from ..configs import DEFAULT_MODEL, DEFAULT_RDO, DEFAULT_REFINE
+from ..configs import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_RDO, PRESETS
 from ..errors import InputError, OutputError, StreamError
 from ..outputs import atomic_output
 from ..resources import release_large_blocks
@@ -74,7 +74,9 @@ def main() -> None:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="output .mgv file")
 @click.option("--model", "model_name", default=None,
               help="registered model name [default: " + DEFAULT_MODEL + "]")
-@click.option("--bits", type=int, default=None, help="bits stored per token, the first B of the model's nested code (1..K) [default: K]")
+@click.option("--bits", type=int, default=None,
+              help="bits stored per token, the first B of the model's nested code (1..K) "
+                   "[default: the model's, on its RD hull; K under --bitrate / --bpp]")
 @click.option("--entropy", type=click.Choice(["none", "context"]), default="context", show_default=True)
 @DEVICE_OPTION
 @precision_option("CPU/GPU")
@@ -85,37 +87,41 @@ def main() -> None:
               help="target rate of the video, bits/s (50k, 1.5M): each segment stores the most "
                    "bits per token (up to --bits) that keep the stream within it")
 @click.option("--bpp", type=float, default=None, help="target rate in bits per pixel (like --bitrate)")
-@click.option("--rdo", type=float, default=DEFAULT_RDO, show_default=True,
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+              help="encoder effort: fast (RDO only), medium, slow, veryslow (more refinement "
+                   "steps: better codes for the decoder, slower; docs/cli.md has the measured "
+                   "speed and gain of each); --rdo / --refine override it")
+@click.option("--rdo", type=float, default=None,
               help="rate-distortion trade of the encoder: a token repeats the previous latent "
                    "frame's when that adds at most this much squared error, in quantization "
-                   "steps (0 = off; larger = smaller stream, slightly blurrier motion)")
-@click.option("--refine", type=int, default=DEFAULT_REFINE, show_default=True, metavar="N",
-              help="encoder effort: N optimisation steps per chunk that choose the codes the "
-                   "decoder reconstructs best (2-3 decoder passes each; 10 steps gained "
-                   "0.3-0.7 dB PSNR at equal rate for 45-90x the encode time, docs/benchmarks.md; 0 = off)")
+                   "steps (0 = off; larger = smaller stream, slightly blurrier motion) "
+                   f"[default: the preset's, {DEFAULT_RDO:g}]")
+@click.option("--refine", type=int, default=None, metavar="N",
+              help="N optimisation steps per chunk that choose the codes the decoder "
+                   "reconstructs best (2-3 decoder passes each; 0 = off) [default: the preset's]")
 @FORCE_OPTION
 @QUIET_OPTION
 def encode(input: Path, output: Path, model_name: Optional[str], bits: Optional[int], entropy: str,
            device: str, precision: str, segment_frames: Optional[int], bitrate: Optional[str],
-           bpp: Optional[float], rdo: float, refine: int, force: bool, quiet: bool) -> None:
+           bpp: Optional[float], preset: str, rdo: Optional[float], refine: Optional[int],
+           force: bool, quiet: bool) -> None:
     """Encode a video file (anything FFmpeg reads) into an .mgv stream.
 
     INPUT "-" reads the video from stdin (y4m, nut, mkv: anything FFmpeg reads from a pipe;
     its audio is not carried)."""
-    run(_encode, input, output, model_name, bits, entropy, device, segment_frames, force, quiet,
-         bitrate, bpp, precision, rdo, refine)
+    run(_encode, input, output, model_name, device, precision, force, quiet, preset, bits=bits,
+        entropy=entropy, segment_frames=segment_frames, bitrate=bitrate, bpp=bpp, rdo=rdo,
+        refine=refine)
 
 
-def _encode(input: Path, output: Path, model_name, bits, entropy, device, segment_frames,
-            force, quiet, bitrate=None, bpp=None, precision="auto", rdo=DEFAULT_RDO,
-            refine=DEFAULT_REFINE) -> None:
+def _encode(input: Path, output: Path, model_name, device, precision, force, quiet, preset,
+            bitrate=None, **fields) -> None:
     from .. import codec
     from ..options import EncodeOptions
     from ..payload import parse_rate
 
-    opts = EncodeOptions(bits=bits, entropy=entropy, segment_frames=segment_frames, rdo=rdo,
-                         refine=refine, bpp=bpp,
-                         bitrate=parse_rate(bitrate) if bitrate is not None else None)
+    opts = EncodeOptions.from_preset(preset, bitrate=parse_rate(bitrate) if bitrate is not None else None,
+                                     **fields)
 
     if str(output) == "-":
         raise OutputError("encode writes a file (the frame count is patched into its header)")

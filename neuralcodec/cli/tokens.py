@@ -9,7 +9,7 @@ from typing import Optional
 import click
 
 from .. import video_io as vio
-from ..configs import DEFAULT_MODEL, DEFAULT_RDO, DEFAULT_REFINE
+from ..configs import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_RDO, PRESETS
 from ..errors import InputError, OutputError
 from ..outputs import atomic_output
 from . import main
@@ -25,24 +25,26 @@ from .common import (DEVICE_OPTION, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP, QU
 @click.option("--model", "model_name", default=None,
               help="registered model for a video INPUT [default: " + DEFAULT_MODEL + "]")
 @click.option("--bits", type=int, default=None,
-              help="bits per token (1..K; for a stream: keep its first B bits) [default: all]")
+              help="bits per token (1..K; for a stream: keep its first B bits) [default: a "
+                   "stream's stored bits; for a video, what mgv encode stores: the model's default]")
 @click.option("--split", "split", default=None,
               help="also write sub-tokens of these bit group sizes, low bits first, e.g. 9,9")
 @click.option("--segment-frames", type=int, default=None,
               help="frames per segment for a video INPUT, 1 + f·k (f = the model's temporal "
                    "factor, 4 for the default) [default: about 2 s]")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+              help=f"for a video INPUT: encoder effort, as `mgv encode --preset` [default: {DEFAULT_PRESET}]")
 @click.option("--rdo", type=float, default=None,
               help="for a video INPUT: the encoder's repeat threshold, as `mgv encode --rdo` "
-                   f"(0 = the plain signs of the latents) [default: {DEFAULT_RDO:g}]")
+                   f"(0 = the plain signs of the latents) [default: the preset's, {DEFAULT_RDO:g}]")
 @click.option("--refine", type=int, default=None, metavar="N",
-              help="for a video INPUT: encoder effort, as `mgv encode --refine` "
-                   f"[default: {DEFAULT_REFINE}]")
+              help="for a video INPUT: refinement steps, as `mgv encode --refine` [default: the preset's]")
 @DEVICE_OPTION
 @FORCE_OPTION
 @QUIET_OPTION
 def tokens(input: Path, output: Path, model_name: Optional[str], bits: Optional[int],
-           split: Optional[str], segment_frames: Optional[int], rdo: Optional[float],
-           refine: Optional[int], device: str, force: bool, quiet: bool) -> None:
+           split: Optional[str], segment_frames: Optional[int], preset: Optional[str],
+           rdo: Optional[float], refine: Optional[int], device: str, force: bool, quiet: bool) -> None:
     """Write the LFQ tokens of a video or an .mgv stream to a .safetensors file.
 
     A video INPUT is encoded (the tokens `mgv encode` would store); an .mgv INPUT is read
@@ -50,11 +52,11 @@ def tokens(input: Path, output: Path, model_name: Optional[str], bits: Optional[
     tokens.{i} (t×h×w, token index sum_k 2^k·bit_k) for segment i, sub-tokens
     subtokens.{i}.{j} with --split, and the header fields as JSON metadata ("mgv")."""
     run(_tokens, input, output, model_name, bits, split, segment_frames, device, force, quiet,
-        rdo, refine)
+        preset, rdo, refine)
 
 
 def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_frames, device,
-            force, quiet, rdo=None, refine=None) -> None:
+            force, quiet, preset=None, rdo=None, refine=None) -> None:
     from .. import tokens as tk
     from ..options import EncodeOptions
 
@@ -65,20 +67,19 @@ def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_fra
     t0 = time.perf_counter()
     if is_mgv(input):
         if (model_name is not None or segment_frames is not None or rdo is not None
-                or refine is not None):
-            raise InputError("--model, --segment-frames, --rdo and --refine apply to a video "
+                or refine is not None or preset is not None):
+            raise InputError("--model, --segment-frames, --preset, --rdo and --refine apply to a video "
                              "INPUT; an .mgv stream names its model and stores its tokens")
         with open_input(input) as fo:
             tok = tk.tokens_from_stream(fo, bits=bits)
     else:
         meta = vio.probe(input)
         model = load_model(model_name, device)
-        opts = EncodeOptions(bits=bits, segment_frames=segment_frames,
-                             rdo=DEFAULT_RDO if rdo is None else rdo,
-                             refine=DEFAULT_REFINE if refine is None else refine).checked(model)
+        opts = EncodeOptions.from_preset(preset, bits=bits, segment_frames=segment_frames, rdo=rdo,
+                                         refine=refine).checked(model)
         opts.check_frame_size(meta.width, meta.height)
         if split:
-            tk.check_split(split, bits or model.cfg.bits)
+            tk.check_split(split, opts.stored_bits(model))
         with progress(meta.frames, quiet, "tokens") as bar:
             tok = tk.tokenize(model, input, opts, progress=bar.update)
     if split:
