@@ -28,7 +28,7 @@ from ..resources import release_large_blocks
 from .common import (DEVICE_OPTION, EXIT_INTERRUPTED, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP,
                      QUIET_OPTION, check_output, fail, load_model, on_sigterm, open_input,
                      output_kind, parse_frames, precision_option, progress, report, run,
-                     same_file, warn, write_output)
+                     same_file, std_stream, warn, write_output)
 
 # the modules that import torch are imported by the commands that need them (--help stays fast)
 
@@ -124,9 +124,10 @@ def _encode(input: Path, output: Path, model_name, bits, entropy, device, segmen
         raise OutputError("input and output are the same file")
     check_output(input, output, force)
     if str(input) == "-":
-        if sys.stdin is not None and sys.stdin.isatty():
+        stdin = std_stream("stdin")
+        if sys.stdin.isatty():
             raise InputError("stdin is a terminal: pipe a video into it (e.g. from ffmpeg -f yuv4mpegpipe -)")
-        meta, frames = vio.open_pipe(click.get_binary_stream("stdin"))
+        meta, frames = vio.open_pipe(stdin)
         video = (meta, frames)
     else:
         meta = vio.probe(input)
