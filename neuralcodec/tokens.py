@@ -37,7 +37,7 @@ from . import container as ct
 from .chunks import Progress, decode_segment
 from .codec import VideoInput, check_encode_args, open_video, stream_header
 from .errors import InputError, MGVError
-from .resources import check_memory
+from .resources import check_decoder_memory, check_memory
 from .kernels import token_indices
 from .model import for_inference
 from .payload import payload_frames
@@ -660,6 +660,7 @@ def detokenize_frames(model: ModelSource, tokens: Tokens, progress: Progress = N
     m = resolve_model(header, model).eval()
     if model is None:  # as decompress_from_file runs a model it loads
         for_inference(m, "cpu", precision)
+    check_decoder_memory(m, header)
     h, w = header.latent_hw
 
     def gen() -> Iterator[np.ndarray]:
