@@ -13,7 +13,8 @@ A token is the index ``Σ_k 2^k · bit_k`` over the ``b`` stored bits of a laten
 least significant bit). Segment ``i`` of a stream becomes one ``t×h×w`` integer array (latent
 frames × token rows × token columns); segments are independent, as in the stream.
 
-File layout (``.safetensors``): tensor ``tokens.{i}`` (int32, or int64 when a token can have
+File layout (``.safetensors``, specified in ``bitstream_spec.md`` appendix B, read as untrusted
+input: :class:`TokensFile`): tensor ``tokens.{i}`` (int32, or int64 when a token can have
 32 bits) for segment i; with ``split=(s_0, s_1, …)`` also ``subtokens.{i}.{j}``, the bits
 ``Σ_{l<j} s_l`` … ``Σ_{l≤j} s_l − 1`` of each token as an index of ``2^{s_j}`` (Open-MAGVIT2's
 factorized vocabularies: ``split=(9, 9)`` turns 2^18 into two vocabularies of 512). The
