@@ -162,6 +162,7 @@ def parse_split(spec: Optional[str]) -> Optional[Tuple[int, ...]]:
 DTYPES = {"I8": "<i1", "U8": "<u1", "I16": "<i2", "U16": "<u2", "I32": "<i4", "U32": "<u4",
           "I64": "<i8", "U64": "<u8"}
 MAX_FILE_HEADER = 1 << 24  # bytes of the safetensors JSON header (safetensors allows 100 MB)
+MIN_ENTRY_BYTES = 64  # the fewest header bytes one tensor entry takes (name, dtype, shape, offsets)
 MAX_MGV_JSON = 1 << 23  # bytes of the "mgv" metadata value
 MAX_JSON_DEPTH = 3  # nesting of either JSON text: {name: {"shape": [...]}} / {"split": [...]}
 MAX_STRING = 256  # characters of a metadata string we read (model, pix_fmt, token, …)
@@ -315,6 +316,10 @@ class FileLayout:
     def __init__(self, header: ct.Header, bits: Sequence[int],
                  split: Optional[Sequence[int]] = None) -> None:
         self.header, self.bits, self.split = header, tuple(bits), tuple(split or ())
+        tensors = header.segment_count * (1 + len(self.split))
+        if tensors * MIN_ENTRY_BYTES > MAX_FILE_HEADER:  # refused before building the table
+            raise InputError(f"{header.segment_count} segments would need {tensors} tensors, "
+                             f"more than a tokens file header of {MAX_FILE_HEADER} bytes holds")
         self.dtype = "I64" if header.bits > 31 else "I32"
         item = np.dtype(DTYPES[self.dtype]).itemsize
         h, w = header.latent_hw

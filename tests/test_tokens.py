@@ -397,3 +397,12 @@ def test_detokenize_refuses_a_frame_size_the_decoder_cannot_hold(runner, small_t
     r = runner.invoke(cli.main, ["detokenize", str(p), "-o", str(tmp_path / "o.y4m")])
     assert "decoding 8192x4096 frames needs about" in one_error_line(r, 1)
     assert leftovers(tmp_path) == [] and not (tmp_path / "o.y4m").exists()
+
+
+def test_a_header_too_large_for_its_segments_is_refused_before_it_is_built():
+    """2^20 one-frame segments would need an 80 MB safetensors header: refused from the count."""
+    h = ct.Header(width=16, height=16, frames=1 << 20, fps_num=25, fps_den=1, model_bits=6,
+                  bits=6, temporal_factor=4, spatial_factor=4, entropy=0, segment_frames=1,
+                  model_sha256=bytes(16), pix_fmt="rgb24", model_name="x")
+    with pytest.raises(InputError, match="1048576 tensors"):
+        tk.FileLayout(h, [6] * h.segment_count)
