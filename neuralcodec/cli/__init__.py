@@ -1,7 +1,9 @@
 """The ``mgv`` command line: ``encode``, ``decode``, ``info``, ``tokens``, ``detokenize``.
 
 The CLI only parses arguments, shows progress (tqdm, stderr), prints results (stdout) and maps
-errors to one line on stderr and an exit code (:mod:`neuralcodec.errors`; 130 for Ctrl-C).
+errors to one line on stderr and an exit code (:mod:`neuralcodec.errors`: 1 resources, 2 a
+damaged stream, 3 bad input and usage errors — a bad option, ``-`` with stdin or stdout
+closed —, 4 output, 5 model; 130 for Ctrl-C).
 Outputs are written to a temporary file beside the target and renamed into place on success
 (:mod:`neuralcodec.outputs`), so a failed or interrupted command leaves no partial file.
 """
