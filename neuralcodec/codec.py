@@ -33,15 +33,15 @@ import torch
 
 from . import container as ct
 from .audio import AudioSink, AudioSource, write_audio
-from .chunks import Progress, chunk_frames, decoder_step
-from .errors import InputError, MGVError, ResourceError, Truncated
+from .chunks import Progress, chunk_frames
+from .errors import InputError, MGVError, ResourceError
 from .model import PRECISIONS, for_inference
 from .options import ENTROPY_MODES, EncodeOptions
 from .payload import RATE_TOLERANCE, SEGMENT_OVERHEAD, STREAM_TAIL, encode_payload, rate_payload
 from .rdo import select_codes
 from .refine import encode_refined
-from .recovery import OnDamage, decode_plan, segment_plan, segments_held, too_much_concealment
-from .resources import check_memory, estimate_bytes, is_out_of_memory
+from .recovery import OnDamage, check_stream_size, decode_plan, segment_plan
+from .resources import check_decoder_memory, check_memory, estimate_bytes, is_out_of_memory
 from .video_io import VideoMeta, frames_of, probe, read_frames
 from .weights import ModelSource, model_identity, resolve_model
 
@@ -297,19 +297,11 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
     a, b = _frame_range(header, frames)
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    held = segments_held(reader)
-    if held is not None and held < header.segment_count:
-        kept = min(header.frames, held * header.segment_frames)
-        if on_damage is None or too_much_concealment(header.frames - kept, kept):
-            raise Truncated(f"the header announces {header.segment_count} segments of "
-                            f"{header.frames} frames, the file's bytes can hold at most {held}")
+    check_stream_size(reader, recover=on_damage is not None)
     m = resolve_model(header, model).eval()
     if model is None:
         for_inference(m, "cpu", precision)
-    tf = header.temporal_factor
-    check_memory(estimate_bytes(m, header.width, header.height,
-                                tf * decoder_step(header.width, header.height, tf)),
-                 f"decoding {header.width}x{header.height} frames")
+    check_decoder_memory(m, header)
     first_seg = a // header.segment_frames
     last_seg = (b - 1) // header.segment_frames
     full = (a, b) == (0, header.frames)

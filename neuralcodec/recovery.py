@@ -94,6 +94,21 @@ def segments_held(reader: ct.Reader) -> Optional[int]:
     return None if size is None else max(0, (size - reader.records_offset) // MIN_SEGMENT_RECORD)
 
 
+def check_stream_size(reader: ct.Reader, recover: bool = False) -> None:
+    """Spec §8b: a seekable file whose bytes cannot hold the header's S segments is
+    :class:`Truncated` at once for a strict reader (``recover`` False), and for a recovering
+    one when the frames it would have to conceal exceed :func:`too_much_concealment`. The one
+    check of every strict reader of segments (``mgv decode``, ``mgv tokens``)."""
+    header = reader.header
+    held = segments_held(reader)
+    if held is None or held >= header.segment_count:
+        return
+    kept = min(header.frames, held * header.segment_frames)
+    if not recover or too_much_concealment(header.frames - kept, kept):
+        raise Truncated(f"the header announces {header.segment_count} segments of "
+                        f"{header.frames} frames, the file's bytes can hold at most {held}")
+
+
 def _first_line(e: BaseException) -> str:
     return str(e).splitlines()[0]
 

@@ -76,6 +76,19 @@ def check_memory(need: int, what: str) -> None:
                             f"{budget / 2**30:.1f} GiB available")
 
 
+def check_decoder_memory(model: torch.nn.Module, header) -> None:
+    """Refuse (:class:`ResourceError`) to decode frames of ``header``'s size (an
+    :class:`~neuralcodec.container.Header`) when the decoder's estimated peak memory
+    (:func:`estimate_bytes` for one decoder chunk) exceeds :func:`memory_budget`: the one
+    up-front check of ``mgv decode`` and ``mgv detokenize``."""
+    from .chunks import decoder_step
+
+    tf = header.temporal_factor
+    check_memory(estimate_bytes(model, header.width, header.height,
+                                tf * decoder_step(header.width, header.height, tf)),
+                 f"decoding {header.width}x{header.height} frames")
+
+
 def is_out_of_memory(e: BaseException) -> bool:
     if isinstance(e, MemoryError):
         return True

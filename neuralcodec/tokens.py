@@ -13,7 +13,8 @@ A token is the index ``Σ_k 2^k · bit_k`` over the ``b`` stored bits of a laten
 least significant bit). Segment ``i`` of a stream becomes one ``t×h×w`` integer array (latent
 frames × token rows × token columns); segments are independent, as in the stream.
 
-File layout (``.safetensors``): tensor ``tokens.{i}`` (int32, or int64 when a token can have
+File layout (``.safetensors``, specified in ``bitstream_spec.md`` appendix B, read as untrusted
+input: :class:`neuralcodec.tokenfile.TokensFile`): tensor ``tokens.{i}`` (int32, or int64 when a token can have
 32 bits) for segment i; with ``split=(s_0, s_1, …)`` also ``subtokens.{i}.{j}``, the bits
 ``Σ_{l<j} s_l`` … ``Σ_{l≤j} s_l − 1`` of each token as an index of ``2^{s_j}`` (Open-MAGVIT2's
 factorized vocabularies: ``split=(9, 9)`` turns 2^18 into two vocabularies of 512). The
@@ -21,11 +22,10 @@ metadata key ``mgv`` holds the header fields as JSON (:meth:`Tokens.metadata`).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,19 +33,25 @@ import torch
 from . import container as ct
 from .chunks import Progress, decode_segment
 from .codec import VideoInput, open_video, stream_header
-from .errors import InputError, MGVError
+from .errors import InputError
+from .resources import check_decoder_memory, check_memory
 from .kernels import bit_weights, token_indices
 from .model import for_inference
 from .options import EncodeOptions
-from .payload import decode_payload
+from .payload import payload_frames
+from .recovery import check_stream_size
+from .tokenfile import (FORMAT, FORMAT_VERSION, FileLayout, TokensFile, check_split, metadata_dict,
+                        parse_metadata, parse_split)
 from .quantizer import indices_to_codes
 from .rdo import select_codes
 from .refine import encode_refined
 from .video_io import VideoMeta
 from .weights import ModelSource, resolve_model
 
-FORMAT = "mgv-tokens"  # value of the metadata key "format"
-FORMAT_VERSION = 1  # bumped when the file layout changes incompatibly
+# The file format lives in neuralcodec.tokenfile; its public names are also this module's.
+__all__ = ["FORMAT", "FORMAT_VERSION", "FileLayout", "Tokens", "TokensFile", "bits_to_tokens",
+           "check_split", "detokenize", "detokenize_frames", "metadata_dict", "parse_metadata",
+           "parse_split", "plan_stream_tokens", "tokenize", "tokens_from_stream", "write_stream_tokens"]
 
 
 @dataclass(frozen=True)
@@ -97,16 +103,9 @@ class Tokens:
         return out
 
     def metadata(self, split: Optional[Sequence[int]] = None) -> dict:
-        """The header fields as a JSON-friendly dict (stored under the metadata key ``mgv``)."""
-        h = self.header
-        return {"model": h.model_name, "model_sha256": h.model_sha256.hex(),
-                "model_bits": h.model_bits, "bits": h.bits, "segment_bits": list(self.bits),
-                "width": h.width, "height": h.height, "fps": f"{h.fps_num}/{h.fps_den}",
-                "frames": h.frames, "segment_frames": h.segment_frames,
-                "segments": len(self.segments), "latent_hw": list(h.latent_hw),
-                "temporal_factor": h.temporal_factor, "spatial_factor": h.spatial_factor,
-                "pix_fmt": h.pix_fmt, "split": list(split) if split else None,
-                "token": "sum_k 2^k * bit_k, bit k = 1 iff latent z_k > 0 (bitstream_spec.md §5)"}
+        """The header fields as a JSON-friendly dict (stored under the metadata key ``mgv``;
+        schema: :func:`parse_metadata`)."""
+        return metadata_dict(self.header, self.bits, split)
 
     # ---- files -----------------------------------------------------------------------------
     def tensors(self, split: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
@@ -123,111 +122,20 @@ class Tokens:
 
     def save(self, target: Union[str, Path], split: Optional[Sequence[int]] = None) -> None:
         """Write a ``.safetensors`` file (see the module docstring)."""
-        from safetensors.numpy import save_file
-
-        save_file(self.tensors(split), str(target),
-                  metadata={"format": FORMAT, "version": str(FORMAT_VERSION),
-                            "mgv": json.dumps(self.metadata(split))})
+        sizes = check_split(split, self.header.bits) if split else None
+        layout = FileLayout(self.header, self.bits, sizes)
+        with open(target, "wb") as fo:
+            layout.write(fo, lambda i: iter(self.segments[i]))
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Tokens":
         """Read a tokens file written by :meth:`save` (or made by a generative model with the
-        same tensors and metadata) → :class:`InputError` when it is not one or is inconsistent.
-        ``tokens.{i}`` may be absent when every ``subtokens.{i}.{j}`` is present."""
-        from safetensors import SafetensorError, safe_open
-
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"{p}: no such file")
-        try:
-            with safe_open(str(p), framework="numpy") as f:
-                md = f.metadata() or {}
-                arrays = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise InputError(f"{p}: not a safetensors file ({str(e).splitlines()[0]})") from None
-        if md.get("format") != FORMAT or "mgv" not in md:
-            raise InputError(f"{p}: not an mgv tokens file (metadata 'format' is not {FORMAT!r})")
-        try:
-            return from_arrays(arrays, json.loads(md["mgv"]))
-        except InputError as e:
-            raise InputError(f"{p}: {e}") from None
-        except (ValueError, TypeError, KeyError) as e:
-            raise InputError(f"{p}: bad metadata ({type(e).__name__}: {e})") from None
-
-
-def check_split(sizes: Sequence[int], bits: int) -> Tuple[int, ...]:
-    """Validate a sub-token split (positive sizes adding up to ``bits``) → tuple."""
-    sizes = tuple(int(s) for s in sizes)
-    if not sizes or any(s < 1 for s in sizes) or sum(sizes) != bits:
-        raise InputError(f"split {','.join(map(str, sizes))} must be positive sizes adding up to "
-                         f"the {bits} stored bits")
-    return sizes
-
-
-def parse_split(spec: Optional[str]) -> Optional[Tuple[int, ...]]:
-    """"9,9" → (9, 9); None → None (:class:`InputError` for anything else)."""
-    if spec is None:
-        return None
-    try:
-        return tuple(int(x) for x in spec.split(","))
-    except ValueError:
-        raise InputError(f"--split {spec!r}: expected sizes like 9,9") from None
-
-
-def from_arrays(arrays: Dict[str, np.ndarray], md: dict) -> Tokens:
-    """Tokens from ``tokens.{i}`` / ``subtokens.{i}.{j}`` arrays and the ``mgv`` metadata
-    dict → :class:`InputError` when they disagree (shape, range, segment count)."""
-    fps = Fraction(md["fps"])
-    try:
-        header = ct.Header(width=int(md["width"]), height=int(md["height"]), frames=int(md["frames"]),
-                           fps_num=fps.numerator, fps_den=fps.denominator,
-                           model_bits=int(md["model_bits"]), bits=int(md["bits"]),
-                           temporal_factor=int(md["temporal_factor"]),
-                           spatial_factor=int(md["spatial_factor"]), entropy=ct.ENTROPY_NONE,
-                           segment_frames=int(md["segment_frames"]),
-                           model_sha256=bytes.fromhex(md["model_sha256"])[:16],
-                           pix_fmt=str(md.get("pix_fmt") or "rgb24"), model_name=str(md["model"]))
-        header.check()
-    except MGVError as e:
-        raise InputError(f"bad header fields in the metadata: {e}") from None
-    n = header.segment_count
-    bits = tuple(int(b) for b in md.get("segment_bits") or [header.bits] * n)
-    if len(bits) != n or any(not 1 <= b <= header.bits for b in bits):
-        raise InputError(f"segment_bits must list {n} values in 1..{header.bits}")
-    split = md.get("split")
-    h, w = header.latent_hw
-    segs = []
-    for i in range(n):
-        t = header.latent_frames(header.segment_bounds(i)[1])
-        if f"tokens.{i}" in arrays:
-            tok = _as_tokens(arrays[f"tokens.{i}"], f"tokens.{i}")
-        elif split and all(f"subtokens.{i}.{j}" in arrays for j in range(len(split))):
-            sizes = check_split(split, header.bits)
-            tok, shift = None, 0
-            for j, s in enumerate(sizes):
-                part = _as_tokens(arrays[f"subtokens.{i}.{j}"], f"subtokens.{i}.{j}")
-                if part.size and (part.min() < 0 or part.max() >= 1 << s):
-                    raise InputError(f"subtokens.{i}.{j} has values outside 0..{(1 << s) - 1}")
-                tok = (part << shift) if tok is None else tok | (part << shift)
-                shift += s
-        else:
-            raise InputError(f"tensor tokens.{i} is missing ({n} segments expected)")
-        if tok.shape != (t, h, w):
-            raise InputError(f"tokens.{i} has shape {tok.shape}, the header implies {(t, h, w)}")
-        if tok.size and (tok.min() < 0 or tok.max() >= 1 << bits[i]):
-            raise InputError(f"tokens.{i} has values outside 0..{(1 << bits[i]) - 1} "
-                             f"({bits[i]} bits)")
-        segs.append(tok)
-    extra = [k for k in arrays if k.startswith("tokens.") and k not in {f"tokens.{i}" for i in range(n)}]
-    if extra:
-        raise InputError(f"unexpected tensor {extra[0]} ({n} segments expected)")
-    return Tokens(header, tuple(segs), bits)
-
-
-def _as_tokens(a: np.ndarray, name: str) -> np.ndarray:
-    if a.ndim != 3 or a.dtype.kind not in "iu":
-        raise InputError(f"{name} must be a t×h×w integer tensor, got {a.dtype} {a.shape}")
-    return a.astype(np.int64)
+        same tensors and metadata) → :class:`InputError` when it is not one or is inconsistent,
+        :class:`~neuralcodec.errors.ResourceError` when its tokens cannot fit in memory.
+        ``tokens.{i}`` may be absent when every ``subtokens.{i}.{j}`` is present. Everything
+        but the token values is checked before any tensor data is read
+        (:meth:`TokensFile.open`)."""
+        return cls(*TokensFile.open(path).read_arrays())
 
 
 def bits_to_tokens(bits: np.ndarray) -> np.ndarray:
@@ -237,25 +145,75 @@ def bits_to_tokens(bits: np.ndarray) -> np.ndarray:
 
 
 # ---- producing tokens -----------------------------------------------------------------------
-def tokens_from_stream(fo: BinaryIO, bits: Optional[int] = None) -> Tokens:
-    """The tokens stored in a ``.mgv`` stream (strict reader: damage raises its
-    :class:`~neuralcodec.errors.StreamError`); no model is loaded or run. ``bits`` keeps only
-    the first ``bits`` bits of every token (the nested code's lower rate)."""
+def _stream_plan(fo: BinaryIO, bits: Optional[int]) -> Tuple[ct.Reader, ct.Header, Tuple[int, ...]]:
+    """Read a stream's records once, strictly, without decoding a payload → (reader, header
+    with ``bits`` capped, bits per segment). Refuses a file too short for its segments at
+    once (spec §8b, :func:`neuralcodec.recovery.check_stream_size`) and ``bits`` outside
+    1..b (:class:`InputError`)."""
     reader = ct.Reader(fo)
     header = reader.header
     if bits is not None and not 1 <= bits <= header.bits:
         raise InputError(f"bits must be in 1..{header.bits} for this stream, got {bits}")
-    segs, nbits = [], []
-    for seg in reader.segments():
-        b = seg.stored_bits(header)
-        arr = decode_payload(seg, b)
-        if bits is not None and bits < b:
-            arr, b = arr[:bits], bits
-        segs.append(bits_to_tokens(arr))
-        nbits.append(b)
+    check_stream_size(reader)
+    keep = bits or header.bits
+    nbits = tuple(min(seg.stored_bits(header), keep) for seg in reader.segments())
     if bits is not None:
         header = ct.replace_header(header, bits=min(bits, header.bits))
-    return Tokens(header, tuple(segs), tuple(nbits))
+    return reader, header, nbits
+
+
+def _stream_frames(reader: ct.Reader, header: ct.Header, nbits: Sequence[int]
+                   ) -> Callable[[int], Iterator[np.ndarray]]:
+    """``frames_of(i)`` for :meth:`FileLayout.write`: segment i's tokens one latent frame at a
+    time (``h×w`` int64), its first ``nbits[i]`` bits, from a second strict scan."""
+    segments = reader.segments()
+
+    def frames_of(i: int) -> Iterator[np.ndarray]:
+        seg = next(segments)
+        # 1×b×1×h×w codes in {-1, +1}; a mode-1 payload's check bits fail after its last frame
+        for codes in payload_frames(seg, seg.stored_bits(reader.header)):
+            yield bits_to_tokens((codes[0, :nbits[i]] > 0).numpy())[0]
+
+    return frames_of
+
+
+def plan_stream_tokens(fo: BinaryIO, bits: Optional[int] = None,
+                       split: Optional[Sequence[int]] = None
+                       ) -> Tuple[FileLayout, Callable[[int], Iterator[np.ndarray]]]:
+    """Check the ``.mgv`` stream ``fo`` (seekable; every record read once, strictly, no
+    payload decoded) and the options → (the tokens file's :class:`FileLayout`, the
+    ``frames_of`` its :meth:`FileLayout.write` takes)."""
+    reader, header, nbits = _stream_plan(fo, bits)
+    sizes = check_split(split, header.bits) if split else None
+    return FileLayout(header, nbits, sizes), _stream_frames(reader, header, nbits)
+
+
+def write_stream_tokens(fo: BinaryIO, target: BinaryIO, bits: Optional[int] = None,
+                        split: Optional[Sequence[int]] = None, progress: Progress = None
+                        ) -> FileLayout:
+    """Write the tokens file of the ``.mgv`` stream ``fo`` (seekable) to ``target`` (a
+    seekable binary file), one latent frame at a time: memory stays that of one frame
+    whatever the stream announces (a 26 KB stream may legally expand to gigabytes of tokens;
+    the file grows, the process does not). → the file's layout. Damage raises its
+    :class:`~neuralcodec.errors.StreamError` (the caller discards ``target``)."""
+    layout, frames_of = plan_stream_tokens(fo, bits, split)
+    layout.write(target, frames_of, progress)
+    return layout
+
+
+def tokens_from_stream(fo: BinaryIO, bits: Optional[int] = None) -> Tokens:
+    """The tokens stored in a ``.mgv`` stream (strict reader: damage raises its
+    :class:`~neuralcodec.errors.StreamError`); no model is loaded or run. ``bits`` keeps only
+    the first ``bits`` bits of every token (the nested code's lower rate). The int64 tokens of
+    the whole stream are held in memory: :class:`~neuralcodec.errors.ResourceError` up front
+    when they cannot fit (:func:`write_stream_tokens` writes a file in bounded memory)."""
+    reader, header, nbits = _stream_plan(fo, bits)
+    h, w = header.latent_hw
+    t_all = sum(header.latent_frames(header.segment_bounds(i)[1]) for i in range(len(nbits)))
+    check_memory(t_all * h * w * 8 + 8 * max(nbits) * h * w, "holding the stream's tokens")
+    frames_of = _stream_frames(reader, header, nbits)
+    segs = tuple(np.stack(list(frames_of(i))) for i in range(len(nbits)))
+    return Tokens(header, segs, nbits)
 
 
 def tokenize(model: torch.nn.Module, video: VideoInput, options: Optional[EncodeOptions] = None, *,
@@ -263,7 +221,7 @@ def tokenize(model: torch.nn.Module, video: VideoInput, options: Optional[Encode
     """Encode ``video`` (see :func:`neuralcodec.codec.open_video`) → the tokens ``mgv encode``
     with the same options would store: ``options`` (an :class:`~neuralcodec.options.EncodeOptions`,
     checked here once; ``fields`` such as ``bits=…`` replace its fields) — ``bits`` per token
-    (default K), ``segment_frames``, ``rdo`` and ``refine`` as there
+    (default: the model's, as mgv encode), ``segment_frames``, ``rdo`` and ``refine`` as there
     (:func:`neuralcodec.rdo.select_codes`, :func:`neuralcodec.refine.refine_latents`); rate
     control and the entropy mode do not apply to tokens. The token indices are computed on
     the model's device (:func:`neuralcodec.kernels.token_indices`)."""
@@ -306,6 +264,7 @@ def detokenize_frames(model: ModelSource, tokens: Tokens, progress: Progress = N
     m = resolve_model(header, model).eval()
     if model is None:  # as decompress_from_file runs a model it loads
         for_inference(m, "cpu", precision)
+    check_decoder_memory(m, header)
     h, w = header.latent_hw
 
     def gen() -> Iterator[np.ndarray]:

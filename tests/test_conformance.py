@@ -110,3 +110,34 @@ def test_reference_decoder_on_real_codec_streams(make_tiny):
             np.testing.assert_array_equal(ref, payload.decode_payload(seg, sb))
             n += 1
     assert n >= 8
+
+
+def test_golden_vector_2_is_checkable_from_the_spec_text():
+    """§7 golden vector 2: the formula, the 412 bytes printed in the spec and their SHA-256
+    agree with the coder, the dependency-free decoder and the conformance vector."""
+    import re
+
+    from neuralcodec.entropy import encode_bits
+
+    spec = (ROOT / "bitstream_spec.md").read_text()
+    part = spec[spec.index("2. K×T×H×W = 18×4×6×10"):spec.index("## 8. INDEX")]
+    printed = bytes.fromhex("".join(re.search(r"```\n(.*?)```", part, re.S).group(1).split()))
+    sha = re.search(r"SHA-256 `([0-9a-f]{64})`", part).group(1)
+    k, t, y, x = np.meshgrid(*(np.arange(n) for n in (18, 4, 6, 10)), indexing="ij")
+    bits = (((k * k + 3 * y + 5 * x + 7 * ((k * y) % 4)) % 11 < 5)  # the formula, as printed
+            ^ ((t >= 1) & ((x + 2 * y + t) % 3 == 0) & ((k + t) % 5 < 2))).astype(np.uint8)
+    assert np.array_equal(bits, _generator().golden_vector_2())
+    assert len(printed) == 412 and hashlib.sha256(printed).hexdigest() == sha
+    assert encode_bits(bits) == printed
+    np.testing.assert_array_equal(np.array(ref_mode1.decode(printed, 18, 4, 6, 10), np.uint8), bits)
+    r = ct.Reader(io.BytesIO((SUITE / "valid" / "mode1_golden2.mgv").read_bytes()))
+    assert [s.data for s in r.segments()] == [printed]
+
+
+def test_unknown_audio_kinds_are_skipped_whatever_follows_their_kind_byte():
+    """§8a: kinds other than 0 and 1 are skipped unread; an empty payload, or a bad track byte
+    in kind 0 or 1, is still a RecordError."""
+    assert ct.parse_audio(bytes([9, 200, 1, 2])) is None and ct.parse_audio(bytes([255])) is None
+    for bad in (b"", bytes([0, 16]) + b"\x03aac", bytes([1, 200, 0, 0, 0, 0])):
+        with pytest.raises(errors.RecordError):
+            ct.parse_audio(bad)

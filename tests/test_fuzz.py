@@ -168,3 +168,17 @@ def test_hostile_headers_refused_before_allocation(fz):
 def test_corpus_is_committed():
     # an empty corpus would silently skip the regression cases above
     assert len(list(CORPUS.glob("*.mgv"))) >= 2
+
+
+def test_token_file_fuzzer_short_run(fz, monkeypatch):
+    """tools/fuzz_tokens.py (issue 35): 300 structure-aware forged tokens files — header
+    length, JSON nesting and literals, metadata values, dtypes, shapes, offsets, sparse sizes —
+    each ends in frames or one MGVError (the 10,000-case run is a tool invocation)."""
+    from tools import fuzz_tokens
+
+    monkeypatch.setenv("MGV_MAX_MEMORY", "1G")
+    m, seeds = fz
+    t0 = time.perf_counter()
+    res = fuzz_tokens.fuzz(300, seed=11, model=m, seeds=fuzz_tokens.seed_files(m), log=print)
+    assert res["cases"] == 300 and res["failures"] == 0, res
+    assert time.perf_counter() - t0 < 20 and res["peak_rss_mib"] < 2048

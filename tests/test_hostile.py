@@ -482,7 +482,7 @@ def test_sighup_and_sigquit_remove_the_part_file(tmp_path, sig):
         "import sys, time\n"
         "from pathlib import Path\n"
         "from neuralcodec import cli\n"
-        "def slow(*a):\n"
+        "def slow(*a, **k):\n"
         "    with cli.atomic_output(Path('out.mgv'), False) as tmp:\n"
         "        tmp.write_bytes(b'partial')\n"
         "        print('ready', flush=True)\n"
@@ -520,3 +520,67 @@ def test_encoding_a_huge_picture_is_refused_in_one_line(tmp_path):
     p = mgv("encode", "big.png", "-o", "big.mgv", "-q", cwd=tmp_path, limit_as=4 << 30)
     assert "memory" in one_line_error(p)
     assert sorted(os.listdir(tmp_path)) == ["big.png"]
+
+
+# ---- issue 35: mgv tokens bounded, closed standard streams ------------------------------------
+def test_tokens_of_a_long_segment_are_written_in_bounded_memory(tiny, tmp_path):
+    """A small stream of one 1,025-latent-frame segment at 1 bit expands to 1 M tokens; the
+    file is written one latent frame at a time (the issue's 26 KB stream of 16,385 latent
+    frames of 1920x1088 asked for ~5 GB at once)."""
+    import tracemalloc
+
+    from safetensors.numpy import load_file
+
+    from neuralcodec import tokens as tk
+
+    h = header_for("tiny-test", tiny.sha256, tiny.cfg, width=128, height=128, frames=4097,
+                   segment_frames=4097, bits=1)
+    data = stream(h)
+    assert len(data) < 2000
+    out = tmp_path / "t.safetensors"
+    tracemalloc.start()
+    try:
+        with open(out, "wb") as fo:
+            layout = tk.write_stream_tokens(io.BytesIO(data), fo)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    tokens = 1025 * 32 * 32
+    assert layout.entries[0][0].shape == (1025, 32, 32)
+    assert peak < tokens * 8 / 8, peak  # an eighth of the int64 tokens it would hold at once
+    got = load_file(str(out))["tokens.0"]
+    want = tk.tokens_from_stream(io.BytesIO(data)).segments[0]
+    assert got.dtype == np.int32 and np.array_equal(got, want)
+    assert tk.Tokens.load(out).segments[0].shape == (1025, 32, 32)
+
+
+def test_tokens_apply_the_strict_truncation_rule(tiny, tmp_path):
+    """Spec §8b: a file too short for the segments its header announces is Truncated at once
+    by every strict reader, `mgv tokens` as `mgv decode`."""
+    from neuralcodec import tokens as tk
+
+    h = header_for("tiny-test", tiny.sha256, tiny.cfg, width=16, height=16, frames=1 << 24,
+                   segment_frames=65537)
+    data = stream(h, segments=False) + ct.RECORD_HEAD.pack(ct.RECORD_SYNC, ct.REC_END, 1, 0, 8)
+    for fn in (tk.tokens_from_stream, tk.plan_stream_tokens):
+        with pytest.raises(Truncated, match="can hold at most 0"):
+            fn(io.BytesIO(data))
+    (tmp_path / "b.mgv").write_bytes(data)
+    p = mgv("tokens", "b.mgv", "-o", "t.safetensors", cwd=tmp_path)
+    assert p.returncode == 2 and "can hold at most" in one_line_error(p)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["b.mgv"]
+
+
+@pytest.mark.parametrize("cmd", ["decode - -o o.y4m", "encode - -o o.mgv",
+                                 "decode x.mgv -o - --format y4m",
+                                 "detokenize x.safetensors -o - --format y4m"])
+def test_closed_standard_streams_are_usage_errors(tmp_path, cmd):
+    """`<&-` / `>&-`: Python has no sys.stdin / sys.stdout; one line, exit 3, no output."""
+    (tmp_path / "x.mgv").write_bytes(b"")
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    closed = "<&-" if " - -o" in cmd else ">&-"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run(["bash", "-c", f'"{sys.executable}" -m neuralcodec {cmd} {closed}'],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 3 and "is closed" in one_line_error(p)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["x.mgv", "x.safetensors"]

@@ -119,7 +119,8 @@ def test_bad_token_files(tiny, tmp_path):
         (write({"tokens.0": good["tokens.0"] + 16}), "outside 0..15"),
         (write({"tokens.0": good["tokens.0"] - 100}), "outside 0..15"),
         (write({"tokens.0": good["tokens.0"][:, :1]}), "shape"),
-        (write({"tokens.1": good["tokens.0"]}), "missing"),
+        (write({"tokens.1": good["tokens.0"]}), "unexpected tensor tokens.1"),
+        (write({"other": good["tokens.0"]}), "unexpected tensor"),
         (write({"tokens.0": good["tokens.0"].astype(np.float32)}), "integer"),
         (write(good, dict(md, width=0)), "header"),
         (write(good, dict(md, segment_bits=[9])), "segment_bits"),
@@ -282,3 +283,126 @@ def test_32_bit_tokens_are_int64(tmp_path):
     assert a["subtokens.0.1"][0, 0, 1] == 0xFFFF and a["subtokens.0.1"][1, 0, 0] == 1 << 15
     back = tk.Tokens.load(tmp_path / "t.safetensors")
     assert np.array_equal(back.segments[0], seg) and back.header.model_name == "m32"
+
+
+# ---- hostile token files (issue 35): one InputError / ResourceError, before any data is read -
+def raw_file(path: Path, table: dict, md, data: bytes = b"", md_text: str = None) -> Path:
+    """A safetensors file written byte by byte: ``table`` (tensor entries), ``md`` (the
+    ``mgv`` metadata, or its JSON text ``md_text``) and ``data``."""
+    t = dict(table, __metadata__={"format": tk.FORMAT, "version": "1",
+                                  "mgv": md_text if md_text is not None else json.dumps(md)})
+    text = json.dumps(t).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_tokens(tiny):
+    return tk.tokenize(tiny, clip(t=5), segment_frames=5, fps=RATE, bits=4)
+
+
+def entry(shape, dtype="I32", begin=0):
+    n = int(np.prod(shape)) * {"I32": 4, "I64": 8}.get(dtype, 2)
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": [begin, begin + n]}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("fps", "1/0"), ("fps", "0/0"), ("fps", "1e999999999"), ("fps", "9" * 5000), ("fps", 25),
+    ("fps", "Infinity"), ("width", "@Infinity"), ("width", "@NaN"), ("height", "@-Infinity"),
+    ("width", 1e300), ("frames", 10 ** 40), ("frames", "@" + "9" * 5000), ("bits", True),
+    ("segment_frames", 0), ("segment_bits", [0]), ("segment_bits", [10 ** 30]),
+    ("segment_bits", "@Infinity"), ("segment_bits", [1] * 3), ("split", [0, 4]), ("split", [5]),
+    ("split", "@[1e999]"), ("split", [1] * 1000), ("model", "x" * 10 ** 6), ("model_sha256", "00"),
+    ("pix_fmt", None), ("extra", "@" + "[" * 100000 + "]" * 100000),
+    ("split", "@" + "[" * 3000 + "]" * 3000), ("latent_hw", [1, 1]), ("segments", 2),
+])
+def test_metadata_schema_refuses_before_arithmetic(small_tokens, tmp_path, field, value):
+    """Non-finite, degenerate, huge or deeply nested metadata values: one InputError in
+    bounded time (an fps with a nine-digit exponent used to spin for minutes, 1/0 and
+    Infinity to end in ZeroDivisionError / OverflowError, nesting in RecursionError)."""
+    import time
+
+    tok = small_tokens
+    md = tok.metadata()
+    arrays = tok.tensors()
+    text = json.dumps(dict(md, **{field: "@@"}))
+    lit = value[1:] if isinstance(value, str) and value.startswith("@") else json.dumps(value)
+    p = raw_file(tmp_path / "m.safetensors", {"tokens.0": entry(arrays["tokens.0"].shape)}, None,
+                 arrays["tokens.0"].tobytes(), md_text=text.replace('"@@"', lit))
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match="metadata|JSON|nested|header fields|segment_bits"):
+        tk.Tokens.load(p)
+    assert time.perf_counter() - t0 < 2
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F8_E4M3", "F8_E5M2", "F16", "F32", "BOOL", 7, None])
+def test_non_integer_dtypes_are_one_error(small_tokens, tmp_path, dtype):
+    arrays = small_tokens.tensors()
+    shape = arrays["tokens.0"].shape
+    n = int(np.prod(shape)) * 2
+    p = raw_file(tmp_path / "d.safetensors",
+                 {"tokens.0": {"dtype": dtype, "shape": list(shape), "data_offsets": [0, n]}},
+                 small_tokens.metadata(), b"\0" * n)
+    with pytest.raises(InputError, match="not an integer dtype"):
+        tk.Tokens.load(p)
+
+
+def test_sizes_are_checked_before_data_is_read(small_tokens, tmp_path, monkeypatch):
+    """Shapes, offsets and the file size are checked from the header alone: a 4 GiB sparse
+    file whose shape contradicts its header, offsets past the end, overlapping tensors; and a
+    consistent file whose tokens cannot fit in memory is refused before it is read."""
+    tok = small_tokens
+    md = tok.metadata()
+    shape = tok.tensors()["tokens.0"].shape
+    big = (shape[0], 4096, 4096)
+    p = raw_file(tmp_path / "s.safetensors", {"tokens.0": entry(big)}, md)
+    os.truncate(p, 1 << 32)  # sparse: the data "exists"
+    reads = []
+    monkeypatch.setattr(tk.TokensFile, "_array", lambda *a: reads.append(a))
+    with pytest.raises(InputError, match="shape"):
+        tk.Tokens.load(p)
+    n = int(np.prod(shape)) * 4
+    cases = [
+        ({"tokens.0": entry(shape, begin=8)}, b"\0" * n, "outside the file"),
+        ({"tokens.0": {"dtype": "I32", "shape": list(shape), "data_offsets": [0, n - 4]}}, b"\0" * n, "needs"),
+        ({"tokens.0": entry(shape), "subtokens.0.0": entry(shape)}, b"\0" * n, "overlap|split"),
+        ({"tokens.0": {"dtype": "I32", "shape": list(shape)[:2], "data_offsets": [0, n]}}, b"\0" * n, "t×h×w"),
+        ({"tokens.0": {"dtype": "I32", "shape": [-1, 1, 1], "data_offsets": [0, n]}}, b"\0" * n, "t×h×w"),
+        ({"tokens.0": {"dtype": "I32", "shape": list(shape), "data_offsets": [n, 0]}}, b"\0" * n, "outside"),
+    ]
+    for table, data, msg in cases:
+        with pytest.raises(InputError, match=msg):
+            tk.Tokens.load(raw_file(tmp_path / "c.safetensors", table, md, data))
+    assert reads == []
+    # consistent with its header (8192×4096 frames) but too large for the memory allowed
+    md = dict(md, width=8192, height=4096, latent_hw=None, segment_bits=None)
+    hw = (1024, 2048)
+    p = raw_file(tmp_path / "b.safetensors", {"tokens.0": entry((shape[0],) + hw)}, md)
+    os.truncate(p, p.stat().st_size + shape[0] * hw[0] * hw[1] * 4)
+    monkeypatch.setenv("MGV_MAX_MEMORY", "16M")
+    from neuralcodec.errors import ResourceError
+    with pytest.raises(ResourceError, match="GiB"):
+        tk.Tokens.load(p)
+    assert reads == []
+
+
+def test_detokenize_refuses_a_frame_size_the_decoder_cannot_hold(runner, small_tokens,
+                                                                  tmp_path, monkeypatch):
+    """The up-front refusal of `mgv decode`, from the tokens file's header alone."""
+    md = dict(small_tokens.metadata(), width=8192, height=4096, latent_hw=None)
+    t = small_tokens.segments[0].shape[0]
+    p = raw_file(tmp_path / "b.safetensors", {"tokens.0": entry((t, 1024, 2048))}, md)
+    os.truncate(p, p.stat().st_size + t * 1024 * 2048 * 4)
+    monkeypatch.setenv("MGV_MAX_MEMORY", "64M")
+    r = runner.invoke(cli.main, ["detokenize", str(p), "-o", str(tmp_path / "o.y4m")])
+    assert "decoding 8192x4096 frames needs about" in one_error_line(r, 1)
+    assert leftovers(tmp_path) == [] and not (tmp_path / "o.y4m").exists()
+
+
+def test_a_header_too_large_for_its_segments_is_refused_before_it_is_built():
+    """2^20 one-frame segments would need an 80 MB safetensors header: refused from the count."""
+    h = ct.Header(width=16, height=16, frames=1 << 20, fps_num=25, fps_den=1, model_bits=6,
+                  bits=6, temporal_factor=4, spatial_factor=4, entropy=0, segment_frames=1,
+                  model_sha256=bytes(16), pix_fmt="rgb24", model_name="x")
+    with pytest.raises(InputError, match="1048576 tensors"):
+        tk.FileLayout(h, [6] * h.segment_count)

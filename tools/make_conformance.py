@@ -96,6 +96,27 @@ GOLDEN_1 = bytes.fromhex("e0c178e008c280714c9fb601cc54653553279993c34d8945395e25
                          "43f20907ae3af9a71f3c8bee301596ca00a47b00")
 
 
+def golden_vector_2():
+    """bitstream_spec.md §7, golden vector 2: an 18×4×6×10 bit array defined by a formula."""
+    import numpy as np
+
+    k, t, y, x = np.meshgrid(*(np.arange(n) for n in (18, 4, 6, 10)), indexing="ij")
+    return (((k * k + 3 * y + 5 * x + 7 * ((k * y) % 4)) % 11 < 5)
+            ^ ((t >= 1) & ((x + 2 * y + t) % 3 == 0) & ((k + t) % 5 < 2))).astype(np.uint8)
+
+
+GOLDEN_2_SHA256 = "1ed9b2b70d751d25f57b9cfe1ef04aedd51de8ceede09458c1fe1fd491d2fd36"
+
+
+def golden_2_payload() -> bytes:
+    from neuralcodec.entropy import encode_bits
+
+    data = encode_bits(golden_vector_2())
+    if hashlib.sha256(data).hexdigest() != GOLDEN_2_SHA256:  # the format is frozen
+        raise SystemExit("golden vector 2 does not code to the bytes of bitstream_spec.md §7")
+    return data
+
+
 def audio_track(track: int = 0) -> bytes:
     t = ct.AudioTrack(track, "pcm_s16le", Fraction(1, 8000), 8000, 1, 0, b"template")
     return t.to_payload()
@@ -147,6 +168,23 @@ def vectors() -> Dict[str, Tuple[bytes, str, str]]:
     s.segment(seg1())
     s.add(record(ct.REC_AUDIO, audio_track(), False))  # audio after the last segment
     add("valid/audio_after_last_segment.mgv", s.close(), "ok", "AUDIO between the last SEGMENT and INDEX")
+
+    g = Stream(header(width=80, height=48, frames=13, model_bits=18, bits=18, entropy=1,
+                      segment_frames=13))
+    g.segment(ct.Segment(0, 0, 13, 4, 6, 10, ct.ENTROPY_CONTEXT, golden_2_payload()))
+    add("valid/mode1_golden2.mgv", g.close(), "ok", "golden vector 2 of §7 as a mode-1 segment")
+    s = Stream(header())
+    s.add(record(ct.REC_AUDIO, bytes([9, 200]) + b"a later kind", False))
+    s.add(record(ct.REC_AUDIO, bytes([9]), False))
+    s.segment(seg1())
+    add("valid/audio_unknown_kind_any_track.mgv", s.close(), "ok",
+        "AUDIO kinds of a later minor with track bytes 200 and none: skipped unread (§8a)")
+    s = Stream(header())
+    s.segment(seg1(), flags=0)
+    idx = s.add(record(ct.REC_INDEX, s.index_payload(), True))
+    s.add(record(ct.REC_END, ct.END_PAYLOAD.pack(idx), False))
+    add("valid/critical_flags_ignored.mgv", s.data, "ok",
+        "SEGMENT and END without CRITICAL, INDEX with it: a reader ignores the flag of a known type (§4)")
 
     # ---- invalid --------------------------------------------------------------------------
     good = example().close()
@@ -239,6 +277,32 @@ def vectors() -> Dict[str, Tuple[bytes, str, str]]:
     s.segment(seg1())
     add("invalid/audio_count.mgv", s.close(), "RecordError",
         "AUDIO packets record claiming more packets than it holds")
+    s = Stream(header(frames=2, temporal_factor=1, segment_frames=1))
+    s.segment(seg1())
+    idx = s.add(record(ct.REC_INDEX, s.index_payload(), False))  # count 1 of S = 2
+    add("invalid/index_before_all_segments.mgv", s.end(idx), "Truncated",
+        "INDEX (count 1) met after 1 of 2 segments, then END: truncated, its count unchecked (§4, §8)")
+    s = example()
+    idx = s.index()
+    s.add(record(7, b"future", True))
+    add("invalid/unknown_critical_after_index.mgv", s.end(idx), "UnsupportedVersion",
+        "an unknown critical type between INDEX and END: the type rule comes first (§4)")
+    head = ct.PRELUDE.pack(ct.MAGIC, 1, 1, 0)
+    add("invalid/header_len_0.mgv", head + ct.CRC.pack(zlib.crc32(head)) + good[78:], "HeaderError",
+        "header_len 0 with a valid CRC: the fields are checked after the CRC (§2)")
+    add("invalid/header_len_0_crc.mgv", head + ct.CRC.pack(zlib.crc32(head) ^ 1) + good[78:],
+        "CRCMismatch", "header_len 0 with a bad CRC: the CRC is checked first (§2)")
+    body = bytearray(header(width=64, height=64, model_bits=32, bits=32, temporal_factor=1,
+                            spatial_factor=1).pack_fields())
+    struct.pack_into("<I", body, 24, 65537)  # segment_frames: a full segment of 1 GiB raw
+    head = ct.PRELUDE.pack(ct.MAGIC, 1, 1, len(body)) + body
+    add("invalid/full_segment_cap.mgv", head + ct.CRC.pack(zlib.crc32(head)) + good[78:],
+        "HeaderError", "1 frame, but a full segment (segment_frames frames) would exceed the "
+        "record cap (§2)")
+    s = Stream(header())
+    s.segment(seg1(entropy=1, data=b""))
+    add("invalid/mode1_empty.mgv", s.close(), "RecordError",
+        "a 0-byte mode-1 payload: §5's length rule, before any decoding (§7)")
     return v
 
 

@@ -1,7 +1,9 @@
 """The ``mgv`` command line: ``encode``, ``decode``, ``info``, ``tokens``, ``detokenize``.
 
 The CLI only parses arguments, shows progress (tqdm, stderr), prints results (stdout) and maps
-errors to one line on stderr and an exit code (:mod:`neuralcodec.errors`; 130 for Ctrl-C).
+errors to one line on stderr and an exit code (:mod:`neuralcodec.errors`: 1 resources, 2 a
+damaged stream, 3 bad input and usage errors — a bad option, ``-`` with stdin or stdout
+closed —, 4 output, 5 model; 130 for Ctrl-C).
 Outputs are written to a temporary file beside the target and renamed into place on success
 (:mod:`neuralcodec.outputs`), so a failed or interrupted command leaves no partial file.
 """
@@ -28,7 +30,7 @@ from ..resources import release_large_blocks
 from .common import (DEVICE_OPTION, EXIT_INTERRUPTED, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP,
                      QUIET_OPTION, check_output, fail, load_model, on_sigterm, open_input,
                      output_kind, parse_frames, precision_option, progress, report, run,
-                     same_file, warn, write_output)
+                     same_file, std_stream, warn, write_output)
 
 # the modules that import torch are imported by the commands that need them (--help stays fast)
 
@@ -129,9 +131,10 @@ def _encode(input: Path, output: Path, model_name, device, precision, force, qui
         raise OutputError("input and output are the same file")
     check_output(input, output, force)
     if str(input) == "-":
-        if sys.stdin is not None and sys.stdin.isatty():
+        stdin = std_stream("stdin")
+        if sys.stdin.isatty():
             raise InputError("stdin is a terminal: pipe a video into it (e.g. from ffmpeg -f yuv4mpegpipe -)")
-        meta, frames = vio.open_pipe(click.get_binary_stream("stdin"))
+        meta, frames = vio.open_pipe(stdin)
         video = (meta, frames)
     else:
         meta = vio.probe(input)

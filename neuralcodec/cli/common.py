@@ -127,10 +127,24 @@ FORMAT_OPTION = click.option("--format", "fmt", type=click.Choice(["y4m", "nut",
                                   "overrides the extension otherwise")
 
 
+def std_stream(name: str):
+    """The binary ``stdin`` or ``stdout`` → :class:`InputError` (a usage error, exit 3) when
+    the process was started with it closed (``<&-``, ``>&-``: Python then has no stream)."""
+    what = "INPUT -" if name == "stdin" else "-o -"
+    if getattr(sys, name) is None:
+        raise InputError(f"{name} is closed: {what} needs an open {name}")
+    try:
+        return click.get_binary_stream(name)
+    except RuntimeError:
+        raise InputError(f"{name} is not usable as a binary stream: {what} needs an open "
+                         f"{name}") from None
+
+
 def output_kind(output: str, fmt: Optional[str]) -> str:
     if output == "-":
         if fmt is None:
             raise OutputError("-o - (stdout) needs --format y4m, nut or mkv")
+        std_stream("stdout")
         if sys.stdout.isatty():
             raise OutputError("refusing to write video to a terminal (redirect stdout or use -o FILE)")
         return fmt
@@ -143,7 +157,7 @@ def write_output(output: str, kind: str, meta, frames, force: bool, quiet: bool,
     stdout for "-") → frames written."""
     if output == "-":
         with progress(meta.frames, quiet, desc) as bar:
-            return vout.write_video(click.get_binary_stream("stdout"), meta, frames, kind=kind,
+            return vout.write_video(std_stream("stdout"), meta, frames, kind=kind,
                                   progress=bar.update, audio=audio, warn=warn)
     ctx = atomic_pattern(output, meta.frames, force) if kind == "png" else atomic_output(Path(output), force)
     with ctx as tmp, progress(meta.frames, quiet, desc) as bar:
@@ -159,7 +173,7 @@ def report(output: str, msg: str) -> None:
 @contextlib.contextmanager
 def open_input(path: Path):
     if str(path) == "-":
-        yield click.get_binary_stream("stdin")
+        yield std_stream("stdin")
         return
     if not path.exists():
         raise InputError(f"{path}: no such file")

@@ -12,6 +12,7 @@ from .. import video_io as vio
 from ..configs import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_RDO, PRESETS
 from ..errors import InputError, OutputError
 from ..outputs import atomic_output
+from ..resources import check_decoder_memory
 from . import main
 from .common import (DEVICE_OPTION, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP, QUIET_OPTION,
                      check_output, is_mgv, load_model, open_input, output_kind, progress, report,
@@ -70,8 +71,16 @@ def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_fra
                 or refine is not None or preset is not None):
             raise InputError("--model, --segment-frames, --preset, --rdo and --refine apply to a video "
                              "INPUT; an .mgv stream names its model and stores its tokens")
+        # one latent frame at a time from the stream to the file: bounded memory (spec app. B)
         with open_input(input) as fo:
-            tok = tk.tokens_from_stream(fo, bits=bits)
+            layout, frames_of = tk.plan_stream_tokens(fo, bits=bits, split=split)
+            h, nbits = layout.header, layout.bits
+            with atomic_output(output, force) as tmp, open(tmp, "wb") as out, \
+                    progress(h.frames, quiet, "tokens") as bar:
+                layout.write(out, frames_of, bar.update)
+        lh, lw = h.latent_hw
+        shapes = sorted({(h.latent_frames(h.segment_bounds(i)[1]), lh, lw)
+                         for i in range(h.segment_count)})
     else:
         meta = vio.probe(input)
         model = load_model(model_name, device)
@@ -82,15 +91,13 @@ def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_fra
             tk.check_split(split, opts.stored_bits(model))
         with progress(meta.frames, quiet, "tokens") as bar:
             tok = tk.tokenize(model, input, opts, progress=bar.update)
-    if split:
-        tk.check_split(split, tok.header.bits)
-    with atomic_output(output, force) as tmp:
-        tok.save(tmp, split=split)
-    h = tok.header
-    shapes = sorted({tuple(t.shape) for t in tok.segments})
-    click.echo(f"{output}: {len(tok.segments)} segments of tokens "
+        with atomic_output(output, force) as tmp:
+            tok.save(tmp, split=split)
+        h, nbits = tok.header, tok.bits
+        shapes = sorted({tuple(t.shape) for t in tok.segments})
+    click.echo(f"{output}: {h.segment_count} segments of tokens "
                f"{' / '.join('x'.join(map(str, sh)) for sh in shapes)} (t x h x w), "
-               f"{h.bits}-bit tokens ({max(tok.bits)} max per segment), {h.frames} frames "
+               f"{h.bits}-bit tokens ({max(nbits)} max per segment), {h.frames} frames "
                f"{h.width}x{h.height}, model {h.model_name}, {time.perf_counter() - t0:.2f} s")
 
 
@@ -113,8 +120,10 @@ def _detokenize(input: Path, output: str, fmt, device, force, quiet) -> None:
 
     kind = output_kind(output, fmt)
     check_output(input, output, force, kind)
-    tok = tk.Tokens.load(input)
-    model = load_model(tok.header.model_name, device)
+    tf = tk.TokensFile.open(input)  # every size checked, no tensor data read yet
+    model = load_model(tf.header.model_name, device)
+    check_decoder_memory(model, tf.header)  # as `mgv decode` refuses the same header
+    tok = tk.Tokens(*tf.read_arrays())
     t0 = time.perf_counter()
     meta, it = tk.detokenize_frames(model, tok)
     n = write_output(output, kind, meta, it, force, quiet, "detokenize")

@@ -82,8 +82,11 @@ class AudioPackets:
 
 def parse_audio(payload: bytes) -> Union[AudioTrack, AudioPackets, None]:
     """AUDIO record payload → :class:`AudioTrack` or :class:`AudioPackets`, None for a kind
-    this version does not define (skipped) → :class:`RecordError` when malformed; every
-    length is checked against the payload."""
+    this version does not define (skipped whatever follows its kind byte, spec §8a) →
+    :class:`RecordError` when malformed (an empty payload included); every length is checked
+    against the payload."""
+    if payload[:1] and payload[0] not in (AUDIO_TRACK, AUDIO_PACKETS):
+        return None  # a kind from a later minor version: its layout is not ours to check
     try:
         kind, track = AUDIO_TRACK_HEAD.unpack_from(payload)
         if track >= MAX_AUDIO_TRACKS:
@@ -103,7 +106,7 @@ def parse_audio(payload: bytes) -> Union[AudioTrack, AudioPackets, None]:
                 raise RecordError(f"AUDIO track template of {tlen} bytes does not fit the record")
             return AudioTrack(track, codec.decode("ascii"), Fraction(num, den), rate, ch, start,
                               bytes(payload[pos:]))
-        if kind == AUDIO_PACKETS:
+        else:  # AUDIO_PACKETS: other kinds were skipped above
             _, _, count = AUDIO_PACKETS_HEAD.unpack_from(payload)
             pos = AUDIO_PACKETS_HEAD.size
             if count > (len(payload) - pos) // AUDIO_PACKET.size:
@@ -120,6 +123,5 @@ def parse_audio(payload: bytes) -> Union[AudioTrack, AudioPackets, None]:
             if pos != len(payload):
                 raise RecordError(f"{len(payload) - pos} unexpected bytes after the AUDIO packets")
             return AudioPackets(track, tuple(pk))
-        return None  # a kind from a later minor version: skipped (spec §8a, §10)
     except (struct.error, IndexError):
         raise RecordError("AUDIO record is too short") from None
