@@ -523,6 +523,63 @@ def _alarm(signum, frame):
     raise CaseTimeout()
 
 
+class Campaign:
+    """The bookkeeping of one fuzz run, shared by the stream and token-file fuzzers: each case
+    runs under an alarm of ``timeout_s`` (a hang counts as a failure), failing inputs are
+    logged and saved under ``save`` as ``case-<sha256 prefix>.<suffix>``, the slowest case and
+    the peak RSS are measured. Use as a context manager (it installs the alarm handler)."""
+
+    def __init__(self, timeout_s: int, save: Optional[Path], suffix: str, log=print) -> None:
+        self.timeout_s, self.save, self.suffix, self.log = timeout_s, save, suffix, log
+        self.failures = self.timeouts = 0
+        self.saved: List[str] = []
+        self.slowest = 0.0
+        self.t0 = time.perf_counter()
+        self.use_alarm = hasattr(signal, "SIGALRM")
+        self._old = None
+
+    def __enter__(self) -> "Campaign":
+        if self.use_alarm:
+            self._old = signal.signal(signal.SIGALRM, _alarm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.use_alarm:
+            signal.signal(signal.SIGALRM, self._old)
+
+    def run(self, k: int, data: bytes, case: Callable[[], Optional[str]], note: str = "") -> None:
+        """Run case ``k`` (``case()`` → None, or a report of what went wrong) on input ``data``."""
+        if self.use_alarm:
+            signal.alarm(self.timeout_s)
+        c0 = time.perf_counter()
+        try:
+            report = case()
+        except CaseTimeout:
+            report = f"timeout after {self.timeout_s} s"
+            self.timeouts += 1
+        finally:
+            if self.use_alarm:
+                signal.alarm(0)
+        self.slowest = max(self.slowest, time.perf_counter() - c0)
+        if report is not None:
+            self.failures += 1
+            name = f"case-{hashlib.sha256(data).hexdigest()[:12]}.{self.suffix}"
+            self.log(f"FAIL case {k} ({name}, {len(data)} bytes{note}):\n{report}")
+            if self.save is not None:
+                self.save.mkdir(parents=True, exist_ok=True)
+                (self.save / name).write_bytes(data)
+                self.saved.append(name)
+
+    def result(self, cases: int) -> dict:
+        """{"cases", "failures", "timeouts", "seconds", "saved", "slowest_s", "peak_rss_mib"}."""
+        import resource
+
+        return {"cases": cases, "failures": self.failures, "timeouts": self.timeouts,
+                "seconds": time.perf_counter() - self.t0, "saved": self.saved,
+                "slowest_s": self.slowest,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def fuzz(cases: int, seed: int = 0, save: Optional[Path] = None, timeout_s: int = 10,
          model=None, seeds: Optional[List[bytes]] = None, log=print, mode: str = "mutate") -> dict:
     """Run ``cases`` cases → {"cases", "failures", "timeouts", "seconds", "saved"}. ``mode``:
@@ -531,68 +588,52 @@ def fuzz(cases: int, seed: int = 0, save: Optional[Path] = None, timeout_s: int 
     model = model or tiny_model()
     seeds = seeds or seed_streams(model)
     rng = random.Random(seed)
-    failures, timeouts, saved = 0, 0, []
-    t0 = time.perf_counter()
-    use_alarm = hasattr(signal, "SIGALRM")
-    if use_alarm:
-        old = signal.signal(signal.SIGALRM, _alarm)
-    try:
+    with Campaign(timeout_s, save, "mgv", log) as camp:
         for k in range(cases):
             base = rng.choice(seeds)
             if mode == "struct" or (mode == "mix" and k % 2):
                 data = forge(base, rng)
             else:
                 data = mutate(base, rng) if rng.random() < 0.9 else base[:rng.randrange(len(base))]
-            if use_alarm:
-                signal.alarm(timeout_s)
-            try:
-                report = run_case(data, model)
-            except CaseTimeout:
-                report = f"timeout after {timeout_s} s"
-                timeouts += 1
-            finally:
-                if use_alarm:
-                    signal.alarm(0)
-            if report is not None:
-                failures += 1
-                name = f"case-{hashlib.sha256(data).hexdigest()[:12]}.mgv"
-                log(f"FAIL case {k} ({name}, {len(data)} bytes):\n{report}")
-                if save is not None:
-                    save.mkdir(parents=True, exist_ok=True)
-                    (save / name).write_bytes(data)
-                    saved.append(name)
-    finally:
-        if use_alarm:
-            signal.signal(signal.SIGALRM, old)
-    return {"cases": cases, "failures": failures, "timeouts": timeouts,
-            "seconds": time.perf_counter() - t0, "saved": saved}
+            camp.run(k, data, lambda: run_case(data, model))
+    return camp.result(cases)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def campaign_parser(doc: str) -> argparse.ArgumentParser:
+    """The command-line options every fuzzer here takes (cases, seed, timeout, save, memory)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--cases", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=int, default=10, help="seconds per case before it counts as a hang")
     ap.add_argument("--save", type=Path, default=None, help="directory for failing inputs")
-    ap.add_argument("--mode", choices=["mutate", "struct", "mix"], default="mutate")
     ap.add_argument("--max-memory", default="1G",
-                    help="MGV_MAX_MEMORY for the decodes (frame sizes needing more are refused)")
-    a = ap.parse_args(argv)
+                    help="MGV_MAX_MEMORY (reads and decodes needing more are refused)")
+    return ap
+
+
+def run_campaign(a: argparse.Namespace, what: str, fuzz_fn) -> int:
+    """Run ``fuzz_fn(cases, seed, save, timeout)`` single-threaded under the options of
+    :func:`campaign_parser`, print its one-line summary → exit status (1 when a case failed)."""
     import os
 
     import torch
 
     os.environ["MGV_MAX_MEMORY"] = a.max_memory
     torch.set_num_threads(1)
-    res = fuzz(a.cases, a.seed, a.save, a.timeout, mode=a.mode)
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{res['cases']} cases ({a.mode}), {res['failures']} failures "
+    res = fuzz_fn(a.cases, a.seed, a.save, a.timeout)
+    print(f"{res['cases']} {what}, {res['failures']} failures "
           f"({res['failures'] - res['timeouts']} tracebacks, {res['timeouts']} hangs over "
           f"{a.timeout} s), {res['seconds']:.1f} s ({res['cases'] / res['seconds']:.1f} cases/s), "
-          f"peak RSS {rss:.0f} MiB")
+          f"slowest case {res['slowest_s']:.2f} s, peak RSS {res['peak_rss_mib']:.0f} MiB")
     return 1 if res["failures"] else 0
+
+
+def main(argv=None) -> int:
+    ap = campaign_parser(__doc__)
+    ap.add_argument("--mode", choices=["mutate", "struct", "mix"], default="mutate")
+    a = ap.parse_args(argv)
+    return run_campaign(a, f"cases ({a.mode})",
+                        lambda *args: fuzz(*args, mode=a.mode))
 
 
 if __name__ == "__main__":

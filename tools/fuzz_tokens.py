@@ -23,18 +23,13 @@ what would need more; the peak RSS of the run is printed.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import io
 import json
 import os
 import random
-import resource
-import signal
 import struct
 import sys
 import tempfile
-import time
 import traceback
 from pathlib import Path
 from typing import List, Optional
@@ -230,65 +225,21 @@ def fuzz(cases: int, seed: int = 0, save: Optional[Path] = None, timeout_s: int 
     model = model or fuzz_mgv.tiny_model()
     seeds = seeds or seed_files(model)
     rng = random.Random(seed)
-    failures, timeouts, saved, slowest = 0, 0, [], 0.0
-    t0 = time.perf_counter()
-    use_alarm = hasattr(signal, "SIGALRM")
-    old = signal.signal(signal.SIGALRM, fuzz_mgv._alarm) if use_alarm else None
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "case.safetensors"
-            for k in range(cases):
-                data, sparse = forge(rng.choice(seeds), rng)
-                path.write_bytes(data)
-                if sparse and sparse > len(data):
-                    os.truncate(path, sparse)
-                if use_alarm:
-                    signal.alarm(timeout_s)
-                c0 = time.perf_counter()
-                try:
-                    report = run_case(path, model)
-                except fuzz_mgv.CaseTimeout:
-                    report = f"timeout after {timeout_s} s"
-                    timeouts += 1
-                finally:
-                    if use_alarm:
-                        signal.alarm(0)
-                slowest = max(slowest, time.perf_counter() - c0)
-                if report is not None:
-                    failures += 1
-                    name = f"case-{hashlib.sha256(data).hexdigest()[:12]}.safetensors"
-                    log(f"FAIL case {k} ({name}, {len(data)} bytes, sparse {sparse}):\n{report}")
-                    if save is not None:
-                        save.mkdir(parents=True, exist_ok=True)
-                        (save / name).write_bytes(data)
-                        saved.append(name)
-    finally:
-        if use_alarm:
-            signal.signal(signal.SIGALRM, old)
-    return {"cases": cases, "failures": failures, "timeouts": timeouts, "saved": saved,
-            "seconds": time.perf_counter() - t0, "slowest_s": slowest,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    with fuzz_mgv.Campaign(timeout_s, save, "safetensors", log) as camp, \
+            tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "case.safetensors"
+        for k in range(cases):
+            data, sparse = forge(rng.choice(seeds), rng)
+            path.write_bytes(data)
+            if sparse and sparse > len(data):
+                os.truncate(path, sparse)
+            camp.run(k, data, lambda: run_case(path, model), note=f", sparse {sparse}")
+    return camp.result(cases)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=10000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--timeout", type=int, default=10, help="seconds per case before it counts as a hang")
-    ap.add_argument("--save", type=Path, default=None, help="directory for failing inputs")
-    ap.add_argument("--max-memory", default="1G",
-                    help="MGV_MAX_MEMORY (reads and decodes needing more are refused)")
-    a = ap.parse_args(argv)
-    import torch
-
-    os.environ["MGV_MAX_MEMORY"] = a.max_memory
-    torch.set_num_threads(1)
-    res = fuzz(a.cases, a.seed, a.save, a.timeout)
-    print(f"{res['cases']} token-file cases, {res['failures']} failures "
-          f"({res['failures'] - res['timeouts']} tracebacks, {res['timeouts']} hangs over "
-          f"{a.timeout} s), {res['seconds']:.1f} s ({res['cases'] / res['seconds']:.1f} cases/s), "
-          f"slowest case {res['slowest_s']:.2f} s, peak RSS {res['peak_rss_mib']:.0f} MiB")
-    return 1 if res["failures"] else 0
+    return fuzz_mgv.run_campaign(fuzz_mgv.campaign_parser(__doc__).parse_args(argv),
+                                 "token-file cases", fuzz)
 
 
 if __name__ == "__main__":
