@@ -12,15 +12,7 @@ from neuralcodec import codec
 from neuralcodec.chunks import frames_to_tensor
 from neuralcodec.tokens import detokenize, tokens_from_stream
 
-
-def clip(t=17, h=32, w=32, seed=0):
-    """Smooth moving pattern plus noise, ``T×H×W×3`` uint8."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    frames = [np.stack([(x * 6 + i * 9) % 256, (y * 7 + i * 4) % 256, (x + y) * 3 % 256], -1)
-              for i in range(t)]
-    v = np.stack(frames).astype(np.int16) + rng.integers(-8, 9, (t, h, w, 3))
-    return np.clip(v, 0, 255).astype(np.uint8)
+from test_codec import clip  # noqa: E402
 
 
 def test_laplace_table_is_integer_and_symmetric():
@@ -58,7 +50,7 @@ def test_seeded_signs_are_fixed():
 def test_adaptation_lowers_the_error_on_its_frames(make_tiny):
     torch.manual_seed(0)
     model = make_tiny(0.05).float().eval()
-    frames = clip()
+    frames = clip(t=17, h=32, w=32)
     tok = tokens_from_stream(io.BytesIO(codec.compress(model, frames, bits=6, segment_frames=17,
                                                        audio=False)))
     inputs = {(0, 6): A.decoder_input(model, tok, 0, 6)}

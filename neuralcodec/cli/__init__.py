@@ -90,6 +90,7 @@ def main() -> None:
                    "bits per token (up to --bits) that keep the stream within it")
 @click.option("--bpp", type=float, default=None, help="target rate in bits per pixel (like --bitrate)")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
+              metavar="NAME",
               help="encoder effort: fast (RDO only), medium, slow, veryslow (more refinement "
                    "steps: better codes for the decoder, slower; docs/cli.md has the measured "
                    "speed and gain of each); --rdo / --refine override it")

@@ -33,7 +33,7 @@ from .common import (DEVICE_OPTION, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP, QU
 @click.option("--segment-frames", type=int, default=None,
               help="frames per segment for a video INPUT, 1 + f·k (f = the model's temporal "
                    "factor, 4 for the default) [default: about 2 s]")
-@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None, metavar="NAME",
               help=f"for a video INPUT: encoder effort, as `mgv encode --preset` [default: {DEFAULT_PRESET}]")
 @click.option("--rdo", type=float, default=None,
               help="for a video INPUT: the encoder's repeat threshold, as `mgv encode --rdo` "
