@@ -137,12 +137,12 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
     or ``(VideoMeta, iterable of frames)``. ``options``: an :class:`EncodeOptions` (checked
     here once; ``fields`` — ``bits=…``, ``rdo=…`` — replace its fields, so that
     ``compress_to_file(m, v, fo, bits=6)`` reads as before). Its fields: ``bits``: bits stored
-    per token (1..K, default K). ``entropy``: "context" (entropy code where it helps) or
-    "none". ``segment_frames``: 1 + f·k frames per segment (default about 2 s).
-    ``progress(n)`` is called as frames are encoded. The frame count is patched into the header at the end when the input did not
-    declare it (needs a seekable ``fo``). ``audio``: carry the audio tracks of a file input
-    through unchanged (AUDIO records interleaved with the segments by time, spec §8a); tracks
-    that cannot be carried are listed in :attr:`EncodeResult.warnings`. ``backend``: the
+    per token (1..K; default the model's, :meth:`EncodeOptions.stored_bits`). ``entropy``:
+    "context" (entropy code where it helps) or "none". ``segment_frames``: 1 + f·k frames per
+    segment (default about 2 s). ``progress(n)`` is called as frames are encoded. The frame
+    count is patched into the header at the end when the input did not declare it (needs a
+    seekable ``fo``). ``audio``: carry the audio tracks of a file input through unchanged
+    (AUDIO records interleaved with the segments by time, spec §8a); tracks that cannot be carried are listed in :attr:`EncodeResult.warnings`. ``backend``: the
     kernels that pack the bits on the model's device (:func:`neuralcodec.kernels.select_backend`;
     default: Triton on CUDA, PyTorch elsewhere). ``rdo``: λ of the encoder's choice to repeat
     a token of the previous latent frame where that costs little (0 = plain quantization;

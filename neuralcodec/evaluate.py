@@ -21,8 +21,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from . import codec
-from .configs import DEFAULT_RDO, DEFAULT_REFINE
 from .errors import InputError
+from .options import EncodeOptions
 
 PSNR_CAP = 100.0  # dB reported for a frame (or plane, or clip) without error
 # The knee of a model's nested-rate curve, where its default rate sits (registry default_bits):
@@ -108,7 +108,7 @@ def knee_bits(points: Sequence[Tuple[int, float, float]],
 class RatePoint:
     """One clip coded at one rate point and measured."""
 
-    bits: int  # bits per token kept (b <= K)
+    bits: int  # bits per token stored (b <= K; under rate control the most a segment may keep)
     frames: int  # frames coded
     width: int  # frame width in pixels
     height: int  # frame height in pixels
@@ -128,16 +128,24 @@ class RatePoint:
         return d
 
 
-def measure(model, frames: np.ndarray, *, bits: Optional[int] = None, fps: Fraction = Fraction(25),
-            entropy: str = "context", rdo: float = DEFAULT_RDO, refine: int = DEFAULT_REFINE,
-            ssim: bool = True) -> RatePoint:
-    """Compress ``frames`` (``T×H×W×3`` uint8 RGB) with ``model`` at ``bits`` bits per token
-    (None: all K) through the codec API exactly as ``mgv encode`` does (``entropy``, ``rdo``,
-    ``refine`` as there), decompress the stream, and measure it against the source →
-    :class:`RatePoint`. ``ssim=False`` skips MS-SSIM (it costs about a decode's time)."""
+def pooled_psnr(points: Sequence[RatePoint]) -> float:
+    """PSNR-RGB of several measured clips taken together: their squared error pooled over every
+    pixel (not a mean of the clips' PSNRs) → dB, capped at :data:`PSNR_CAP`."""
+    npix = sum(p.frames * p.width * p.height for p in points)
+    return float(psnr_from_mse(sum(p.mse * p.frames * p.width * p.height for p in points) / npix))
+
+
+def measure(model, frames: np.ndarray, options: Optional[EncodeOptions] = None, *,
+            fps: Fraction = Fraction(25), ssim: bool = True, **fields) -> RatePoint:
+    """Compress ``frames`` (``T×H×W×3`` uint8 RGB) with ``model`` under ``options`` (an
+    :class:`~neuralcodec.options.EncodeOptions`; ``fields`` such as ``bits=…``, ``rdo=…``
+    replace its fields) through the codec API exactly as ``mgv encode`` does, decompress the
+    stream, and measure it against the source → :class:`RatePoint`. ``ssim=False`` skips
+    MS-SSIM (it costs about a decode's time)."""
+    opts = EncodeOptions.of(options, **fields).checked(model)
     t, h, w, _ = frames.shape
     t0 = time.perf_counter()
-    data = codec.compress(model, frames, bits=bits, entropy=entropy, fps=fps, rdo=rdo, refine=refine)
+    data = codec.compress(model, frames, opts, fps=fps)
     t1 = time.perf_counter()
     _, rec = codec.decompress(data, model=model)
     t2 = time.perf_counter()
@@ -145,6 +153,6 @@ def measure(model, frames: np.ndarray, *, bits: Optional[int] = None, fps: Fract
         raise InputError(f"decoded {rec.shape}, expected {frames.shape}")
     m = ms_ssim_rgb(frames, rec).get("ms_ssim") if ssim else None
     mse = float(frame_mse(frames, rec).mean())
-    return RatePoint(bits=int(bits or model.cfg.bits), frames=t, width=w, height=h, bytes=len(data),
-                     bpp=len(data) * 8 / (t * h * w), mse=mse, psnr_rgb=float(psnr_from_mse(mse)), ms_ssim=m,
-                     encode_s=t1 - t0, decode_s=t2 - t1, stream=data)
+    return RatePoint(bits=opts.stored_bits(model), frames=t, width=w, height=h, bytes=len(data),
+                     bpp=len(data) * 8 / (t * h * w), mse=mse, psnr_rgb=float(psnr_from_mse(mse)),
+                     ms_ssim=m, encode_s=t1 - t0, decode_s=t2 - t1, stream=data)

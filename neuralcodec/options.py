@@ -51,7 +51,8 @@ class EncodeOptions:
     def of(cls, options: Optional["EncodeOptions"] = None, **fields) -> "EncodeOptions":
         """``options`` (default: the defaults) with ``fields`` replaced → InputError for a name
         that is not an encode option."""
-        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)} | ({"checked_for"} & set(fields))
+        options_names = {f.name for f in dataclasses.fields(cls)} - {"checked_for"}
+        unknown = set(fields) - options_names
         if unknown:
             raise InputError(f"unknown encode option(s): {', '.join(sorted(unknown))}")
         base = options if options is not None else cls()

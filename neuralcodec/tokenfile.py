@@ -41,6 +41,17 @@ def check_split(sizes: Sequence[int], bits: int) -> Tuple[int, ...]:
     return sizes
 
 
+def split_tokens(tok: np.ndarray, sizes: Sequence[int]) -> List[np.ndarray]:
+    """Sub-tokens of token indices ``tok`` (int64, any shape): one array per group of
+    ``sizes`` (low bits first), bits ``Σ_{l<j} sizes_l`` … of each token as an index of
+    ``2^sizes_j``."""
+    parts, shift = [], 0
+    for s in sizes:
+        parts.append((tok >> shift) & ((1 << s) - 1))
+        shift += s
+    return parts
+
+
 def parse_split(spec: Optional[str]) -> Optional[Tuple[int, ...]]:
     """"9,9" → (9, 9); None → None (:class:`InputError` for anything else)."""
     if spec is None:
@@ -262,12 +273,7 @@ class FileLayout:
                 if f >= t or tok.shape != seg[0].shape[1:]:
                     raise InputError(f"segment {i}: latent frame {f} of shape {tok.shape} does "
                                      f"not fit tokens.{i} {seg[0].shape}")
-                parts = [tok]
-                shift = 0
-                for s in self.split:
-                    parts.append((tok >> shift) & ((1 << s) - 1))
-                    shift += s
-                for e, p in zip(seg, parts):
+                for e, p in zip(seg, [tok, *split_tokens(tok, self.split)]):
                     fo.seek(base + e.begin + f * p.size * np_dtype.itemsize)
                     fo.write(np.ascontiguousarray(p, dtype=np_dtype).tobytes())
                 n += 1

@@ -41,7 +41,7 @@ from .options import EncodeOptions
 from .payload import payload_frames
 from .recovery import check_stream_size
 from .tokenfile import (FORMAT, FORMAT_VERSION, FileLayout, TokensFile, check_split, metadata_dict,
-                        parse_metadata, parse_split)
+                        parse_metadata, parse_split, split_tokens)
 from .quantizer import indices_to_codes
 from .rdo import select_codes
 from .refine import encode_refined
@@ -51,7 +51,8 @@ from .weights import ModelSource, resolve_model
 # The file format lives in neuralcodec.tokenfile; its public names are also this module's.
 __all__ = ["FORMAT", "FORMAT_VERSION", "FileLayout", "Tokens", "TokensFile", "bits_to_tokens",
            "check_split", "detokenize", "detokenize_frames", "metadata_dict", "parse_metadata",
-           "parse_split", "plan_stream_tokens", "tokenize", "tokens_from_stream", "write_stream_tokens"]
+           "parse_split", "plan_stream_tokens", "split_tokens", "tokenize", "tokens_from_stream",
+           "write_stream_tokens"]
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,7 @@ class Tokens:
         holding bits ``Σ_{l<j} sizes_l`` … of each token as an index of ``2^sizes_j``.
         ``sizes`` must add up to ``header.bits``."""
         sizes = check_split(sizes, self.header.bits)
-        out = []
-        for tok in self.segments:
-            parts, shift = [], 0
-            for s in sizes:
-                parts.append((tok >> shift) & ((1 << s) - 1))
-                shift += s
-            out.append(parts)
-        return out
+        return [split_tokens(tok, sizes) for tok in self.segments]
 
     def metadata(self, split: Optional[Sequence[int]] = None) -> dict:
         """The header fields as a JSON-friendly dict (stored under the metadata key ``mgv``;

@@ -41,7 +41,7 @@ class ModelEntry:
     sha256: str  # hex sha256 of the weights file
     folder: Optional[Path] = None  # models folder holding file and registry.json (None: the package's)
     default_bits: Optional[int] = None  # bits per token an encode stores unless told: the model's
-    #   measured RD knee (tools/eval_model --hull on validation clips; None: all K bits)
+    #   measured RD knee (tools/eval_model --knee on validation clips; None: all K bits)
 
     @property
     def path(self) -> Path:

@@ -55,3 +55,29 @@ def test_knee_bits_stops_where_a_doubling_gains_too_little():
     assert knee_bits([(6, 10, 20.0), (12, 10, 21.0)]) == 6  # no more bytes: no step
     with pytest.raises(ValueError):
         knee_bits([])
+
+
+def test_pooled_psnr_weights_each_clip_by_its_pixels():
+    from neuralcodec.evaluate import RatePoint, pooled_psnr
+
+    def pt(mse, frames):
+        return RatePoint(bits=6, frames=frames, width=4, height=4, bytes=1, bpp=0.1, mse=mse,
+                         psnr_rgb=float(psnr_from_mse(mse)), ms_ssim=None, encode_s=1.0,
+                         decode_s=1.0, stream=b"")
+
+    # 1 frame at MSE 100 and 3 frames at MSE 20 → pooled MSE 40, not the mean of two PSNRs
+    assert pooled_psnr([pt(100.0, 1), pt(20.0, 3)]) == pytest.approx(10 * math.log10(255 ** 2 / 40))
+    assert pooled_psnr([pt(0.0, 2)]) == PSNR_CAP
+
+
+def test_measure_records_the_bits_the_stream_stores(make_tiny, monkeypatch):
+    """Without bits, the stream stores the model's default (a registry field): the point says so."""
+    from neuralcodec import weights
+    from neuralcodec.options import EncodeOptions
+    model = make_tiny(0.05)
+    entry = weights.ModelEntry(model.name, "x.safetensors", model.sha256, None, 4)
+    monkeypatch.setattr(weights, "registry", lambda models_dir=None: {model.name: entry})
+    v = clip(t=5)
+    pt = measure(model, v, ssim=False)
+    assert pt.bits == 4 and pt.stream == codec.compress(model, v, bits=4)
+    assert measure(model, v, EncodeOptions(bits=5), ssim=False).bits == 5

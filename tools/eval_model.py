@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from neuralcodec.configs import DEFAULT_RDO, DEFAULT_REFINE
-from neuralcodec.evaluate import KNEE_DB_PER_DOUBLING, knee_bits, measure, psnr_from_mse
+from neuralcodec.evaluate import KNEE_DB_PER_DOUBLING, knee_bits, measure, pooled_psnr
 from neuralcodec.video_io import VIDEO_EXTS, probe, read_rgb
 from neuralcodec.weights import DEFAULT_MODEL, load_model
 
@@ -46,7 +46,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     model = load_model(a.model)
-    rows = []
+    rows, points = [], []
     for p in sorted(Path(a.data).iterdir()):
         if p.suffix.lower() not in VIDEO_EXTS:
             continue
@@ -56,6 +56,7 @@ def main() -> None:
         fps = probe(p).fps
         for b in a.bits:
             pt = measure(model, src, bits=b, fps=fps, entropy=a.entropy, rdo=a.rdo, refine=a.refine)
+            points.append(pt)
             raw_bpp = b / model.cfg.spatial_factor ** 2 * model.latent_frames(pt.frames) / pt.frames
             rows.append({"clip": p.name, "size": f"{pt.width}x{pt.height}", "rdo": a.rdo, "refine": a.refine,
                          **pt.row(), "raw_bpp": raw_bpp,
@@ -73,10 +74,8 @@ def main() -> None:
     if a.knee:
         curve = []
         for b in sorted(set(a.bits)):
-            rs = [r for r in rows if r["bits"] == b]
-            npx = sum(r["frames"] * r["width"] * r["height"] for r in rs)
-            mse = sum(r["mse"] * r["frames"] * r["width"] * r["height"] for r in rs) / npx
-            curve.append((b, sum(r["bytes"] for r in rs), float(psnr_from_mse(mse))))
+            pts = [pt for pt in points if pt.bits == b]
+            curve.append((b, sum(pt.bytes for pt in pts), pooled_psnr(pts)))
         print("\nbits | bytes (all clips) | PSNR-RGB pooled (dB)\n---|---|---")
         for b, n, q in curve:
             print(f"{b} | {n} | {q:.3f}")

@@ -26,7 +26,7 @@ import torch
 from lab.studies.bench_recipes import VAL_CLIPS
 from neuralcodec.configs import DEFAULT_MODEL, DEFAULT_RDO, DEFAULT_REFINE
 from lab.train.data import decode_video_rgb
-from neuralcodec.evaluate import measure, psnr_from_mse
+from neuralcodec.evaluate import measure, pooled_psnr
 from neuralcodec.weights import load_model
 
 
@@ -78,7 +78,7 @@ def main() -> None:
         pts = [measure(model, v, bits=b, rdo=lam, refine=steps, ssim=False) for _, v in clips]
         npix = sum(p.frames * p.width * p.height for p in pts)
         nbits = sum(8 * p.bytes for p in pts)
-        psnr = float(psnr_from_mse(sum(p.mse * p.frames * p.width * p.height for p in pts) / npix))
+        psnr = pooled_psnr(pts)
         rows.append({"bits": b, "lambda": lam, "refine": steps, "bpp": nbits / npix,
                      "psnr_rgb": psnr, "seconds": sum(p.encode_s + p.decode_s for p in pts)})
         print(f"{b:2d} bits  λ {lam:<4g}  refine {steps:<3d} {nbits / npix:.5f} bpp  {psnr:.3f} dB"
