@@ -22,6 +22,7 @@ in [-1, 1] and codes ``1×K×t×h×w`` in {-1, 0, +1} on the model's device.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 from fractions import Fraction
@@ -32,15 +33,17 @@ import numpy as np
 import torch
 
 from . import container as ct
+from .adapt import SegmentDecoders, file_weights
 from .audio import AudioSink, AudioSource, write_audio
 from .chunks import Progress, chunk_frames
 from .errors import InputError, MGVError, ResourceError
+from .finetune import FrameSampler, fit_adaptation
 from .model import PRECISIONS, for_inference
 from .options import ENTROPY_MODES, EncodeOptions
 from .payload import RATE_TOLERANCE, SEGMENT_OVERHEAD, STREAM_TAIL, encode_payload, rate_payload
 from .rdo import select_codes
 from .refine import encode_refined
-from .recovery import OnDamage, check_stream_size, decode_plan, segment_plan
+from .recovery import DamageReport, OnDamage, check_stream_size, decode_plan, segment_plan
 from .resources import check_decoder_memory, check_memory, estimate_bytes, is_out_of_memory
 from .video_io import VideoMeta, frames_of, probe, read_frames
 from .weights import ModelSource, model_identity, resolve_model
@@ -62,6 +65,7 @@ class EncodeResult:
     video_bytes: int = 0  # stream bytes without AUDIO records (what a target rate counts)
     rate_note: Optional[str] = None  # why a target rate was missed by more than 10 %, if it was
     warnings: Tuple[str, ...] = ()  # what was left out (e.g. audio tracks beyond the 16th)
+    adaptation: Optional[dict] = None  # --adapt: gain (dB), update bytes, kept or not (finetune)
 
     @property
     def video_kbps(self) -> float:
@@ -130,7 +134,8 @@ def stream_header(model: torch.nn.Module, meta: VideoMeta,
 def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
                      options: Optional[EncodeOptions] = None, *, progress: Progress = None,
                      fps: Optional[Fraction] = None, audio: bool = True,
-                     backend: Optional[str] = None, **fields) -> EncodeResult:
+                     backend: Optional[str] = None, adapt_progress: Progress = None,
+                     **fields) -> EncodeResult:
     """Encode ``video`` with ``model`` into the binary file object ``fo``.
 
     ``video``: a path PyAV can open, a ``T×H×W×3`` uint8 RGB array (rate ``fps``, default 25)
@@ -149,7 +154,11 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
     :func:`neuralcodec.rdo.select_codes`). ``refine``: Adam steps per decoder chunk that
     optimise the codes through the decoder before the RDO (0 = off; about 3 decoder passes
     each: :func:`neuralcodec.refine.refine_latents`); with rate control they refine for
-    ``bits`` and the rate control truncates the refined codes.
+    ``bits`` and the rate control truncates the refined codes. ``adapt``: Adam steps fitting
+    the decoder to this video once its tokens are chosen (0 = off;
+    :func:`neuralcodec.finetune.fit_adaptation`, ``adapt_progress(1)`` per step); the change is
+    written as an ADAPT record before the first segment (a version 1.3 stream, spec §8c) when
+    its measured gain pays for its bytes, and :attr:`EncodeResult.adaptation` says what happened.
 
     Rate control: ``bitrate`` (bits per second) or ``bpp`` (bits per pixel) is a target for
     the stream without its audio. Each segment then stores the most bits per token (up to
@@ -169,8 +178,23 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
                  f"encoding {meta.width}x{meta.height} frames")
     asrc = AudioSource(video) if audio and isinstance(video, (str, Path)) else None
     try:
-        return _compress(model, it, meta, header, fo, progress, asrc, bitrate, backend, opts.rdo,
-                         opts.refine)
+        if not opts.adapt:
+            return _compress(model, it, meta, header, fo, progress, asrc, bitrate, backend,
+                             opts.rdo, opts.refine)
+        sampler = FrameSampler(header.segment_frames, meta.frames, meta.width, meta.height,
+                               model.cfg.temporal_factor)
+        buf = io.BytesIO()  # the stream without its ADAPT record (its size: the compressed video)
+        res = _compress(model, sampler.wrap(it), meta, header, buf, progress, asrc, bitrate,
+                        backend, opts.rdo, opts.refine)
+        ad, summary = fit_adaptation(model, buf.getvalue(), sampler.samples(), opts.adapt,
+                                     adapt_progress)
+        if ad is None:
+            fo.write(buf.getvalue())
+            return dataclasses.replace(res, adaptation=summary)
+        size = insert_adaptation(buf.getvalue(), ad.to_payload(), fo)
+        return dataclasses.replace(res, bytes_written=size,
+                                   video_bytes=res.video_bytes + size - res.bytes_written,
+                                   adaptation=summary)
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
@@ -244,6 +268,26 @@ def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progr
                         tuple(asrc.warnings) if asrc is not None else ())
 
 
+def insert_adaptation(stream: bytes, payload: bytes, fo: BinaryIO) -> int:
+    """Write ``stream`` (a complete ``.mgv``) to ``fo`` as a version 1.3 stream with an ADAPT
+    record of ``payload`` before its first SEGMENT, every other record as it was (the INDEX
+    re-made for the new offsets) → bytes written."""
+    reader = ct.Reader(io.BytesIO(stream))
+    segment_bits = reader.version[1] >= ct.MINOR_SEGMENT_BITS
+    writer = ct.Writer(fo, reader.header, segment_bits=segment_bits, adapt=True)
+    pending = True
+    for rec in reader.records():
+        if rec.type == ct.REC_SEGMENT:
+            if pending:
+                writer.write_adapt(payload)
+                pending = False
+            writer.write_segment(ct.Segment.parse(rec.payload))
+        elif rec.type not in (ct.REC_INDEX, ct.REC_END):
+            writer.write_record(rec.type, rec.payload, critical=bool(rec.flags & ct.FLAG_CRITICAL))
+    writer.close()
+    return writer.pos
+
+
 def compress(model: torch.nn.Module, video: VideoInput, options: Optional[EncodeOptions] = None,
              **kw) -> bytes:
     """:func:`compress_to_file` into memory → the ``.mgv`` bytes."""
@@ -299,16 +343,21 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     check_stream_size(reader, recover=on_damage is not None)
     m = resolve_model(header, model).eval()
+    weights = file_weights(m)  # W of spec §8c, before any cast
     if model is None:
         for_inference(m, "cpu", precision)
     check_decoder_memory(m, header)
     first_seg = a // header.segment_frames
     last_seg = (b - 1) // header.segment_frames
     full = (a, b) == (0, header.frames)
+    adapt_records: List[ct.Record] = []
     plan = segment_plan(reader, header, first_seg, last_seg, use_index=a > 0 and reader.seekable(),
-                        on_damage=on_damage, audio=audio if full else None, to_end=full)
+                        on_damage=on_damage, audio=audio if full else None, to_end=full,
+                        adapt=adapt_records)
+    decoders = SegmentDecoders(m, header, adapt_records, weights, None if on_damage is None else (
+        lambda reason: on_damage(DamageReport(header.frames, header.frames, range(0), reason))))
     meta = VideoMeta(header.width, header.height, header.fps, b - a, header.pix_fmt)
-    frames_out = decode_plan(m, header, plan, a, b, progress, on_damage, backend)
+    frames_out = decode_plan(m, header, plan, a, b, progress, on_damage, backend, decoders)
 
     def gen() -> Iterator[np.ndarray]:
         try:

@@ -40,13 +40,15 @@ REFINE_LR = 0.05
 REFINE_MAX_PIXELS = 1920 * 1088
 
 # Encoder effort presets (`mgv encode --preset`), fastest first: each sets the encoder's choice of
-# codes (rdo λ, refinement steps); an --rdo or --refine given explicitly overrides it. Encode time
-# and gain of each, measured on the validation clips: docs/cli.md ("Presets").
+# codes (rdo λ, refinement steps) and how long it fits the decoder to the video (adapt steps,
+# neuralcodec.finetune; sent as an ADAPT record when it pays); an --rdo, --refine or --adapt
+# given explicitly overrides it. Encode time and gain of each, measured on the validation clips:
+# docs/cli.md ("Presets").
 PRESETS = {
-    "fast": {"rdo": DEFAULT_RDO, "refine": DEFAULT_REFINE},  # RDO only (the encoder before presets)
-    "medium": {"rdo": DEFAULT_RDO, "refine": 4},
-    "slow": {"rdo": DEFAULT_RDO, "refine": 10},
-    "veryslow": {"rdo": DEFAULT_RDO, "refine": 20},
+    "fast": {"rdo": DEFAULT_RDO, "refine": DEFAULT_REFINE, "adapt": 0},  # RDO only (the encoder before presets)
+    "medium": {"rdo": DEFAULT_RDO, "refine": 4, "adapt": 0},
+    "slow": {"rdo": DEFAULT_RDO, "refine": 10, "adapt": 80},
+    "veryslow": {"rdo": DEFAULT_RDO, "refine": 20, "adapt": 200},
 }
 # The preset an encode uses when none is named (keeps DEFAULT_RDO / DEFAULT_REFINE).
 DEFAULT_PRESET = "fast"

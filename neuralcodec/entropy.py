@@ -59,7 +59,9 @@ MAX_FRAME_BITS = 1 << 27
 #: Bits appended after the data at probability 1/2 and checked by the decoder (corruption check).
 SENTINEL = np.array([(0xA5C3 >> i) & 1 for i in range(16)], dtype=np.int32)
 
-_MODEL = constriction.stream.model.Bernoulli(perfect=False)
+#: The coder's symbol model: a probability of a 1 per symbol (exact multiples of 2**-16 here).
+BERNOULLI = constriction.stream.model.Bernoulli(perfect=False)
+_MODEL = BERNOULLI
 _HALF = np.full(len(SENTINEL), 0.5)
 
 #: Motion-history quantizer: bits of a token changed from t-2 to t-1 → 0 | 1 | 2-3 | >=4.
@@ -96,6 +98,22 @@ def _probs(counts: np.ndarray) -> np.ndarray:
     p16 = (counts[:, 1] << P_BITS) // (counts[:, 0] + counts[:, 1])
     np.clip(p16, P_MIN, (1 << P_BITS) - P_MIN, out=p16)
     return p16.astype(np.float64) * (1.0 / (1 << P_BITS))
+
+
+def probabilities(counts: np.ndarray) -> np.ndarray:
+    """Spec §7 "Probabilities": counts ``N×2`` (n0, n1) in half units → the probability of a 1 of
+    each context, p16 / 2**16 with p16 = (n1·2**16) // (n0 + n1) clipped to [16, 65520]."""
+    return _probs(counts)
+
+
+def chunk_ranges(n: int) -> Iterator[Tuple[int, int]]:
+    """Spec §7's warm-up chunks of a step of ``n`` symbols (or tokens): [0, 16), [16, 32),
+    [32, 64), …, each ending at min(n, 2·(end of the previous one)); counts are updated after each."""
+    lo = 0
+    while lo < n:
+        hi = min(n, max(WARMUP_CHUNK, 2 * lo))
+        yield lo, hi
+        lo = hi
 
 
 def _update(counts: np.ndarray, ctx: np.ndarray, sym: np.ndarray) -> None:
@@ -144,11 +162,7 @@ class _Model:
         if not self.warmup:
             yield 0, n
             return
-        lo = 0
-        while lo < n:
-            hi = min(n, max(WARMUP_CHUNK, 2 * lo))
-            yield lo, hi
-            lo = hi
+        yield from chunk_ranges(n)
 
     def _bits(self, kind: str, ctx: np.ndarray, positions: np.ndarray, cur: np.ndarray) -> None:
         """Code the bits ``cur[:, positions]`` under contexts ``ctx`` (K×n); symbol order is

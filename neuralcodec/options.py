@@ -18,6 +18,7 @@ import torch
 from . import container as ct
 from .configs import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_REFINE, PRESETS
 from .errors import InputError
+from .finetune import MAX_ADAPT
 from .refine import MAX_REFINE, check_refine_size
 from .weights import default_bits, model_identity
 
@@ -44,6 +45,7 @@ class EncodeOptions:
     bpp: Optional[float] = None  # rate control: target video bits per pixel (None: off)
     rdo: float = DEFAULT_RDO  # λ of the repeat-a-token choice, squared error in steps (0: off)
     refine: int = DEFAULT_REFINE  # Adam steps per decoder chunk optimising the codes (0: off)
+    adapt: int = 0  # Adam steps fitting the decoder to the video, sent as an ADAPT record (0: off)
     # (model name, sha256 prefix, K) this object was checked for; set by checked() only
     checked_for: Optional[Tuple[str, bytes, int]] = field(default=None, compare=False, repr=False)
 
@@ -66,7 +68,10 @@ class EncodeOptions:
         if name not in PRESETS:
             raise InputError(f"unknown preset {name!r} (use {', '.join(PRESETS)})")
         given = {k: v for k, v in fields.items() if v is not None}
-        return cls.of(None, **{**PRESETS[name], **given})
+        preset = dict(PRESETS[name])
+        if "adapt" not in given and (given.get("bitrate") is not None or given.get("bpp") is not None):
+            preset["adapt"] = 0  # a preset's adaptation stands aside for a target rate
+        return cls.of(None, **{**preset, **given})
 
     def checked(self, model: torch.nn.Module) -> "EncodeOptions":
         """These options validated for ``model`` → a copy marked as checked for it (returned as it
@@ -96,6 +101,12 @@ class EncodeOptions:
         n = self.refine
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_REFINE:
             raise InputError(f"refine steps must be an integer in 0..{MAX_REFINE}, got {n!r}")
+        a = self.adapt
+        if isinstance(a, bool) or not isinstance(a, int) or not 0 <= a <= MAX_ADAPT:
+            raise InputError(f"adapt steps must be an integer in 0..{MAX_ADAPT}, got {a!r}")
+        if a and (self.bitrate is not None or self.bpp is not None):
+            raise InputError("--adapt cannot be combined with a target rate (its record's bytes "
+                             "are not budgeted): use --bits")
         return dataclasses.replace(self, checked_for=ident)
 
     def stored_bits(self, model: torch.nn.Module) -> int:

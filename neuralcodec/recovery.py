@@ -10,7 +10,7 @@ conceals the others (the last good frame repeated), as much as spec §8b allows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -114,12 +114,15 @@ def _first_line(e: BaseException) -> str:
 
 
 def segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, use_index: bool,
-                  on_damage: OnDamage, audio: Optional[AudioSink], to_end: bool
+                  on_damage: OnDamage, audio: Optional[AudioSink], to_end: bool,
+                  adapt: Optional[List[ct.Record]] = None
                   ) -> Iterator[Tuple[int, Optional[ct.Segment], str]]:
     """``(i, segment, "")`` or ``(i, None, reason)`` for every segment ``first..last`` in
     order. Strict (``on_damage`` None): the first damage raises. Otherwise damaged or missing
     segments come as None and damage that costs no segment is reported through
-    ``on_damage``. ``to_end``: scan through END after ``last`` (trailing AUDIO records)."""
+    ``on_damage``. ``to_end``: scan through END after ``last`` (trailing AUDIO records).
+    ``adapt``: receives the ADAPT records (spec §8c), all of them before the first segment
+    is yielded."""
     index = None
     if use_index:
         try:
@@ -130,6 +133,14 @@ def segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, us
             index = None  # an inconsistent index: report it, scan instead
             on_damage(DamageReport(header.frames, header.frames, range(0), _first_line(e)))
     if index is not None:
+        if adapt is not None and index:
+            try:
+                adapt.extend(r for r in reader.records_before(index[0].offset)
+                             if r.type == ct.REC_ADAPT)
+            except StreamError as e:
+                if on_damage is None:
+                    raise
+                on_damage(DamageReport(header.frames, header.frames, range(0), _first_line(e)))
         for i in range(first, last + 1):
             try:
                 yield i, reader.segment_at(index[i].offset, i), ""
@@ -189,6 +200,9 @@ def segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, us
                 yield seg.index, seg, ""
             if seg.index >= last and not to_end:
                 return
+        elif item.type == ct.REC_ADAPT:
+            if adapt is not None:
+                adapt.append(item)
         elif item.type == ct.REC_AUDIO:
             if audio is not None:
                 try:
@@ -211,9 +225,11 @@ def segment_plan(reader: ct.Reader, header: ct.Header, first: int, last: int, us
 
 
 def decode_plan(m, header: ct.Header, plan, a: int, b: int, progress: Progress,
-                 on_damage: OnDamage, backend: Optional[str]) -> Iterator[np.ndarray]:
+                 on_damage: OnDamage, backend: Optional[str],
+                 decoders: Optional[Callable[[int], object]] = None) -> Iterator[np.ndarray]:
     """The frames ``a..b-1`` (``H×W×3`` uint8) of the segments of ``plan`` (from
-    :func:`segment_plan`): intact ones decoded with the resolved model ``m``, damaged ones
+    :func:`segment_plan`): intact ones decoded with the resolved model ``m`` (or
+    ``decoders(i)``, the model of segment i: :class:`neuralcodec.adapt.SegmentDecoders`), damaged ones
     concealed (the last good frame repeated; mid-grey before the first) and reported through
     ``on_damage``, one :class:`DamageReport` per run of damaged segments. ``backend``: the
     kernels that unpack raw payloads on the model's device."""
@@ -261,7 +277,8 @@ def decode_plan(m, header: ct.Header, plan, a: int, b: int, progress: Progress,
                 yield fill
             continue
         report(runs.close())
-        for f in decode_frames(m, header, seg, codes, a, b, progress):
+        for f in decode_frames(m if decoders is None else decoders(i), header, seg, codes, a, b,
+                               progress):
             last_frame = f
             yield f
     report(runs.close())

@@ -16,7 +16,9 @@ from typing import BinaryIO, List, Optional, Tuple
 import numpy as np
 
 from . import container as ct
+from .adapt import Adaptation, read_adaptations
 from .audio import AudioSink
+from .errors import StreamError
 from .payload import decode_payload
 from .recovery import DamageReport, DamageRuns, segment_plan
 
@@ -64,6 +66,20 @@ class AudioInfo:
 
 
 @dataclass(frozen=True)
+class AdaptInfo:
+    """An ADAPT record (spec §8c): a coded change of the decoder for some segments."""
+
+    first_segment: int  # first segment it applies to
+    segments: int  # how many segments
+    tensors: int  # decoder tensors it changes
+    numbers: int  # numbers it changes
+    bytes: int  # record size, framing included
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
 class StreamInfo:
     """Everything :func:`stream_info` finds in a stream (``mgv info`` prints it, ``mgv info
     --json`` serialises :meth:`to_dict`)."""
@@ -74,6 +90,7 @@ class StreamInfo:
     audio: Tuple[AudioInfo, ...]  # audio tracks
     damaged: Tuple[DamageReport, ...]  # damaged ranges in frame order (empty: intact stream)
     file_bytes: Optional[int] = None  # stream size (None for an unseekable input)
+    adapt: Tuple[AdaptInfo, ...] = ()  # ADAPT records (decoder adaptation, version 1.3)
 
     @property
     def bpp(self) -> Optional[float]:
@@ -92,6 +109,7 @@ class StreamInfo:
         d = {"version": "%d.%d" % self.version, "header": self.header.to_dict(),
              "segments": [s.to_dict() for s in self.segments],
              "audio": [a.to_dict() for a in self.audio],
+             "adapt": [a.to_dict() for a in self.adapt],
              "damaged": [{"first_frame": x.first_frame, "end_frame": x.end_frame,
                           "first_segment": x.segments[0] if x.segments else None,
                           "last_segment": x.segments[-1] if x.segments else None,
@@ -120,6 +138,10 @@ class StreamInfo:
                 continue
             out.append(f"    {s.index:>5} {s.first_frame:>8} {s.frames:>6} {s.bits:>4} {s.entropy:>8} "
                        f"{s.bytes:>10} {s.bpp:>8.4f}")
+        for a in self.adapt:
+            last = a.first_segment + a.segments - 1
+            out.append(f"  decoder adaptation: segments {a.first_segment}-{last}, {a.tensors} tensors, "
+                       f"{a.numbers} numbers, {a.bytes} bytes")
         for a in self.audio:
             out.append(f"  audio track {a.track}: {a.codec} {a.sample_rate} Hz "
                        f"{a.channels} ch, {a.packets} packets, {a.bytes} bytes (carried as-is)")
@@ -139,6 +161,7 @@ def stream_info(fo: BinaryIO) -> StreamInfo:
     sink = AudioSink(keep=False)
     rows: List[SegmentInfo] = []
     runs = DamageRuns()
+    adapt: List[ct.Record] = []
 
     def close_run() -> None:
         done = runs.close()
@@ -147,7 +170,8 @@ def stream_info(fo: BinaryIO) -> StreamInfo:
             rows.append(_damaged_row(done))
 
     for i, seg, reason in segment_plan(reader, h, 0, h.segment_count - 1, use_index=False,
-                                       on_damage=damage.append, audio=sink, to_end=True):
+                                       on_damage=damage.append, audio=sink, to_end=True,
+                                       adapt=adapt):
         first, n = h.segment_bounds(i)
         if seg is None:
             done = runs.add(i, first, first + n, reason)
@@ -163,13 +187,24 @@ def stream_info(fo: BinaryIO) -> StreamInfo:
                                 bpp=8 * len(seg.data) / (seg.frames * h.width * h.height)))
     close_run()
     size = reader.stream_size()
+    adapts = []
+    for rec in adapt:
+        try:
+            ad = Adaptation.parse(rec.payload, h)
+        except StreamError as e:
+            damage.append(DamageReport(h.frames, h.frames, range(0),
+                                       f"ADAPT record not used ({str(e).splitlines()[0]})"))
+            continue
+        if ad is not None:
+            adapts.append(AdaptInfo(ad.first_segment, ad.segments, len(ad.tensors), ad.numbers,
+                                    rec.size))
     audio = tuple(AudioInfo(t.track, t.codec, t.sample_rate, t.channels,
                             f"{t.time_base.numerator}/{t.time_base.denominator}",
                             *sink.stats.get(t.track, [0, 0]))
                   for t in sink.tracks.values())
     return StreamInfo(reader.version, h, tuple(rows), audio,
                       tuple(sorted(damage + reports, key=lambda d: (d.first_frame, d.end_frame))),
-                      size)
+                      size, tuple(adapts))
 
 
 def _damaged_row(d: DamageReport) -> SegmentInfo:
@@ -184,6 +219,8 @@ class Verified:
     frames: int  # frames of the stream
     segments: int  # segments read
     bits_sha256: str  # SHA-256 of the decoded b×t×h×w uint8 bits of all segments, in order
+    adapt_sha256: Optional[str] = None  # SHA-256 of the ADAPT records' integers (int32 LE, in
+    #   record and tensor order); None when the stream has no ADAPT record
 
 
 def verify_stream(fo: BinaryIO) -> Verified:
@@ -195,9 +232,21 @@ def verify_stream(fo: BinaryIO) -> Verified:
     h = reader.header
     digest = hashlib.sha256()
     sink = AudioSink(keep=False)
+    adapt: List[ct.Record] = []
     n = 0
+    ints = None
     for _, seg, _ in segment_plan(reader, h, 0, h.segment_count - 1, use_index=False,
-                                  on_damage=None, audio=sink, to_end=True):
+                                  on_damage=None, audio=sink, to_end=True, adapt=adapt):
+        if ints is None:  # ADAPT records precede SEGMENT 0: all of them are read by now
+            ints = _adapt_digest(read_adaptations(adapt, h)) if adapt else ""
         digest.update(np.ascontiguousarray(decode_payload(seg, seg.stored_bits(h))).tobytes())
         n += 1
-    return Verified(h.frames, n, digest.hexdigest())
+    return Verified(h.frames, n, digest.hexdigest(), ints or None)
+
+
+def _adapt_digest(ads: List[Adaptation]) -> str:
+    d = hashlib.sha256()
+    for ad in ads:
+        for t in ad.tensors:
+            d.update(np.ascontiguousarray(t.values, dtype="<i4").tobytes())
+    return d.hexdigest()

@@ -25,41 +25,13 @@ import numpy as np
 
 from . import container as ct
 from .chunks import Progress
+from .adapt import read_adaptations
 from .errors import InputError, MGVError
 from .resources import check_memory
+from .subtokens import check_split, parse_split, split_tokens  # noqa: F401 (this module's API)
 
 FORMAT = "mgv-tokens"  # value of the metadata key "format"
 FORMAT_VERSION = 1  # bumped when the file layout changes incompatibly
-
-
-def check_split(sizes: Sequence[int], bits: int) -> Tuple[int, ...]:
-    """Validate a sub-token split (positive sizes adding up to ``bits``) → tuple."""
-    sizes = tuple(int(s) for s in sizes)
-    if not sizes or any(s < 1 for s in sizes) or sum(sizes) != bits:
-        raise InputError(f"split {','.join(map(str, sizes))} must be positive sizes adding up to "
-                         f"the {bits} stored bits")
-    return sizes
-
-
-def split_tokens(tok: np.ndarray, sizes: Sequence[int]) -> List[np.ndarray]:
-    """Sub-tokens of token indices ``tok`` (int64, any shape): one array per group of
-    ``sizes`` (low bits first), bits ``Σ_{l<j} sizes_l`` … of each token as an index of
-    ``2^sizes_j``."""
-    parts, shift = [], 0
-    for s in sizes:
-        parts.append((tok >> shift) & ((1 << s) - 1))
-        shift += s
-    return parts
-
-
-def parse_split(spec: Optional[str]) -> Optional[Tuple[int, ...]]:
-    """"9,9" → (9, 9); None → None (:class:`InputError` for anything else)."""
-    if spec is None:
-        return None
-    try:
-        return tuple(int(x) for x in spec.split(","))
-    except ValueError:
-        raise InputError(f"--split {spec!r}: expected sizes like 9,9") from None
 
 
 # ---- the file format (bitstream_spec.md appendix B) -----------------------------------------
@@ -74,6 +46,9 @@ MAX_JSON_DEPTH = 3  # nesting of either JSON text: {name: {"shape": [...]}} / {"
 MAX_STRING = 256  # characters of a metadata string we read (model, pix_fmt, token, …)
 MAX_INT = 1 << 53  # any integer of the metadata or the header (JSON-safe)
 MAX_SPLIT = 32  # sub-token groups
+MAX_ADAPT_RECORDS = 16  # ADAPT payloads a tokens file carries …
+MAX_ADAPT_HEX = 1 << 21  # … each at most 1 MiB (as hex)
+ADAPT_RE = re.compile(r"^(?:[0-9a-f]{2})+$")
 FPS_RE = re.compile(r"^([0-9]{1,7})(?:/([0-9]{1,7}))?$")
 HEX_RE = re.compile(r"^(?:[0-9a-fA-F]{2}){16,32}$")
 TENSOR_RE = re.compile(r"^(?:tokens\.([0-9]{1,7})|subtokens\.([0-9]{1,7})\.([0-9]{1,2}))$")
@@ -137,10 +112,13 @@ def _short(v) -> str:
     return r if len(r) <= 40 else r[:37] + "..."
 
 
-def metadata_dict(header: ct.Header, bits: Sequence[int], split: Optional[Sequence[int]]) -> dict:
-    """The ``mgv`` metadata of a tokens file (schema: :func:`parse_metadata`)."""
+def metadata_dict(header: ct.Header, bits: Sequence[int], split: Optional[Sequence[int]],
+                  adapt: Sequence[bytes] = ()) -> dict:
+    """The ``mgv`` metadata of a tokens file (schema: :func:`parse_metadata`); ``adapt``: the
+    stream's ADAPT record payloads, stored as hex strings when there are any."""
     h = header
-    return {"model": h.model_name, "model_sha256": h.model_sha256.hex(),
+    return ({"adapt": [p.hex() for p in adapt]} if adapt else {}) | {
+            "model": h.model_name, "model_sha256": h.model_sha256.hex(),
             "model_bits": h.model_bits, "bits": h.bits, "segment_bits": list(bits),
             "width": h.width, "height": h.height, "fps": f"{h.fps_num}/{h.fps_den}",
             "frames": h.frames, "segment_frames": h.segment_frames,
@@ -157,6 +135,7 @@ class TokensMeta:
     header: ct.Header
     bits: Tuple[int, ...]  # per segment, 1..header.bits
     split: Optional[Tuple[int, ...]]  # sub-token group sizes (adding up to header.bits) or None
+    adapt: Tuple[bytes, ...] = ()  # the stream's ADAPT record payloads (spec §8c), checked
 
 
 def parse_metadata(text: str) -> TokensMeta:
@@ -197,8 +176,17 @@ def parse_metadata(text: str) -> TokensMeta:
     if hw is not None and tuple(hw) != header.latent_hw:
         raise InputError(f"metadata latent_hw={hw} but the header implies {list(header.latent_hw)}")
     split = _int_list(md, "split", 1, header.bits, MAX_SPLIT)
+    adapt = md.get("adapt") or []
+    if (not isinstance(adapt, list) or len(adapt) > MAX_ADAPT_RECORDS
+            or not all(isinstance(a, str) and len(a) <= MAX_ADAPT_HEX and ADAPT_RE.match(a) for a in adapt)):
+        raise InputError(f"metadata adapt must be a list of at most {MAX_ADAPT_RECORDS} hex strings")
+    try:
+        read_adaptations([ct.Record(ct.REC_ADAPT, 0, 0, bytes.fromhex(a)) for a in adapt], header)
+    except MGVError as e:
+        raise InputError(f"metadata adapt: {e}") from None
     return TokensMeta(header, tuple(bits or [header.bits] * n),
-                      check_split(split, header.bits) if split else None)
+                      check_split(split, header.bits) if split else None,
+                      tuple(bytes.fromhex(a) for a in adapt))
 
 
 @dataclass(frozen=True)
@@ -220,8 +208,11 @@ class FileLayout:
     frame at a time (:meth:`write`), so the memory it needs is one frame's."""
 
     def __init__(self, header: ct.Header, bits: Sequence[int],
-                 split: Optional[Sequence[int]] = None) -> None:
+                 split: Optional[Sequence[int]] = None, adapt: Sequence[bytes] = ()) -> None:
         self.header, self.bits, self.split = header, tuple(bits), tuple(split or ())
+        if len(adapt) > MAX_ADAPT_RECORDS or any(2 * len(a) > MAX_ADAPT_HEX for a in adapt):
+            raise InputError(f"the stream's ADAPT records do not fit a tokens file (at most "
+                             f"{MAX_ADAPT_RECORDS} of {MAX_ADAPT_HEX // 2} bytes)")
         tensors = header.segment_count * (1 + len(self.split))
         if tensors * MIN_ENTRY_BYTES > MAX_FILE_HEADER:  # refused before building the table
             raise InputError(f"{header.segment_count} segments would need {tensors} tensors, "
@@ -241,7 +232,7 @@ class FileLayout:
             self.entries.append(seg)
         self.data_bytes = pos
         md = {"format": FORMAT, "version": str(FORMAT_VERSION),
-              "mgv": json.dumps(metadata_dict(header, self.bits, self.split or None))}
+              "mgv": json.dumps(metadata_dict(header, self.bits, self.split or None, adapt))}
         table: Dict[str, object] = {"__metadata__": md}
         for seg in self.entries:
             for e in seg:

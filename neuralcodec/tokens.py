@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import container as ct
+from .adapt import SegmentDecoders, file_weights, read_adaptations
 from .chunks import Progress, decode_segment
 from .codec import VideoInput, open_video, stream_header
 from .errors import InputError
@@ -67,6 +68,7 @@ class Tokens:
     header: ct.Header  # stream header: size, fps, frames, segment_frames, model name and sha256
     segments: Tuple[np.ndarray, ...]  # per segment: t×h×w int64 token indices
     bits: Tuple[int, ...]  # per segment: bits per token (1..header.bits)
+    adapt: Tuple[bytes, ...] = ()  # the stream's ADAPT record payloads (decoder adaptation, §8c)
 
     # ---- views -----------------------------------------------------------------------------
     @property
@@ -99,7 +101,7 @@ class Tokens:
     def metadata(self, split: Optional[Sequence[int]] = None) -> dict:
         """The header fields as a JSON-friendly dict (stored under the metadata key ``mgv``;
         schema: :func:`parse_metadata`)."""
-        return metadata_dict(self.header, self.bits, split)
+        return metadata_dict(self.header, self.bits, split, self.adapt)
 
     # ---- files -----------------------------------------------------------------------------
     def tensors(self, split: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
@@ -117,7 +119,7 @@ class Tokens:
     def save(self, target: Union[str, Path], split: Optional[Sequence[int]] = None) -> None:
         """Write a ``.safetensors`` file (see the module docstring)."""
         sizes = check_split(split, self.header.bits) if split else None
-        layout = FileLayout(self.header, self.bits, sizes)
+        layout = FileLayout(self.header, self.bits, sizes, self.adapt)
         with open(target, "wb") as fo:
             layout.write(fo, lambda i: iter(self.segments[i]))
 
@@ -129,7 +131,8 @@ class Tokens:
         ``tokens.{i}`` may be absent when every ``subtokens.{i}.{j}`` is present. Everything
         but the token values is checked before any tensor data is read
         (:meth:`TokensFile.open`)."""
-        return cls(*TokensFile.open(path).read_arrays())
+        f = TokensFile.open(path)
+        return cls(*f.read_arrays(), f.meta.adapt)
 
 
 def bits_to_tokens(bits: np.ndarray) -> np.ndarray:
@@ -139,21 +142,24 @@ def bits_to_tokens(bits: np.ndarray) -> np.ndarray:
 
 
 # ---- producing tokens -----------------------------------------------------------------------
-def _stream_plan(fo: BinaryIO, bits: Optional[int]) -> Tuple[ct.Reader, ct.Header, Tuple[int, ...]]:
-    """Read a stream's records once, strictly, without decoding a payload → (reader, header
-    with ``bits`` capped, bits per segment). Refuses a file too short for its segments at
-    once (spec §8b, :func:`neuralcodec.recovery.check_stream_size`) and ``bits`` outside
-    1..b (:class:`InputError`)."""
+def _stream_plan(fo: BinaryIO, bits: Optional[int]
+                 ) -> Tuple[ct.Reader, ct.Header, Tuple[int, ...], Tuple[bytes, ...]]:
+    """Read a stream's records once, strictly, without decoding a segment payload → (reader,
+    header with ``bits`` capped, bits per segment, the ADAPT payloads, checked). Refuses a
+    file too short for its segments at once (spec §8b,
+    :func:`neuralcodec.recovery.check_stream_size`) and ``bits`` outside 1..b (:class:`InputError`)."""
     reader = ct.Reader(fo)
     header = reader.header
     if bits is not None and not 1 <= bits <= header.bits:
         raise InputError(f"bits must be in 1..{header.bits} for this stream, got {bits}")
     check_stream_size(reader)
     keep = bits or header.bits
+    adapt = [r for r in reader.records() if r.type == ct.REC_ADAPT]
+    read_adaptations(adapt, header)
     nbits = tuple(min(seg.stored_bits(header), keep) for seg in reader.segments())
     if bits is not None:
         header = ct.replace_header(header, bits=min(bits, header.bits))
-    return reader, header, nbits
+    return reader, header, nbits, tuple(r.payload for r in adapt)
 
 
 def _stream_frames(reader: ct.Reader, header: ct.Header, nbits: Sequence[int]
@@ -177,9 +183,9 @@ def plan_stream_tokens(fo: BinaryIO, bits: Optional[int] = None,
     """Check the ``.mgv`` stream ``fo`` (seekable; every record read once, strictly, no
     payload decoded) and the options → (the tokens file's :class:`FileLayout`, the
     ``frames_of`` its :meth:`FileLayout.write` takes)."""
-    reader, header, nbits = _stream_plan(fo, bits)
+    reader, header, nbits, adapt = _stream_plan(fo, bits)
     sizes = check_split(split, header.bits) if split else None
-    return FileLayout(header, nbits, sizes), _stream_frames(reader, header, nbits)
+    return FileLayout(header, nbits, sizes, adapt), _stream_frames(reader, header, nbits)
 
 
 def write_stream_tokens(fo: BinaryIO, target: BinaryIO, bits: Optional[int] = None,
@@ -201,13 +207,13 @@ def tokens_from_stream(fo: BinaryIO, bits: Optional[int] = None) -> Tokens:
     the first ``bits`` bits of every token (the nested code's lower rate). The int64 tokens of
     the whole stream are held in memory: :class:`~neuralcodec.errors.ResourceError` up front
     when they cannot fit (:func:`write_stream_tokens` writes a file in bounded memory)."""
-    reader, header, nbits = _stream_plan(fo, bits)
+    reader, header, nbits, adapt = _stream_plan(fo, bits)
     h, w = header.latent_hw
     t_all = sum(header.latent_frames(header.segment_bounds(i)[1]) for i in range(len(nbits)))
     check_memory(t_all * h * w * 8 + 8 * max(nbits) * h * w, "holding the stream's tokens")
     frames_of = _stream_frames(reader, header, nbits)
     segs = tuple(np.stack(list(frames_of(i))) for i in range(len(nbits)))
-    return Tokens(header, segs, nbits)
+    return Tokens(header, segs, nbits, adapt)
 
 
 def tokenize(model: torch.nn.Module, video: VideoInput, options: Optional[EncodeOptions] = None, *,
@@ -217,7 +223,9 @@ def tokenize(model: torch.nn.Module, video: VideoInput, options: Optional[Encode
     checked here once; ``fields`` such as ``bits=…`` replace its fields) — ``bits`` per token
     (default: the model's, as mgv encode), ``segment_frames``, ``rdo`` and ``refine`` as there
     (:func:`neuralcodec.rdo.select_codes`, :func:`neuralcodec.refine.refine_latents`); rate
-    control and the entropy mode do not apply to tokens. The token indices are computed on
+    control, the entropy mode and decoder adaptation (``adapt``: the tokens are the same) do
+    not apply to tokens: the tokens of an adapted stream (:func:`tokens_from_stream`) carry its
+    update. The token indices are computed on
     the model's device (:func:`neuralcodec.kernels.token_indices`)."""
     opts = EncodeOptions.of(options, **fields).checked(model)
     if opts.bitrate is not None or opts.bpp is not None:
@@ -256,16 +264,20 @@ def detokenize_frames(model: ModelSource, tokens: Tokens, progress: Progress = N
     model name and sha256); ``precision``: as in :func:`~neuralcodec.codec.decompress_from_file`."""
     header = tokens.header
     m = resolve_model(header, model).eval()
+    weights = file_weights(m)  # W of spec §8c, before any cast
     if model is None:  # as decompress_from_file runs a model it loads
         for_inference(m, "cpu", precision)
     check_decoder_memory(m, header)
     h, w = header.latent_hw
+    decoders = SegmentDecoders(m, header, [ct.Record(ct.REC_ADAPT, 0, 0, p) for p in tokens.adapt],
+                               weights)
 
     def gen() -> Iterator[np.ndarray]:
         for i, tok in enumerate(tokens.segments):
             first, n = header.segment_bounds(i)
             seg = ct.Segment(i, first, n, tok.shape[0], h, w, ct.ENTROPY_NONE, b"", tokens.bits[i])
-            yield from decode_segment(m, header, seg, tokens.segment_codes(i, dtype=m.dtype),
+            mi = decoders(i)
+            yield from decode_segment(mi, header, seg, tokens.segment_codes(i, dtype=m.dtype),
                                       progress)
 
     return tokens.meta, gen()

@@ -1,11 +1,15 @@
 """A second, dependency-free implementation of the entropy mode 1 ("context") decoder,
-written from ``bitstream_spec.md`` §7 alone: plain Python integers, no numpy, no constriction,
+written from ``bitstream_spec.md`` §7 alone, and of the ADAPT records of §8c (their checks and
+coded integers) written from that section: plain Python integers, no numpy, no constriction,
 nothing imported from ``neuralcodec``. The tests check that it agrees bit for bit with the
-library path (``neuralcodec.entropy.decode_bits``, which uses constriction) on every test
-stream, so the spec, not one library version, defines the format.
+library path (``neuralcodec.entropy.decode_bits`` and ``neuralcodec.adapt``, which use
+constriction) on every test stream, so the spec, not one library version, defines the format.
 
-``decode(data, K, T, H, W)`` → nested lists ``B[k][t][y][x]`` of 0/1, or raises
-:class:`RefError` where the spec says the payload is invalid.
+``decode(data, K, T, H, W)`` → nested lists ``B[k][t][y][x]`` of 0/1;
+``decode_adapt_ints(data, [(count, vmax), …])`` → one list of integers per tensor;
+``parse_adapt(payload, S, model_sha256)`` → an ADAPT record's fields and integers;
+each raises :class:`RefError` (``.error``: the §9 class a reader reports) where the spec says
+the data is invalid.
 """
 from __future__ import annotations
 
@@ -15,7 +19,11 @@ SENTINEL = 0xA5C3
 
 
 class RefError(Exception):
-    pass
+    """Invalid data; ``error`` names the class of spec §9 a reader reports."""
+
+    def __init__(self, msg: str, error: str = "PayloadError") -> None:
+        super().__init__(msg)
+        self.error = error
 
 
 def cut(p16: int) -> int:
@@ -243,3 +251,152 @@ def decode(data: bytes, K: int, T: int, H: int, W: int, trace=None):
     if check != SENTINEL:
         raise RefError("end check failed")
     return B
+
+
+# ---- §8c: ADAPT records ------------------------------------------------------------------------
+ADAPT_HEAD = 28  # method, reserved, n, model_sha256, first_segment, segments
+ADAPT_ENTRY = 8  # index u16, e i8, vmax u8, count u32
+ADAPT_CONTEXTS = 16
+
+
+def _adapt_tensor(count: int, vmax: int, code_pass, code_sign, values=None):
+    """One tensor of §8c "Coded integers". ``code_pass(c, symbols or m)`` codes a pass in
+    context c (chunks, counts) → its symbols; ``code_sign(symbol or None)`` one sign symbol at
+    p16 32768. ``values`` given: encode them; None: decode → the integers."""
+    if vmax == 0:
+        return [0] * count
+    enc = values is not None
+    z = code_pass(0, [int(v != 0) for v in values] if enc else count)
+    a = list(z)  # magnitudes known so far
+    nz = [i for i in range(count) if a[i]]
+    neg = [code_sign(int(values[i] < 0) if enc else None) for i in nz]
+    L = nz  # the indices with |v_i| >= l, i.e. a_i = l
+    for lv in range(1, vmax):
+        if not L:
+            break
+        g = code_pass(min(lv, ADAPT_CONTEXTS - 1), [int(abs(values[i]) > lv) for i in L] if enc else len(L))
+        for i, gi in zip(L, g):
+            if gi:
+                a[i] = lv + 1
+        L = [i for i in L if a[i] == lv + 1]
+    for i, s in zip(nz, neg):
+        if s:
+            a[i] = -a[i]
+    return a
+
+
+def _passes(code_one):
+    """The pass coder of §8c over ``code_one(symbol or None, p16)`` with fresh counts per tensor."""
+    def start():
+        cs = Counts(ADAPT_CONTEXTS)
+
+        def code_pass(c, syms):
+            m = syms if isinstance(syms, int) else len(syms)
+            out = []
+            for lo, hi in chunks(m, True):
+                p = cs.p16(c)
+                chunk = [code_one(None if isinstance(syms, int) else syms[j], p) for j in range(lo, hi)]
+                for s in chunk:
+                    cs.n[c][s] += 2
+                out += chunk
+            return out
+        return code_pass
+    return start
+
+
+def decode_adapt_ints(data: bytes, tensors, trace=None):
+    """The coded integers of an ADAPT record for tensors ``[(count, vmax), …]`` → one list of
+    integers per tensor → RefError (PayloadError) for invalid data or check bits. ``trace``: a
+    list that receives every ``(symbol, p16)`` in coding order, check bits included."""
+    if len(data) == 0 or len(data) % 4:
+        raise RefError("ADAPT data is not a positive multiple of 4 bytes")
+    rc = RangeDecoder(data)
+    if trace is not None:
+        inner = rc.decode
+
+        def traced(p16):
+            s = inner(p16)
+            trace.append((s, p16))
+            return s
+        rc.decode = traced
+    new_pass = _passes(lambda s, p16: rc.decode(p16))
+    out = [_adapt_tensor(count, vmax, new_pass(), lambda s: rc.decode(32768)) for count, vmax in tensors]
+    if sum(rc.decode(32768) << i for i in range(16)) != SENTINEL:
+        raise RefError("ADAPT end check failed")
+    return out
+
+
+def encode_adapt_ints(tensors) -> bytes:
+    """``[(values, vmax), …]`` → the coded integers (the reference writer's exact bytes)."""
+    enc = RangeEncoder()
+
+    def one(s, p16):
+        enc.encode(s, p16)
+        return s
+    new_pass = _passes(one)
+    for values, vmax in tensors:
+        _adapt_tensor(len(values), vmax, new_pass(), lambda s: one(s, 32768), [int(v) for v in values])
+    for i in range(16):
+        enc.encode((SENTINEL >> i) & 1, 32768)
+    return enc.finish()
+
+
+def parse_adapt(payload: bytes, segment_count: int, model_sha256: bytes):
+    """An ADAPT payload checked in the order of §8c (rules 1-12) → None for a method other than
+    0 (skipped), else ``(first_segment, segments, [(index, e, vmax, integers), …])``."""
+    def bad(msg):
+        raise RefError(msg, "RecordError")
+
+    def u(off, size):
+        return int.from_bytes(payload[off:off + size], "little")
+    if len(payload) == 0:
+        bad("empty ADAPT payload")
+    if payload[0] != 0:
+        return None
+    if len(payload) < ADAPT_HEAD:
+        bad("ADAPT head cut short")
+    if payload[1] != 0:
+        bad("reserved byte")
+    n = u(2, 2)
+    if not 1 <= n <= 1024:
+        bad("tensor count")
+    if len(payload) < ADAPT_HEAD + ADAPT_ENTRY * n:
+        bad("ADAPT entries cut short")
+    if bytes(payload[4:20]) != bytes(model_sha256):
+        bad("model_sha256")
+    first, segments = u(20, 4), u(24, 4)
+    if first >= segment_count or not 1 <= segments <= segment_count - first:
+        bad("segment range")
+    entries = []
+    for j in range(n):
+        off = ADAPT_HEAD + ADAPT_ENTRY * j
+        index, e, vmax, count = u(off, 2), payload[off + 2], payload[off + 3], u(off + 4, 4)
+        e = e - 256 if e >= 128 else e
+        if entries and index <= entries[-1][0]:
+            bad("tensor indices not strictly increasing")
+        if not -64 <= e <= 0:
+            bad("exponent")
+        if count == 0:
+            bad("count 0")
+        entries.append((index, e, vmax, count))
+    if sum(c for *_, c in entries) > 1 << 20:
+        bad("numbers over the cap")
+    if sum(c * (vm + 1) for _, _, vm, c in entries) > 1 << 23:
+        bad("symbols over the cap")
+    ints = decode_adapt_ints(payload[ADAPT_HEAD + ADAPT_ENTRY * n:], [(c, vm) for _, _, vm, c in entries])
+    return first, segments, [(i, e, vm, v) for (i, e, vm, _), v in zip(entries, ints)]
+
+
+def read_adapt(payloads, segment_count: int, model_sha256: bytes):
+    """The ADAPT payloads of a stream, in record order (rules 1-12 each, then 14: ranges) → the
+    parsed records of method 0."""
+    out = []
+    for p in payloads:
+        r = parse_adapt(p, segment_count, model_sha256)
+        if r is None:
+            continue
+        first, segments, _ = r
+        if any(first < f + s and f < first + segments for f, s, _ in out):
+            raise RefError("ADAPT ranges overlap", "RecordError")
+        out.append(r)
+    return out

@@ -42,7 +42,9 @@ def test_api_takes_the_object_or_its_fields(make_tiny):
 
 def test_presets_set_effort_and_explicit_options_win():
     from neuralcodec.configs import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_REFINE, PRESETS
-    assert PRESETS[DEFAULT_PRESET] == {"rdo": DEFAULT_RDO, "refine": DEFAULT_REFINE}  # today's encoder
+    assert PRESETS[DEFAULT_PRESET] == {"rdo": DEFAULT_RDO, "refine": DEFAULT_REFINE, "adapt": 0}  # today's encoder
+    adapt = [PRESETS[p]["adapt"] for p in ("fast", "medium", "slow", "veryslow")]
+    assert adapt == sorted(adapt) and adapt[0] == 0 < adapt[-1]  # adaptation only in the slow end
     steps = [PRESETS[p]["refine"] for p in ("fast", "medium", "slow", "veryslow")]
     assert steps == sorted(steps) and len(set(steps)) == 4  # a ladder: each slower than the last
     assert EncodeOptions.from_preset() == EncodeOptions()

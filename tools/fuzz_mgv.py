@@ -1,22 +1,31 @@
 """Mutation fuzzer of the ``.mgv`` reader and decoder.
 
 Seeds are real streams made with the tiny model (raw and context-coded segments, AUDIO records,
-one-frame and multi-segment streams). Each case mutates one seed (bit flips, random bytes,
-interesting 32-bit values in record fields, inserted / deleted / duplicated ranges, truncation),
-optionally re-computes the header and record CRCs so the mutation reaches the checks behind
-them, and then runs every entry point on it: strict decode, recovering decode, a frame-range
-decode and ``streaminfo.stream_info``. A case passes when each one ends in a correct decode (frames of the
-header's size, and with recovery exactly the header's frame count) or an
-:class:`neuralcodec.errors.MGVError`; any other exception or a case running past its time limit
-fails, and its input is saved to the corpus directory.
+one-frame and multi-segment streams, a 1.3 stream with an ADAPT record). Each case mutates one
+seed (bit flips, random bytes, interesting 32-bit values in record fields, inserted / deleted /
+duplicated ranges, truncation), optionally re-computes the header and record CRCs so the
+mutation reaches the checks behind them, and then runs every entry point on it: strict decode,
+recovering decode, a frame-range decode, ``streaminfo.stream_info``, and for streams with ADAPT
+records the strict reading of spec §8c (:func:`check_adaptations`: the records before
+SEGMENT 0, ``adapt.read_adaptations``, the model rules, adaptations re-coded and re-read). A case
+passes when each one ends in a correct decode (frames of the header's size, and with recovery
+exactly the header's frame count) or an :class:`neuralcodec.errors.MGVError`; any other
+exception or a case running past its time limit fails, and its input is saved to the corpus
+directory.
 
 ``--mode struct`` is structure-aware: it parses a seed into its header and records, forges
 header fields and record contents at their limits (sizes, counts, offsets, time bases,
 timestamps, record types and flags, INDEX / END offsets, segments consistent with a forged
-header), and writes every header and record with a valid CRC, so each case reaches the checks
-behind the framing. ``--mode mix`` alternates both.
+header, ADAPT records), and writes every header and record with a valid CRC, so each case
+reaches the checks behind the framing. ``--mode adapt`` forges only ADAPT records (spec §8c)
+inside otherwise valid streams (correct INDEX and END): valid ones from
+``neuralcodec.adapt.Adaptation(...).to_payload()`` for the tiny model's decoder tensors, several
+with adjacent or overlapping ranges, and mutated ones (head and entry fields at their limits,
+cut or padded payloads, records at both caps and the most passes the caps allow, flipped or
+random data, a record after a SEGMENT, unknown methods, the CRITICAL flag). ``--mode mix``
+cycles through the three: mutate, struct, adapt.
 
-    python -m tools.fuzz_mgv --cases 10000 [--mode struct] [--seed 0] [--save tests/fuzz_corpus]
+    python -m tools.fuzz_mgv --cases 10000 [--mode struct|adapt|mix] [--seed 0] [--save tests/fuzz_corpus]
 
 Decodes run with ``MGV_MAX_MEMORY`` (``--max-memory``, default 1G): the decoder refuses frame
 sizes whose decoding would need more, and each decode consumes at most :data:`FRAME_CAP` frames
@@ -36,11 +45,11 @@ import traceback
 import zlib
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
-from neuralcodec import audio, codec, streaminfo
+from neuralcodec import adapt, audio, codec, streaminfo
 from neuralcodec import container as ct
 from neuralcodec.errors import MGVError
 
@@ -50,8 +59,9 @@ INTERESTING32 = (0, 1, 2, 3, 0x7F, 0xFF, 0x100, 0xFFFF, 0x10000, 1 << 24, 1 << 2
                  0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF)
 
 
-class CaseTimeout(Exception):
-    """A case ran past its time limit (a hang)."""
+class CaseTimeout(BaseException):
+    """A case ran past its time limit (a hang). Not an Exception: code under test that turns
+    any Exception into its own error (a decoder wrapping its library's) must not hide it."""
 
 
 def tiny_model():
@@ -102,7 +112,45 @@ def seed_streams(model) -> List[bytes]:
     s3 = codec.compress(model, _clip(1, 8, 8, 2), entropy="context")
     s4 = _with_audio(codec.compress(model, _clip(6, 16, 16, 3), segment_frames=5, entropy="context",
                                     fps=Fraction(30000, 1001)))
-    return [s1, s2, s3, s4, _real_audio_stream(model)]
+    return [s1, s2, s3, s4, _real_audio_stream(model), _adapt_seed(model)]
+
+
+def _adapt_seed(model) -> bytes:
+    """A 1.3 stream: 11 frames in 3 segments with an ADAPT record (spec §8c) that changes
+    four decoder tensors of ``model`` for segments 1 and 2 (``codec.insert_adaptation``)."""
+    data = codec.compress(model, _clip(11, 16, 16, 5), segment_frames=5, entropy="context")
+    h = ct.Reader(io.BytesIO(data)).header
+    targets = _targets(model)
+    rng = np.random.default_rng(5)
+    tensors = []
+    for index, size in (targets[1], targets[4], targets[9], targets[-1]):
+        v = np.clip(np.round(rng.normal(0, 2, size)), -7, 7).astype(np.int32)
+        tensors.append(adapt.TensorUpdate(index, -6, int(np.abs(v).max()), v))
+    out = io.BytesIO()
+    codec.insert_adaptation(data, adapt.Adaptation(h.model_sha256, 1, 2, tuple(tensors)).to_payload(), out)
+    return out.getvalue()
+
+
+_TARGETS: dict = {}
+
+
+def _targets(model=None) -> List[Tuple[int, int]]:
+    """(tensor index, element count) of every tensor an ADAPT record may change (the decoder's
+    floating tensors, spec §8c) of ``model``, default the tiny config (built on the meta device,
+    cached), in index order."""
+    if model is None:
+        if "tiny" not in _TARGETS:
+            import torch
+
+            from neuralcodec.configs import CONFIGS
+            from neuralcodec.model import Tokenizer
+
+            with torch.device("meta"):
+                _TARGETS["tiny"] = _targets(Tokenizer(CONFIGS["tiny"]))
+        return _TARGETS["tiny"]
+    names, sd = adapt.tensor_names(model), model.state_dict()
+    allowed = set(adapt.adaptable_names(model))
+    return [(i, sd[n].numel()) for i, n in enumerate(names) if n in allowed]
 
 
 def _real_audio_stream(model) -> bytes:
@@ -176,7 +224,8 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
             b[i] = rng.randrange(256)
         elif op == 2:  # interesting 32-bit value at a record field or anywhere
             offs = _record_offsets(bytes(b))
-            j = (rng.choice(offs) + rng.choice((4, 8, 12, 16, 20, 24, 28))) if offs and rng.random() < 0.7 else i
+            j = (rng.choice(offs) + rng.choice((4, 8, 12, 16, 20, 24, 28))) \
+                if offs and rng.random() < 0.7 else i
             if j + 4 <= n:
                 struct.pack_into("<I", b, j, rng.choice(INTERESTING32))
         elif op == 3:  # header field
@@ -203,7 +252,8 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
 HEADER_FIELDS = [(f.name, f.kind) for f in ct.FIELDS]
 LIMITS = {
     "width": (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 63, 64, 1023, 1024, 2047, 4096, 8191, 8192, 8193, 0, 65535),
-    "height": (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 63, 64, 1023, 1024, 2047, 4096, 8191, 8192, 8193, 0, 65535),
+    "height": (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 63, 64, 1023, 1024, 2047, 4096, 8191, 8192, 8193, 0,
+               65535),
     "frames": (1, 2, 4, 5, 6, 9, 13, 17, 65536, 65537, 65538, (1 << 20) + 1, (1 << 24) - 1, 1 << 24,
                (1 << 24) + 1, 0, 0xFFFFFFFF),
     "fps_num": (1, 999, 1000, 1001, 30000, 10 ** 6, 10 ** 6 + 1, 0),
@@ -276,7 +326,8 @@ def _consistent_segments(fields: dict, rng: random.Random, limit: int = 6) -> Li
                 mode, data = 0, bytes(raw)
         else:
             words = rng.choice((1, 2, 3, 8, 64, 256))
-            data = bytes(rng.getrandbits(8) for _ in range(4 * words)) if rng.random() < 0.5 else bytes(4 * words)
+            data = bytes(rng.getrandbits(8) for _ in range(4 * words)) if rng.random() < 0.5 \
+                else bytes(4 * words)
             mode = 1
             if len(data) > raw:
                 mode, data = 0, bytes(raw)
@@ -288,7 +339,8 @@ def _forge_audio(rng: random.Random) -> bytes:
     if rng.random() < 0.5:  # a track description with fields at their limits
         codec_name = rng.choice((b"aac", b"pcm_s16le", b"x" * 32, b"flac"))
         tmpl = rng.choice((b"", b"\x1aE\xdf\xa3template", bytes(rng.getrandbits(8) for _ in range(40))))
-        return (bytes([ct.AUDIO_TRACK, rng.choice((0, 1, 15, 16, 255))]) + bytes([len(codec_name)]) + codec_name
+        return (bytes([ct.AUDIO_TRACK, rng.choice((0, 1, 15, 16, 255))]) + bytes([len(codec_name)])
+                + codec_name
                 + struct.pack("<IIIHqI", rng.choice(U32_LIMITS), rng.choice(U32_LIMITS),
                               rng.choice((1, 8000, 44100, 10 ** 6, 10 ** 6 + 1, 0)),
                               rng.choice((1, 2, 255, 256, 0)), rng.choice(I64_LIMITS),
@@ -334,7 +386,8 @@ def _forge_real_audio(payload: bytes, rng: random.Random) -> bytes:
             j = rng.randrange(len(pk))
             pk[i], pk[j] = pk[j], pk[i]
         else:
-            pk[i] = dataclasses.replace(pk[i], duration=rng.choice(U32_LIMITS), data=pk[i].data[:rng.choice((0, 1))])
+            pk[i] = dataclasses.replace(pk[i], duration=rng.choice(U32_LIMITS),
+                                        data=pk[i].data[:rng.choice((0, 1))])
         return ct.AudioPackets(a.track, tuple(pk)).to_payload()
     return payload
 
@@ -355,18 +408,191 @@ def _const_payload(shape) -> Optional[bytes]:
     return _CONST_PAYLOADS[shape]
 
 
-def forge(seed: bytes, rng: random.Random) -> bytes:
+def _segment_count(fields: dict) -> int:
+    """S of a (forged) header, 1 when the header is invalid."""
+    try:
+        h = ct.Header(**fields)
+        h.check()
+        return h.segment_count
+    except Exception:  # noqa: BLE001 - an invalid forged header
+        return 1
+
+
+def _int_values(nrng: np.random.Generator, size: int, vmax: int) -> np.ndarray:
+    """``size`` integers in -vmax..vmax: small ones, the extremes, or all zero."""
+    r = nrng.random()
+    if vmax == 0 or r < 0.1:
+        return np.zeros(size, np.int32)
+    if r < 0.25:  # every one at ±vmax: the most passes and symbols
+        return (vmax * nrng.choice([-1, 1], size)).astype(np.int32)
+    mag = np.minimum(nrng.geometric(nrng.uniform(0.05, 0.9), size) - 1, vmax)
+    mag[nrng.random(size) < 0.01] = vmax
+    return (mag * nrng.choice([-1, 1], size)).astype(np.int32)
+
+
+def valid_adaptation(rng: random.Random, sha: bytes, first: int, segments: int,
+                     targets: Optional[List[Tuple[int, int]]] = None) -> adapt.Adaptation:
+    """A valid update of 1-6 decoder tensors (of ``targets``, default the tiny config's) for
+    segments ``first`` .. ``first + segments - 1``: exponents -64..0, vmax 0..255."""
+    targets = targets or _targets()
+    nrng = np.random.default_rng(rng.getrandbits(32))
+    chosen = sorted(rng.sample(targets, min(len(targets), rng.choice((1, 1, 2, 3, 6)))))
+    tensors = []
+    for index, size in chosen:
+        vmax = rng.choice((0, 1, 2, 3, 7, 31, 255))
+        exp = rng.choice((adapt.MIN_EXP, -30, -16, -12, -10, -8, -6, -4, -2, adapt.MAX_EXP))
+        tensors.append(adapt.TensorUpdate(index, exp, vmax, _int_values(nrng, size, vmax)))
+    return adapt.Adaptation(sha, first, segments, tuple(tensors))
+
+
+def _adapt_ranges(rng: random.Random, S: int) -> List[Tuple[int, int]]:
+    """1-4 valid segment ranges of a stream of S segments: adjacent (valid) or overlapping."""
+    cuts = sorted(rng.sample(range(1, S), min(S - 1, rng.randint(0, 3)))) if S > 1 else []
+    bounds = [0] + cuts + [S]
+    ranges = [(a, b - a) for a, b in zip(bounds, bounds[1:])]
+    if rng.random() < 0.3:  # overlapping ranges
+        a, n = rng.choice(ranges)
+        ranges.insert(rng.randint(0, len(ranges)), (a, rng.randint(1, S - a)))
+    elif rng.random() < 0.3 and len(ranges) > 1:  # not all segments covered
+        del ranges[rng.randrange(len(ranges))]
+    return ranges
+
+
+def _mutate_adapt(payload: bytes, rng: random.Random, S: int) -> bytes:
+    """A valid ADAPT payload with one field, its length or its data forged (spec §8c's rules)."""
+    b = bytearray(payload)
+    n = struct.unpack_from("<H", b, 2)[0]
+    data_at = adapt.ADAPT_HEAD.size + adapt.ADAPT_ENTRY.size * n
+    op = rng.randrange(6)
+    if op == 0:  # a head field
+        k = rng.randrange(6)
+        if k == 0:
+            b[0] = rng.choice((1, 2, 255))
+        elif k == 1:
+            b[1] = rng.choice((1, 255))
+        elif k == 2:
+            struct.pack_into("<H", b, 2, rng.choice((0, 1, n - 1, n + 1, 1024, 1025, 0xFFFF)) & 0xFFFF)
+        elif k == 3:
+            b[4 + rng.randrange(16)] ^= 1 << rng.randrange(8)
+        else:
+            lim = (0, 1, S - 1, S, S + 1, 1 << 20, 0x7FFFFFFF, 0xFFFFFFFF)
+            struct.pack_into("<I", b, 20 if k == 4 else 24, rng.choice(lim) & 0xFFFFFFFF)
+    elif op == 1 and n:  # an entry field
+        at = adapt.ADAPT_HEAD.size + adapt.ADAPT_ENTRY.size * rng.randrange(n)
+        k = rng.randrange(4)
+        if k == 0:
+            names = _targets()[-1][0] + 1  # past the last decoder tensor: past every tensor
+            struct.pack_into("<H", b, at, rng.choice((0, 1, 2, 5, 50, names - 1, names, 0xFFFF)))
+        elif k == 1:
+            struct.pack_into("<b", b, at + 2, rng.choice((-128, -65, -64, -1, 0, 1, 127)))
+        elif k == 2:
+            b[at + 3] = rng.choice((0, 1, 2, 127, 254, 255))
+        else:
+            c = struct.unpack_from("<I", b, at + 4)[0]
+            struct.pack_into("<I", b, at + 4, rng.choice(
+                (0, 1, c - 1, c + 1, 1 << 20, (1 << 20) + 1, 1 << 23, 0xFFFFFFFF)) & 0xFFFFFFFF)
+    elif op == 2:  # the length: cut anywhere, or bytes appended (whole words or not)
+        if rng.random() < 0.6:
+            del b[rng.randrange(len(b)):]
+        else:
+            b += bytes(rng.getrandbits(8) for _ in range(rng.choice((1, 2, 3, 4, 8, 64))))
+    elif op == 3 and len(b) > data_at:  # the coded data: flipped bits, random or zero words
+        r = rng.random()
+        if r < 0.5:
+            for _ in range(rng.randint(1, 3)):
+                i = rng.randrange(data_at, len(b))
+                b[i] ^= 1 << rng.randrange(8)
+        elif r < 0.75:
+            b[data_at:] = bytes(rng.getrandbits(8) for _ in range(rng.choice((4, 8, 64, len(b) - data_at))))
+        else:
+            b[data_at:] = bytes(rng.choice((0, 4, 8, 400)))
+    elif op == 4:  # entries swapped (indices out of order) or duplicated
+        if n >= 2:
+            i = adapt.ADAPT_HEAD.size + adapt.ADAPT_ENTRY.size * rng.randrange(n - 1)
+            j = i + adapt.ADAPT_ENTRY.size
+            b[i:j + 8] = b[j:j + 8] + (b[i:i + 8] if rng.random() < 0.5 else b[j:j + 8])
+    else:  # the data of another record (its integers decode as garbage, or fail)
+        b[data_at:] = adapt.encode_ints([(np.full(rng.choice((1, 5, 100)), 1, np.int32), 1)])
+    return bytes(b)
+
+
+def _caps_adapt(rng: random.Random, sha: bytes) -> bytes:
+    """An ADAPT payload at or just over the caps (Σ count 2^20, Σ count·(vmax + 1) 2^23), or
+    with the most passes they allow (1024 one-integer tensors at vmax 255), coded as valid
+    data of integers at ±vmax or with random data; tensor indices past the model's."""
+    k = rng.randrange(4)
+    over = int(rng.random() < 0.4)
+    if k == 0:  # Σ count at 2^20 (+1)
+        entries = [(0, 0, 7, (1 << 20) - 1), (1, -8, 7, 1 + over)]
+    elif k == 1:  # Σ count·(vmax + 1) at 2^23 (+1): 2^15 numbers at vmax 255 (and one more)
+        entries = [(2, -4, 255, 1 << 15)] + ([(3, -4, 0, 1)] if over else [])
+    elif k == 2:  # the most passes: 1024 tensors of one number at vmax 255
+        entries = [(i, -6, 255, 1) for i in range(1024 + over)]
+    else:  # many tensors, counts spread
+        entries = [(i, -6, rng.choice((1, 3, 15)), rng.choice((1, 16, 17, 1000)))
+                   for i in range(rng.randint(2, 300))]
+    nrng = np.random.default_rng(rng.getrandbits(32))
+    r = rng.random()
+    if r < 0.6:
+        vals = [(np.where(nrng.random(c) < 0.5, -vm, vm).astype(np.int32) if rng.random() < 0.7
+                 else _int_values(nrng, c, vm), vm) for _, _, vm, c in entries]
+        data = adapt.encode_ints(vals)
+    else:
+        data = bytes(rng.getrandbits(8) for _ in range(rng.choice((4, 64, 4096))))
+    head = adapt.ADAPT_HEAD.pack(0, 0, len(entries) & 0xFFFF, sha, 0, 1)
+    return head + b"".join(adapt.ADAPT_ENTRY.pack(*e) for e in entries) + data
+
+
+def forge_adapt(recs: list, fields: dict, rng: random.Random) -> list:
+    """ADAPT records (spec §8c) forged into ``recs`` (type, flags, payload) of a stream whose
+    header has ``fields``: valid ones before SEGMENT 0 (several, adjacent or overlapping), or a
+    mutated one, one at the caps, one after a SEGMENT, an unknown method, an empty payload."""
+    S = _segment_count(fields)
+    sha = bytes(fields["model_sha256"])
+    first_seg = next((i for i, r in enumerate(recs) if r[0] == ct.REC_SEGMENT), len(recs))
+    recs = list(recs)
+
+    def put(payload: bytes, after_segment: bool = False, flags: int = 0) -> None:
+        segs = [i for i, r in enumerate(recs) if r[0] == ct.REC_SEGMENT]
+        at = rng.randint(segs[0] + 1, len(recs)) if after_segment and segs else rng.randint(0, first_seg)
+        recs.insert(at, (ct.REC_ADAPT, flags, payload))
+
+    kind = rng.randrange(10)
+    if kind <= 2:  # valid records for consecutive ranges (sometimes overlapping)
+        for first, n in reversed(_adapt_ranges(rng, S)):
+            recs.insert(first_seg, (ct.REC_ADAPT, 0, valid_adaptation(rng, sha, first, n).to_payload()))
+    elif kind <= 5:  # one mutated record (a valid one before or after it, sometimes)
+        put(_mutate_adapt(valid_adaptation(rng, sha, 0, S).to_payload(), rng, S))
+    elif kind == 6:
+        put(_caps_adapt(rng, sha))
+    elif kind == 7:  # placement: a valid record after a SEGMENT
+        put(valid_adaptation(rng, sha, 0, S).to_payload(), after_segment=True)
+    elif kind == 8:  # a later method, an empty payload, a tiny one
+        put(rng.choice((b"", b"\x01", bytes([rng.randrange(1, 256)]) + b"later method", b"\x00" * 27)))
+    else:  # CRITICAL set on a valid record (a known type: read as ADAPT), or a foreign model
+        ad = valid_adaptation(rng, sha if rng.random() < 0.6 else bytes(16), 0, S)
+        put(ad.to_payload(), flags=rng.choice((0, ct.FLAG_CRITICAL)))
+    return recs
+
+
+def forge(seed: bytes, rng: random.Random, only_adapt: bool = False) -> bytes:
     """One structure-aware case built from ``seed``: header fields and records forged at their
-    limits, every header and record with a valid CRC, INDEX / END made consistent or forged."""
+    limits, every header and record with a valid CRC, INDEX / END made consistent or forged.
+    ``only_adapt``: forge only ADAPT records (:func:`forge_adapt`), minor 3, INDEX and END
+    right (an otherwise valid stream)."""
     fields, minor, recs = _parse_seed(seed)
     recs = [r for r in recs if r[0] not in (ct.REC_INDEX, ct.REC_END)]
     extra = b""
     has_audio = any(r[0] == ct.REC_AUDIO for r in recs)
-    for _ in range(rng.randint(1, 3)):
-        op = rng.randrange(13)
+    for _ in range(1 if only_adapt else rng.randint(1, 3)):
+        op = 13 if only_adapt else rng.randrange(14)
         if op == 10 or (op == 11 and has_audio):
             op = 4  # audio forging is worth more cases where there is real audio
-        if op == 12:  # a valid header of huge frames or a long segment, with matching segments
+        if op == 13:  # ADAPT records (spec §8c), in a 1.3 stream most of the time
+            recs = forge_adapt(recs, fields, rng)
+            if only_adapt or rng.random() < 0.8:
+                minor = ct.MINOR_ADAPT
+        elif op == 12:  # a valid header of huge frames or a long segment, with matching segments
             if rng.random() < 0.5:
                 fields["width"], fields["height"] = rng.choice(((8192, 4096), (4096, 4096), (2048, 2048),
                                                                 (8192, 1), (1, 8192), (1024, 1024)))
@@ -382,7 +608,8 @@ def forge(seed: bytes, rng: random.Random) -> bytes:
                 segs = _consistent_segments(fields, rng)
                 recs = [r for r in recs if r[0] != ct.REC_SEGMENT]
                 recs[rng.randint(0, len(recs)):rng.randint(0, len(recs))] = []
-                recs = [r for r in recs if r[0] != ct.REC_SEGMENT] + segs if rng.random() < 0.5 else segs + recs
+                recs = ([r for r in recs if r[0] != ct.REC_SEGMENT] + segs if rng.random() < 0.5
+                        else segs + recs)
         elif op == 3:  # a SEGMENT head field at a limit
             idx = [i for i, r in enumerate(recs) if r[0] == ct.REC_SEGMENT]
             if idx:
@@ -402,9 +629,9 @@ def forge(seed: bytes, rng: random.Random) -> bytes:
             else:
                 recs.insert(rng.randint(0, len(recs)), (ct.REC_AUDIO, 0, _forge_audio(rng)))
         elif op == 5:  # odd record types and flags
+            junk = bytes(rng.getrandbits(8) for _ in range(rng.choice((0, 8, 40))))
             recs.insert(rng.randint(0, len(recs)), (rng.choice((0, 4, 7, 14, 16, 255)),
-                                                    rng.choice((0, 1, 2, 0x80)),
-                                                    bytes(rng.getrandbits(8) for _ in range(rng.choice((0, 8, 40))))))
+                                                    rng.choice((0, 1, 2, 0x80)), junk))
         elif op == 6:  # duplicate, drop or reorder records
             if recs:
                 i = rng.randrange(len(recs))
@@ -437,7 +664,7 @@ def forge(seed: bytes, rng: random.Random) -> bytes:
         body += _record(rtype, flags, payload)
     # INDEX: the right one, a forged one, or none; END naming it, or forged; maybe trailing bytes
     index_off = 0
-    r = rng.random()
+    r = rng.random() * (0.55 if only_adapt else 1)
     if r < 0.75:
         entries = []
         for off, payload in seg_offsets:
@@ -451,9 +678,10 @@ def forge(seed: bytes, rng: random.Random) -> bytes:
         body += _record(ct.REC_INDEX, 0, struct.pack("<I", count & 0xFFFFFFFF) + b"".join(
             struct.pack("<QII", max(0, o) & (2 ** 64 - 1), f & 0xFFFFFFFF, n & 0xFFFFFFFF)
             for o, f, n in entries))
-    end_off = index_off if rng.random() < 0.85 else rng.choice((0, 1, len(head), 2 ** 64 - 1, index_off + 1))
+    end_off = index_off if only_adapt or rng.random() < 0.85 else rng.choice(
+        (0, 1, len(head), 2 ** 64 - 1, index_off + 1))
     body += _record(ct.REC_END, 1, struct.pack("<Q", end_off))
-    r = rng.random()
+    r = 1 if only_adapt else rng.random()
     if r < 0.05:
         body += _record(ct.REC_END, 1, struct.pack("<Q", end_off))
     elif r < 0.1:
@@ -505,6 +733,8 @@ def run_case(data: bytes, model) -> Optional[str]:
 
     checks += [decode(False), decode(True), decode(True, (1, None)),
                lambda: streaminfo.stream_info(io.BytesIO(data))]
+    if ct.RECORD_SYNC + bytes([ct.REC_ADAPT]) in data:
+        checks.append(lambda: check_adaptations(data, model))
     if ct.RECORD_SYNC + bytes([ct.REC_AUDIO]) in data:
         checks.append(mux)
     for c in checks:
@@ -517,6 +747,40 @@ def run_case(data: bytes, model) -> Optional[str]:
         except Exception:  # noqa: BLE001 - the point of the fuzzer
             return traceback.format_exc(limit=6)
     return None
+
+
+def check_adaptations(data: bytes, model) -> None:
+    """The strict reading of a stream's ADAPT records (spec §8c; the conformance suite's): the
+    records before SEGMENT 0 read by the strict reader, ``read_adaptations`` without the model,
+    then the model rules (``check_against``) → an MGVError, or adaptations that keep their
+    invariants (ranges inside the stream, |v| ≤ vmax, exponents in range; re-coded by
+    ``to_payload`` and read back to the same integers, for records of at most 64 tensors: the
+    1024-tensor ones cost a second each) and that change a copy of the model."""
+    rd = ct.Reader(io.BytesIO(data))
+    recs = []
+    for rec in rd.records():
+        if rec.type in (ct.REC_SEGMENT, ct.REC_END):
+            break
+        if rec.type == ct.REC_ADAPT:
+            recs.append(rec)
+    h = rd.header
+    ads = adapt.read_adaptations(recs, h)
+    for a in ads:
+        if not 0 <= a.first_segment < a.first_segment + a.segments <= h.segment_count:
+            raise AssertionError(f"ADAPT range {a.first_segment}+{a.segments} of {h.segment_count}")
+        for t in a.tensors:
+            if not (adapt.MIN_EXP <= t.exp <= adapt.MAX_EXP and t.values.dtype == np.int32
+                    and (not t.values.size or int(np.abs(t.values).max()) <= t.vmax)):
+                raise AssertionError(f"ADAPT tensor {t.index}: exp {t.exp}, vmax {t.vmax}, values "
+                                     f"{t.values.dtype} up to {np.abs(t.values).max()}")
+        if len(a.tensors) <= 64:
+            again = adapt.Adaptation.parse(a.to_payload(), h)
+            if not all(np.array_equal(x.values, y.values) for x, y in zip(again.tensors, a.tensors)):
+                raise AssertionError("an ADAPT record re-coded reads back to other integers")
+    for a in ads:
+        adapt.check_against(a, model)
+    if ads:
+        adapt.adapted_model(model, ads[0])
 
 
 def _alarm(signum, frame):
@@ -583,19 +847,22 @@ class Campaign:
 def fuzz(cases: int, seed: int = 0, save: Optional[Path] = None, timeout_s: int = 10,
          model=None, seeds: Optional[List[bytes]] = None, log=print, mode: str = "mutate") -> dict:
     """Run ``cases`` cases → {"cases", "failures", "timeouts", "seconds", "saved"}. ``mode``:
-    "mutate" (byte-level mutations), "struct" (structure-aware forging, :func:`forge`) or
-    "mix" (alternating)."""
+    "mutate" (byte-level mutations), "struct" (structure-aware forging, :func:`forge`), "adapt"
+    (ADAPT records forged into valid streams) or "mix" (the three in turn)."""
     model = model or tiny_model()
     seeds = seeds or seed_streams(model)
     rng = random.Random(seed)
     with Campaign(timeout_s, save, "mgv", log) as camp:
         for k in range(cases):
             base = rng.choice(seeds)
-            if mode == "struct" or (mode == "mix" and k % 2):
+            kind = ("mutate", "struct", "adapt")[k % 3] if mode == "mix" else mode
+            if kind == "struct":
                 data = forge(base, rng)
+            elif kind == "adapt":
+                data = forge(base, rng, only_adapt=True)
             else:
                 data = mutate(base, rng) if rng.random() < 0.9 else base[:rng.randrange(len(base))]
-            camp.run(k, data, lambda: run_case(data, model))
+            camp.run(k, data, lambda data=data: run_case(data, model))
     return camp.result(cases)
 
 
@@ -630,7 +897,7 @@ def run_campaign(a: argparse.Namespace, what: str, fuzz_fn) -> int:
 
 def main(argv=None) -> int:
     ap = campaign_parser(__doc__)
-    ap.add_argument("--mode", choices=["mutate", "struct", "mix"], default="mutate")
+    ap.add_argument("--mode", choices=["mutate", "struct", "adapt", "mix"], default="mutate")
     a = ap.parse_args(argv)
     return run_campaign(a, f"cases ({a.mode})",
                         lambda *args: fuzz(*args, mode=a.mode))

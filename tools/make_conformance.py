@@ -3,9 +3,11 @@ streams, each with its expected outcome, listed in ``bitstream_spec.md`` appendi
 
 Every vector is made here from a few lines, deterministically; ``tests/test_conformance.py``
 rebuilds them and requires the committed files to be identical, then runs the reference
-reader on each (``streaminfo.verify_stream``) and the dependency-free mode-1 decoder on the valid
-ones. Expected outcomes: ``ok`` (with the frame count and the SHA-256 of the decoded bits of
-all segments, ``b×t×h×w`` uint8 arrays in segment order) or the name of the error class
+reader on each (``streaminfo.verify_stream``, plus :func:`read_adapt`: the ADAPT records of
+spec §8c read strictly) and the dependency-free decoders on the valid ones. Expected outcomes:
+``ok`` (with the frame count and the SHA-256 of the decoded bits of all segments, ``b×t×h×w``
+uint8 arrays in segment order; for streams with ADAPT records also the number of adaptations
+and the SHA-256 of their decoded integers, :func:`ints_digest`) or the name of the error class
 (spec §9) a strict reader MUST report.
 
     python -m tools.make_conformance [--out tests/conformance]
@@ -14,13 +16,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import struct
 import zlib
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
+
+from neuralcodec import adapt
 from neuralcodec import container as ct
 
 SHA0 = hashlib.sha256(b"").digest()[:16]
@@ -98,8 +104,6 @@ GOLDEN_1 = bytes.fromhex("e0c178e008c280714c9fb601cc54653553279993c34d8945395e25
 
 def golden_vector_2():
     """bitstream_spec.md §7, golden vector 2: an 18×4×6×10 bit array defined by a formula."""
-    import numpy as np
-
     k, t, y, x = np.meshgrid(*(np.arange(n) for n in (18, 4, 6, 10)), indexing="ij")
     return (((k * k + 3 * y + 5 * x + 7 * ((k * y) % 4)) % 11 < 5)
             ^ ((t >= 1) & ((x + 2 * y + t) % 3 == 0) & ((k + t) % 5 < 2))).astype(np.uint8)
@@ -124,6 +128,83 @@ def audio_track(track: int = 0) -> bytes:
 
 def audio_packets(track: int = 0) -> bytes:
     return ct.AudioPackets(track, (ct.AudioPacket(0, 0, 80, True, b"\0" * 160),)).to_payload()
+
+
+# ---- ADAPT records (spec §8c, version 1.3) ------------------------------------------------------
+#: The worked example of §11 (version 1.3 variant): tensor 3, step 2^-4, vmax 2, five integers.
+EXAMPLE_INTS = np.array([0, 1, -2, 0, 1], np.int32)
+
+
+def adapt_payload(entries: Sequence[Tuple[int, int, int, np.ndarray]], first: int = 0,
+                  segments: int = 1, sha: bytes = SHA0, method: int = 0, reserved: int = 0,
+                  n: int = None, counts: Sequence[int] = None, data: bytes = None) -> bytes:
+    """An ADAPT payload packed field by field, so that any field can break a rule: ``entries``
+    (tensor index, exponent, vmax, integers) with their coded integers (``data`` replaces
+    them; ``counts`` the entries' counts; ``n`` the tensor count)."""
+    counts = [v.size for *_, v in entries] if counts is None else counts
+    head = adapt.ADAPT_HEAD.pack(method, reserved, len(entries) if n is None else n, sha, first,
+                                 segments)
+    body = b"".join(adapt.ADAPT_ENTRY.pack(i, e, vm, c) for (i, e, vm, _), c in zip(entries, counts))
+    if data is None:
+        data = adapt.encode_ints([(v, vm) for _, _, vm, v in entries])
+    return head + body + data
+
+
+def example_adapt(**kw) -> bytes:
+    """The ADAPT payload of §11's 1.3 variant (fields replaced by ``kw``, see :func:`adapt_payload`)."""
+    return adapt_payload([(3, -4, 2, EXAMPLE_INTS)], **kw)
+
+
+def adapt_stream(payloads: Sequence[bytes], h: ct.Header = None, segments: int = 1,
+                 critical: bool = False, minor: int = ct.MINOR_ADAPT) -> Stream:
+    """A 1.3 stream: ADAPT records of ``payloads`` before SEGMENT 0, then ``segments`` one-frame
+    raw segments (the §11 example's for one)."""
+    if h is None:
+        h = header() if segments == 1 else header(frames=segments, temporal_factor=1)
+    s = Stream(h, minor=minor)
+    for p in payloads:
+        s.add(record(ct.REC_ADAPT, p, critical))
+    for i in range(segments):
+        s.segment(seg1(index=i, first_frame=i, data=bytes([1 + i % 3])))
+    return s
+
+
+def read_adapt(data: bytes) -> List[adapt.Adaptation]:
+    """The strict reading of a stream's ADAPT records without a model (spec §8c): the records
+    before its first SEGMENT (read and order-checked by the strict reader), each parsed and
+    checked against the header, then their ranges → the adaptations in record order, methods
+    this reader does not know left out → the first StreamError."""
+    rd = ct.Reader(io.BytesIO(data))
+    recs = []
+    for rec in rd.records():
+        if rec.type in (ct.REC_SEGMENT, ct.REC_END):
+            break
+        if rec.type == ct.REC_ADAPT:
+            recs.append(rec)
+    return adapt.read_adaptations(recs, rd.header)
+
+
+def ints_digest(ads: Sequence[adapt.Adaptation]) -> str:
+    """SHA-256 of the decoded integers of ``ads``: every tensor of every adaptation in order,
+    each integer as an int32, little-endian (appendix A)."""
+    d = hashlib.sha256()
+    for ad in ads:
+        for t in ad.tensors:
+            d.update(np.asarray(t.values, "<i4").tobytes())
+    return d.hexdigest()
+
+
+def at_caps_ints() -> np.ndarray:
+    """2^20 integers in -7..7, mostly 0 (a record exactly at both caps of §8c)."""
+    i = np.arange(1 << 20)
+    return np.where(i % 4099 == 0, (i // 4099) % 15 - 7, 0).astype(np.int32)
+
+
+def two_tensor_ints() -> Tuple[np.ndarray, np.ndarray]:
+    """A tensor of 16 zeros (vmax 0: nothing coded) and one of 40 integers reaching ±255."""
+    i = np.arange(40)
+    return np.zeros(16, np.int32), np.where(i % 13 == 0, 255 * (1 - 2 * (i % 2)),
+                                            (i * i) % 9 - 4).astype(np.int32)
 
 
 def vectors() -> Dict[str, Tuple[bytes, str, str]]:
@@ -303,7 +384,91 @@ def vectors() -> Dict[str, Tuple[bytes, str, str]]:
     s.segment(seg1(entropy=1, data=b""))
     add("invalid/mode1_empty.mgv", s.close(), "RecordError",
         "a 0-byte mode-1 payload: §5's length rule, before any decoding (§7)")
+    adapt_vectors(add, good)
     return v
+
+
+def adapt_vectors(add, good: bytes) -> None:
+    """The vectors of version 1.3's ADAPT records (spec §8c)."""
+    ex = EXAMPLE_INTS
+    add("valid/adapt.mgv", adapt_stream([example_adapt()]).close(), "ok",
+        "1.3: §11's example with the ADAPT record of its 1.3 variant before SEGMENT 0")
+    add("valid/adapt_unknown_method.mgv",
+        adapt_stream([bytes([1, 0xFF]) + b"a later method"]).close(), "ok",
+        "an ADAPT record of method 1 (a later minor's): skipped unread (§8c)")
+    z, big = two_tensor_ints()
+    add("valid/adapt_two_records.mgv",
+        adapt_stream([example_adapt(), adapt_payload([(0, 0, 0, z), (7, -64, 255, big)], first=1,
+                                                     segments=2)], segments=3).close(), "ok",
+        "two ADAPT records with adjacent ranges (0+1, 1+2); a vmax-0 tensor (nothing coded), "
+        "vmax 255, exponents 0 and -64")
+    add("valid/adapt_at_caps.mgv", adapt_stream([adapt_payload([(5, -8, 7, at_caps_ints())])]).close(),
+        "ok", "an ADAPT record exactly at both caps: Σ count = 2^20, Σ count·(vmax + 1) = 2^23")
+    add("valid/adapt_critical_flag.mgv", adapt_stream([example_adapt()], critical=True).close(), "ok",
+        "an ADAPT record with CRITICAL set: read as ADAPT, the flag of a known type is ignored (§4)")
+    s = Stream(header(), minor=ct.MINOR_ADAPT)
+    s.add(record(ct.REC_AUDIO, audio_track(), False))
+    s.add(record(ct.REC_ADAPT, example_adapt(), False))
+    s.segment(seg1())
+    s.add(record(ct.REC_AUDIO, audio_packets(), False))
+    add("valid/adapt_after_audio_track.mgv", s.close(), "ok",
+        "the reference encoder's layout: AUDIO track, ADAPT, SEGMENT 0, AUDIO packets")
+
+    ok = adapt_stream([example_adapt()]).close()
+    add("invalid/adapt_truncated.mgv", ok[:78 + 12 + 20], "Truncated", "the file ends inside an ADAPT record")
+    s = Stream(header(), minor=ct.MINOR_ADAPT)
+    s.add(record(ct.REC_ADAPT, example_adapt(), False, crc_delta=1))
+    s.segment(seg1())
+    add("invalid/adapt_crc.mgv", s.close(), "CRCMismatch", "ADAPT record CRC")
+    s = Stream(header(), minor=ct.MINOR_ADAPT)
+    s.segment(seg1())
+    s.add(record(ct.REC_ADAPT, example_adapt(), False))
+    add("invalid/adapt_after_segment.mgv", s.close(), "RecordError",
+        "a valid ADAPT record after SEGMENT 0 (§4 order)")
+    add("invalid/adapt_overlap.mgv",
+        adapt_stream([example_adapt(segments=2), example_adapt(first=1, segments=2)], segments=3).close(),
+        "RecordError", "two ADAPT records whose ranges (0+2, 1+2) overlap at segment 1")
+    data = bytearray(adapt.encode_ints([(ex, 2)]))
+    data[1] ^= 0x01
+    add("invalid/adapt_check_bits.mgv", adapt_stream([example_adapt(data=bytes(data))]).close(),
+        "PayloadError", "the 1.3 example with a flipped data bit: the 16 check bits fail")
+    add("invalid/adapt_bad_exponent.mgv", adapt_stream([adapt_payload([(3, 1, 2, ex)])]).close(),
+        "RecordError", "exponent e = 1, outside -64..0")
+    zeros = [(3, 0, 0, np.zeros(1 << 20, np.int32)), (4, 0, 0, np.zeros(1, np.int32))]
+    add("invalid/adapt_over_cap.mgv", adapt_stream([adapt_payload(zeros)]).close(), "RecordError",
+        "Σ count = 2^20 + 1 (vmax 0: nothing else coded)")
+    add("invalid/adapt_over_work_cap.mgv",
+        adapt_stream([adapt_payload([(3, 0, 128, np.zeros(1 << 16, np.int32))])]).close(), "RecordError",
+        "Σ count·(vmax + 1) = 2^16·129, over 2^23 (Σ count within its cap)")
+    add("invalid/adapt_cap_before_data.mgv", adapt_stream([adapt_payload(zeros, data=b"\0\0\0")]).close(),
+        "RecordError", "over the Σ count cap with 3 bytes of data: the caps are checked before the data")
+    add("invalid/adapt_wrong_model.mgv",
+        adapt_stream([example_adapt(sha=hashlib.sha256(b"another model").digest()[:16])]).close(),
+        "RecordError", "ADAPT model_sha256 differs from the header's")
+    add("invalid/adapt_empty.mgv", adapt_stream([b""]).close(), "RecordError", "an empty ADAPT payload")
+    add("invalid/adapt_short_head.mgv", adapt_stream([example_adapt()[:27]]).close(), "RecordError",
+        "an ADAPT payload of method 0 shorter than its 28-byte head")
+    add("invalid/adapt_short_entries.mgv", adapt_stream([example_adapt(n=2)]).close(), "RecordError",
+        "n = 2 tensors, but the payload holds 1 entry and 4 bytes of data")
+    add("invalid/adapt_reserved.mgv", adapt_stream([example_adapt(reserved=1)]).close(), "RecordError",
+        "ADAPT reserved byte 1")
+    add("invalid/adapt_zero_tensors.mgv",
+        adapt_stream([adapt_payload([], n=0, data=adapt.encode_ints([]))]).close(), "RecordError",
+        "n = 0 tensors")
+    add("invalid/adapt_segment_range.mgv", adapt_stream([example_adapt(segments=2)]).close(),
+        "RecordError", "an ADAPT range (0+2) past the stream's 1 segment")
+    add("invalid/adapt_index_order.mgv", adapt_stream([adapt_payload([(3, -4, 2, ex)] * 2)]).close(),
+        "RecordError", "tensor indices not strictly increasing (3, 3)")
+    add("invalid/adapt_count_0.mgv", adapt_stream([example_adapt(counts=[0])]).close(), "RecordError",
+        "a tensor entry with count 0")
+    add("invalid/adapt_data_length.mgv",
+        adapt_stream([example_adapt(data=adapt.encode_ints([(ex, 2)]) + b"\0\0")]).close(), "PayloadError",
+        "ADAPT coded data of 6 bytes (not a multiple of 4)")
+    add("invalid/adapt_no_data.mgv", adapt_stream([example_adapt(data=b"")]).close(), "PayloadError",
+        "ADAPT coded data of 0 bytes")
+    add("invalid/extra_header_bytes_minor_3.mgv",
+        head_bytes(header(), minor=ct.MINOR_ADAPT, extra=b"\0") + good[78:], "HeaderError",
+        "1.3 has 1.2's header: bytes after its fields are refused")
 
 
 def build(out: Path) -> Dict[str, Tuple[bytes, str, str]]:
@@ -318,10 +483,11 @@ def build(out: Path) -> Dict[str, Tuple[bytes, str, str]]:
         p.write_bytes(data)
         row = {"file": name, "outcome": outcome, "tests": why}
         if outcome == "ok":
-            import io
-
             r = streaminfo.verify_stream(io.BytesIO(data))
             row.update(frames=r.frames, bits_sha256=r.bits_sha256)
+            if any(rec.type == ct.REC_ADAPT for rec in ct.Reader(io.BytesIO(data)).records()):
+                ads = read_adapt(data)
+                row.update(adaptations=len(ads), ints_sha256=ints_digest(ads))
         table.append(row)
     (out / "expected.json").write_text(json.dumps({"vectors": table}, indent=1) + "\n")
     return v

@@ -92,8 +92,9 @@ def main() -> None:
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET, show_default=True,
               metavar="NAME",
               help="encoder effort: fast (RDO only), medium, slow, veryslow (more refinement "
-                   "steps: better codes for the decoder, slower; docs/cli.md has the measured "
-                   "speed and gain of each); --rdo / --refine override it")
+                   "steps: better codes for the decoder; slow and veryslow also fit the decoder "
+                   "to the video; slower; docs/cli.md has the measured speed and gain of each); "
+                   "--rdo / --refine / --adapt override it")
 @click.option("--rdo", type=float, default=None,
               help="rate-distortion trade of the encoder: a token repeats the previous latent "
                    "frame's when that adds at most this much squared error, in quantization "
@@ -102,19 +103,23 @@ def main() -> None:
 @click.option("--refine", type=int, default=None, metavar="N",
               help="N optimisation steps per chunk that choose the codes the decoder "
                    "reconstructs best (2-3 decoder passes each; 0 = off) [default: the preset's]")
+@click.option("--adapt", type=int, default=None, metavar="N",
+              help="N training steps that fit the decoder's biases and norms to this video; the "
+                   "change is sent in the stream (a 1.3 stream) when its gain pays for its bytes "
+                   "(0 = off; not with --bitrate/--bpp) [default: the preset's]")
 @FORCE_OPTION
 @QUIET_OPTION
 def encode(input: Path, output: Path, model_name: Optional[str], bits: Optional[int], entropy: str,
            device: str, precision: str, segment_frames: Optional[int], bitrate: Optional[str],
            bpp: Optional[float], preset: str, rdo: Optional[float], refine: Optional[int],
-           force: bool, quiet: bool) -> None:
+           adapt: Optional[int], force: bool, quiet: bool) -> None:
     """Encode a video file (anything FFmpeg reads) into an .mgv stream.
 
     INPUT "-" reads the video from stdin (y4m, nut, mkv: anything FFmpeg reads from a pipe;
     its audio is not carried)."""
     run(_encode, input, output, model_name, device, precision, force, quiet, preset, bits=bits,
         entropy=entropy, segment_frames=segment_frames, bitrate=bitrate, bpp=bpp, rdo=rdo,
-        refine=refine)
+        refine=refine, adapt=adapt)
 
 
 def _encode(input: Path, output: Path, model_name, device, precision, force, quiet, preset,
@@ -145,9 +150,11 @@ def _encode(input: Path, output: Path, model_name, device, precision, force, qui
     opts.check_frame_size(meta.width, meta.height)
     t0 = time.perf_counter()
     total = meta.frames if meta.frames is not None or video is not input else vio.count_frames(input)
-    with atomic_output(output, force) as tmp, progress(total, quiet, "encode") as bar:
+    steps = progress(opts.adapt, quiet, "adapt", "step") if opts.adapt else contextlib.nullcontext()
+    with atomic_output(output, force) as tmp, progress(total, quiet, "encode") as bar, steps as abar:
         with open(tmp, "wb") as fo:
-            res = codec.compress_to_file(model, video, fo, opts, progress=bar.update)
+            res = codec.compress_to_file(model, video, fo, opts, progress=bar.update,
+                                         adapt_progress=abar.update if abar else None)
             fo.flush()
             if stat.S_ISREG(os.fstat(fo.fileno()).st_mode):  # a FIFO or device cannot sync
                 os.fsync(fo.fileno())
@@ -160,6 +167,12 @@ def _encode(input: Path, output: Path, model_name, device, precision, force, qui
                f"{8 * res.bytes_written / 1000 / float(h.frames / h.fps):.1f} kbps, "
                f"{h.bits}/{h.model_bits} bits, {res.context_segments}/{res.segments} segments "
                f"entropy coded, {dt:.2f} s ({h.frames / dt:.2f} fps)")
+    if res.adaptation is not None:
+        a = res.adaptation
+        click.echo(f"adaptation: {a['steps']} steps, {a.get('gain_db', 0):+.2f} dB on the sampled "
+                   f"frames for {a.get('update_bytes', 0)} bytes: "
+                   + ("sent" if a["kept"]
+                      else f"not sent ({a.get('why') or 'needed %+.2f dB' % a['needed_db']})"))
     if opts.bitrate is not None or opts.bpp is not None:
         bits_used = res.segment_bits
         click.echo(f"rate control: video {res.video_kbps:.1f} kbps, bits per token per segment "

@@ -55,10 +55,10 @@ def run(fn, *args, **kw):
         fail(f"{e.strerror or e}{where}", OutputError.exit_code)
 
 
-def progress(total: Optional[int], quiet: bool, desc: str):
+def progress(total: Optional[int], quiet: bool, desc: str, unit: str = "frame"):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="frame", desc=desc, file=sys.stderr, disable=quiet,
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=quiet,
                 dynamic_ncols=True, leave=False)
 
 

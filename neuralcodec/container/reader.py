@@ -190,6 +190,19 @@ class Reader:
             raise RecordError("INDEX offsets do not match the SEGMENT records of the file")
         return entries
 
+    def records_before(self, stop: int) -> List[Record]:
+        """The records from the first one up to offset ``stop`` (the first SEGMENT's, from the
+        index), read and CRC checked (seekable files): what precedes the segments, ADAPT records
+        included."""
+        out: List[Record] = []
+        self._seek(self.records_offset)
+        while self._pos < stop:
+            rec = self.read_record()
+            if rec.type not in RECORD_NAMES and rec.type != 0 and rec.flags & FLAG_CRITICAL:
+                raise UnsupportedVersion(f"record type {rec.type} is required but unknown")
+            out.append(rec)
+        return out
+
     def _segment_starts(self, stop: int) -> List[int]:
         """Offsets of the SEGMENT records among the records from the first one to ``stop``
         (the INDEX), walking the record heads only (payloads are skipped, not read): an

@@ -11,8 +11,9 @@ from typing import BinaryIO, List, Optional
 
 from ..errors import HeaderError, RecordError, StreamError, UnsupportedVersion
 from .header import (CRC, END_PAYLOAD, ENTROPY_CONTEXT, ENTROPY_NONE, FLAG_CRITICAL, INDEX_ENTRY,
-                     MAX_FRAMES, MAX_RECORD_PAYLOAD, MINOR, MINOR_SEGMENT_BITS, RECORD_HEAD,
-                     RECORD_SYNC, REC_END, REC_INDEX, REC_SEGMENT, SEGMENT_HEAD, Header)
+                     MAX_FRAMES, MAX_RECORD_PAYLOAD, MINOR, MINOR_ADAPT, MINOR_SEGMENT_BITS,
+                     RECORD_HEAD, RECORD_SYNC, REC_ADAPT, REC_END, REC_INDEX, REC_SEGMENT,
+                     SEGMENT_HEAD, Header)
 
 __all__ = ["Record", "Segment", "IndexEntry", "RecordOrder", "Damage", "parse_end", "parse_index",
            "Writer"]
@@ -123,6 +124,8 @@ class RecordOrder:
             raise RecordError(f"record type 0 (invalid) at offset {rec.offset}")
         if self.index_offset is not None and rec.type not in (REC_END, REC_INDEX, REC_SEGMENT):
             raise RecordError(f"a record of type {rec.type} between the INDEX and END")
+        if rec.type == REC_ADAPT and (self.segment_offsets or not self.complete):
+            raise RecordError(f"ADAPT record after a SEGMENT (or after damage) at offset {rec.offset}")
         if rec.type == REC_SEGMENT:
             if self.index_offset is not None:
                 raise RecordError(f"SEGMENT after the INDEX at offset {rec.offset}")
@@ -197,12 +200,14 @@ class Writer:
     (seekable outputs; the new header must have the same size, e.g. a corrected frame count).
     """
 
-    def __init__(self, fo: BinaryIO, header: Header, segment_bits: bool = False) -> None:
+    def __init__(self, fo: BinaryIO, header: Header, segment_bits: bool = False,
+                 adapt: bool = False) -> None:
         """``segment_bits``: segments may carry their own bit count (a 1.2 stream); otherwise
-        every segment stores the header's bits (a 1.1 stream)."""
+        every segment stores the header's bits (a 1.1 stream). ``adapt``: the stream holds ADAPT
+        records (a 1.3 stream, which may also use segment bit counts)."""
         self.fo = fo
         self.header = header
-        self.minor = MINOR_SEGMENT_BITS if segment_bits else MINOR
+        self.minor = MINOR_ADAPT if adapt else MINOR_SEGMENT_BITS if segment_bits else MINOR
         try:
             self.base = fo.tell() if fo.seekable() else 0
         except (OSError, ValueError):
@@ -226,6 +231,12 @@ class Writer:
         self.fo.write(CRC.pack(crc))
         self.pos += len(head) + len(payload) + CRC.size
         return off
+
+    def write_adapt(self, payload: bytes) -> int:
+        """Append an ADAPT record (before the first SEGMENT, in a 1.3 stream) → its offset."""
+        if self.minor < MINOR_ADAPT or self.entries:
+            raise RecordError("ADAPT records need Writer(adapt=True) and go before the first SEGMENT")
+        return self.write_record(REC_ADAPT, payload, critical=False)
 
     def write_segment(self, seg: Segment) -> int:
         """Append a SEGMENT (index must be the next one; checked against the header except for

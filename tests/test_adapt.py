@@ -1,0 +1,237 @@
+"""Decoder adaptation end to end (neuralcodec.finetune → ADAPT record → decoders): the encoder's
+update is written, decoded and carried in tokens files; damaged, foreign or unknown records fall
+back to the base decoder; an update that does not pay leaves the stream as it was."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from neuralcodec import adapt, codec, finetune, streaminfo
+from neuralcodec import container as ct
+from neuralcodec import tokens as tk
+from neuralcodec.configs import TINY
+from neuralcodec.errors import CRCMismatch, InputError, RecordError
+from neuralcodec.model import Tokenizer
+from neuralcodec.options import EncodeOptions
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Tokenizer(TINY, name="tiny", sha256="00" * 32).eval()
+
+
+@pytest.fixture(scope="module")
+def video():
+    rng = np.random.default_rng(0)
+    x = (rng.random((20, 12, 16, 3)) * 255).astype(np.uint8)
+    return np.repeat(np.repeat(x, 4, 1), 4, 2)
+
+
+@pytest.fixture(scope="module")
+def streams(model, video):
+    """(plain stream, adapted stream, the encode's summary) — the update always kept."""
+    plain = codec.compress(model, video, segment_frames=9)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
+        buf = io.BytesIO()
+        res = codec.compress_to_file(model, video, buf, segment_frames=9, adapt=30)
+    return plain, buf.getvalue(), res
+
+
+def mse(a, b):
+    return float(np.mean((a.astype(np.float64) - b) ** 2))
+
+
+def records(data):
+    return list(ct.Reader(io.BytesIO(data)).records())
+
+
+def with_record(data: bytes, rec: ct.Record, payload: bytes, rtype: int = ct.REC_ADAPT) -> bytes:
+    """``data`` with record ``rec`` replaced by one of ``rtype`` and ``payload`` of the same size
+    (CRC recomputed)."""
+    assert len(payload) == len(rec.payload)
+    head = ct.RECORD_HEAD.pack(ct.RECORD_SYNC, rtype, 0, 0, len(payload))
+    new = head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
+    return data[:rec.offset] + new + data[rec.offset + rec.size:]
+
+
+def test_update_is_written_first_and_decoded(model, video, streams):
+    plain, data, res = streams
+    assert res.adaptation["kept"] and res.bytes_written == len(data)
+    assert struct.unpack_from("<HH", data, 8) == (1, ct.MINOR_ADAPT)
+    recs = records(data)
+    assert recs[0].type == ct.REC_ADAPT and recs[1].type == ct.REC_SEGMENT
+    # the tokens are those of the plain encode: the segments are the same records
+    assert [r.payload for r in recs if r.type == ct.REC_SEGMENT] == \
+        [r.payload for r in records(plain) if r.type == ct.REC_SEGMENT]
+    _, base = codec.decompress(plain, model=model)
+    _, got = codec.decompress(data, model=model)
+    assert mse(got, video) < mse(base, video)  # the fit helps on the video it was made for
+    ad = adapt.Adaptation.parse(recs[0].payload, ct.Reader(io.BytesIO(data)).header)
+    ref = adapt.adapted_model(model, ad)
+    hdr = ct.Reader(io.BytesIO(plain)).header
+    # decoding the plain stream's tokens with the adapted weights gives the same frames
+    ref.name, ref.sha256 = model.name, model.sha256
+    _, expect = codec.decompress(plain, model=ref)
+    assert hdr.segment_count == ad.segments and np.array_equal(got, expect)
+    _, part = codec.decompress(data, model=model, frames=(10, 20))  # through the index
+    assert np.array_equal(part, got[10:20])
+
+
+def test_adapted_weights_are_w_plus_v_times_step(model, streams):
+    _, data, _ = streams
+    rec = records(data)[0]
+    ad = adapt.Adaptation.parse(rec.payload, ct.Reader(io.BytesIO(data)).header)
+    out = adapt.adapted_model(model, ad)
+    names, before, after = adapt.tensor_names(model), model.state_dict(), out.state_dict()
+    changed = {names[t.index] for t in ad.tensors}
+    for t in ad.tensors:
+        n = names[t.index]
+        want = before[n].float().reshape(-1) + torch.from_numpy(t.values.astype(np.float32)) * 2.0 ** t.exp
+        assert torch.equal(after[n].reshape(-1), want)
+    assert all(torch.equal(before[n], after[n]) for n in names if n not in changed)
+    assert all(n.startswith("decoder.") for n in changed)
+
+
+def test_update_that_does_not_pay_leaves_the_stream_unchanged(model, video, streams):
+    plain = streams[0]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(finetune, "DB_PER_DOUBLING", float("inf"))
+        buf = io.BytesIO()
+        res = codec.compress_to_file(model, video, buf, segment_frames=9, adapt=5)
+    assert not res.adaptation["kept"] and buf.getvalue() == plain
+
+
+def test_unknown_damaged_or_foreign_update_decodes_with_the_base(model, streams):
+    plain, data, _ = streams
+    _, base = codec.decompress(plain, model=model)
+    rec = records(data)[0]
+    # a reader that does not know type 4 skips it (here: the same record as unknown type 9)
+    _, got = codec.decompress(with_record(data, rec, rec.payload, rtype=9), model=model)
+    assert np.array_equal(got, base)
+    # damaged: the strict reader refuses; a decode that reports damage uses the base decoder
+    bad = bytearray(data)
+    bad[rec.offset + 40] ^= 0xFF
+    with pytest.raises(CRCMismatch):
+        codec.decompress(bytes(bad), model=model)
+    reports = []
+    _, got = codec.decompress(bytes(bad), model=model, on_damage=reports.append)
+    assert np.array_equal(got, base) and len(reports) == 1 and reports[0].frames == 0
+    # another model's update: refused strictly, reported and ignored otherwise
+    p = bytearray(rec.payload)
+    p[4] ^= 1  # first byte of its model_sha256
+    foreign = with_record(data, rec, bytes(p))
+    with pytest.raises(RecordError, match="adapts model"):
+        codec.decompress(foreign, model=model)
+    reports = []
+    _, got = codec.decompress(foreign, model=model, on_damage=reports.append)
+    assert np.array_equal(got, base) and "ADAPT record not used" in reports[0].reason
+
+
+def test_update_naming_an_encoder_tensor_is_refused(model, streams):
+    _, data, _ = streams
+    header = ct.Reader(io.BytesIO(data)).header
+    names = adapt.tensor_names(model)
+    enc = names.index(next(n for n in names if n.startswith("encoder.")))
+    n = model.state_dict()[names[enc]].numel()
+    ad = adapt.Adaptation(header.model_sha256, 0, 1, (adapt.TensorUpdate(enc, -4, 1, np.ones(n, np.int32)),))
+    with pytest.raises(RecordError, match="not a decoder tensor"):
+        adapt.adapted_model(model, adapt.Adaptation.parse(ad.to_payload(), header))
+
+
+def test_tokens_file_carries_the_update(model, streams, tmp_path):
+    _, data, _ = streams
+    _, frames = codec.decompress(data, model=model)
+    t = tk.tokens_from_stream(io.BytesIO(data))
+    assert len(t.adapt) == 1
+    t.save(tmp_path / "a.safetensors")
+    assert np.array_equal(tk.detokenize(model, tk.Tokens.load(tmp_path / "a.safetensors")), frames)
+    with open(tmp_path / "b.safetensors", "wb") as fo:
+        tk.write_stream_tokens(io.BytesIO(data), fo)
+    assert np.array_equal(tk.detokenize(model, tk.Tokens.load(tmp_path / "b.safetensors")), frames)
+
+
+def test_tokens_file_with_a_bad_update_is_refused(model, streams, tmp_path):
+    _, data, _ = streams
+    t = tk.tokens_from_stream(io.BytesIO(data))
+    p = bytearray(t.adapt[0])
+    p[4] ^= 1
+    bad = tk.Tokens(t.header, t.segments, t.bits, (bytes(p),))
+    bad.save(tmp_path / "bad.safetensors")
+    with pytest.raises(InputError, match="adapt"):
+        tk.Tokens.load(tmp_path / "bad.safetensors")
+
+
+def test_info_shows_the_update(streams):
+    _, data, res = streams
+    info = streaminfo.stream_info(io.BytesIO(data))
+    d = json.loads(json.dumps(info.to_dict()))
+    assert d["version"] == "1.3" and len(d["adapt"]) == 1
+    a = d["adapt"][0]
+    assert a["first_segment"] == 0 and a["segments"] == 3 and a["bytes"] == res.adaptation["update_bytes"]
+    assert any("decoder adaptation: segments 0-2" in line for line in info.lines("x"))
+    assert streaminfo.verify_stream(io.BytesIO(data)).adapt_sha256 is not None
+
+
+def test_adapt_option_rules():
+    with pytest.raises(InputError, match="adapt steps"):
+        EncodeOptions(adapt=-1).checked(Tokenizer(TINY, name="t", sha256="00" * 32))
+    with pytest.raises(InputError, match="target rate"):
+        EncodeOptions(adapt=5, bpp=0.1).checked(Tokenizer(TINY, name="t", sha256="00" * 32))
+    assert EncodeOptions.from_preset("veryslow").adapt > 0
+    assert EncodeOptions.from_preset("veryslow", bpp=0.1).adapt == 0  # the preset's stands aside
+    assert EncodeOptions.from_preset("fast").adapt == 0
+
+
+def test_integer_code_round_trip_and_caps():
+    rng = np.random.default_rng(1)
+    ts = [(np.clip(np.round(rng.laplace(0, s, n)), -v, v).astype(np.int32), v)
+          for n, s, v in ((1, 1, 3), (17, 0.3, 1), (3000, 4, 255), (10, 0, 0))]
+    ts = [(a, int(np.abs(a).max())) for a, _ in ts]
+    out = adapt.decode_ints(adapt.encode_ints(ts), [(a.size, v) for a, v in ts])
+    assert all(np.array_equal(a, b) for (a, _), b in zip(ts, out))
+    header = ct.Reader(io.BytesIO(codec.compress(Tokenizer(TINY, name="t", sha256="00" * 32),
+                                                 np.zeros((1, 8, 8, 3), np.uint8)))).header
+    big = adapt.Adaptation(header.model_sha256, 0, 1, (adapt.TensorUpdate(0, -3, 0, np.zeros(
+        adapt.MAX_NUMBERS + 1, np.int32)),))
+    with pytest.raises(RecordError, match="over the cap"):
+        big.to_payload()
+
+
+def test_cli_encode_adapt_info_decode(runner, tmp_path, monkeypatch):
+    from neuralcodec import cli
+    from test_cli import make_video, one_error_line
+    src = make_video(tmp_path / "in.mkv")
+    mgv = tmp_path / "a.mgv"
+    monkeypatch.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
+    r = runner.invoke(cli.main, ["encode", str(src), "-o", str(mgv), "--adapt", "3",
+                                 "--segment-frames", "5", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "adaptation: 3 steps" in r.stdout and "sent" in r.stdout
+    r = runner.invoke(cli.main, ["info", str(mgv)])
+    assert r.exit_code == 0 and "version 1.3" in r.stdout and "decoder adaptation: segments 0-1" in r.stdout
+    r = runner.invoke(cli.main, ["decode", str(mgv), "-o", str(tmp_path / "d.mkv"), "-q"])
+    assert r.exit_code == 0, r.output
+    line = one_error_line(runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "b.mgv"),
+                                                   "--adapt", "3", "--bpp", "0.1"]), 3)
+    assert "target rate" in line and not (tmp_path / "b.mgv").exists()
+    # a preset's adaptation stands aside for a target rate
+    r = runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "c.mgv"), "--preset",
+                                 "veryslow", "--refine", "0", "--bpp", "0.5", "-q"])
+    assert r.exit_code == 0 and "adaptation" not in r.stdout, r.output
+
+
+def test_tokens_file_refuses_to_write_an_update_it_cannot_carry(streams, tmp_path):
+    from neuralcodec.tokenfile import MAX_ADAPT_RECORDS
+    _, data, _ = streams
+    t = tk.tokens_from_stream(io.BytesIO(data))
+    many = tk.Tokens(t.header, t.segments, t.bits, t.adapt * (MAX_ADAPT_RECORDS + 1))
+    with pytest.raises(InputError, match="do not fit a tokens file"):
+        many.save(tmp_path / "m.safetensors")

@@ -1,0 +1,35 @@
+"""benchmarks/bench_adapt.py on a tiny model: each point is the codec's own stream and
+measurement, the adapted point carries the encoder's decision, the summary compares curves."""
+import numpy as np
+import pytest
+
+from benchmarks import bench_adapt as B
+from neuralcodec import codec, finetune
+from neuralcodec.evaluate import psnr
+
+from test_codec import clip  # noqa: E402
+
+
+def test_points_and_summary(make_tiny, tmp_path):
+    model = make_tiny(0.05)
+    v = clip(t=9)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))  # always send the update
+        pts = [B.point(model, v, b, a, decoder=model) for b in (2, 4) for a in (0, 5)]
+    plain = codec.compress(model, v, bits=4)
+    assert pts[2]["bytes"] == len(plain) and pts[2]["adaptation"] is None
+    assert abs(pts[2]["psnr_rgb"] - psnr(v, codec.decompress(plain, model=model)[1])) < 1e-9
+    assert pts[3]["adaptation"]["kept"] and pts[3]["bytes"] > pts[2]["bytes"]
+    clip_res = {"frames": 9, "width": v.shape[2], "height": v.shape[1], "points": pts}
+    s = B.summary(clip_res)
+    assert "bd_rate_psnr" in s and "gain_at_plain_18" not in s  # no 18-bit point here
+    res = {"command": "x", "machine": "m", "date": "d", "model": "tiny", "clips": {"c": clip_res}}
+    B.report(res, tmp_path / "r")
+    md = (tmp_path / "r.md").read_text()
+    assert md.count("\n| 4 |") == 2 and "sent:" in md
+
+
+def test_at_rate_interpolates_in_log_rate():
+    pts = [{"bpp": 0.01, "psnr_rgb": 20.0}, {"bpp": 0.04, "psnr_rgb": 24.0}]
+    assert B.at_rate(pts, 0.02) == pytest.approx(22.0) and B.at_rate(pts, 0.1) is None
+    assert np.isfinite(B.at_rate(pts, 0.04))
