@@ -33,7 +33,7 @@ from .errors import PayloadError, RecordError, StreamError
 __all__ = ["METHOD_ADDITIVE", "MAX_TENSORS", "MAX_NUMBERS", "MAX_SYMBOL_WORK", "MIN_EXP",
            "MAX_EXP", "MAX_VMAX", "CONTEXTS", "ADAPT_HEAD", "ADAPT_ENTRY", "TensorUpdate",
            "Adaptation", "tensor_names", "adaptable_names", "check_against", "adapted_model",
-           "read_adaptations", "SegmentDecoders", "file_weights",
+           "leading_records", "read_adaptations", "SegmentDecoders", "file_weights",
            "encode_ints", "decode_ints"]
 
 METHOD_ADDITIVE = 0  # the only method of version 1.3; a record of another method is skipped
@@ -279,6 +279,18 @@ def adapted_model(model: torch.nn.Module, ad: Adaptation,
             w = (base[name] if base is not None else target).detach().float().cpu()
             new = (w.reshape(-1) + t.delta()).reshape(target.shape)
             target.copy_(new.to(device=target.device, dtype=target.dtype))
+    return out
+
+
+def leading_records(reader: ct.Reader) -> List[ct.Record]:
+    """The ADAPT records of a stream, read strictly from its first record up to its first SEGMENT
+    (or END), where spec §8c places them; nothing after is read."""
+    out: List[ct.Record] = []
+    for rec in reader.records():
+        if rec.type in (ct.REC_SEGMENT, ct.REC_END):
+            break
+        if rec.type == ct.REC_ADAPT:
+            out.append(rec)
     return out
 
 

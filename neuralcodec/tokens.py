@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import container as ct
-from .adapt import SegmentDecoders, file_weights, read_adaptations
+from .adapt import SegmentDecoders, file_weights, leading_records, read_adaptations
 from .chunks import Progress, decode_segment
 from .codec import VideoInput, open_video, stream_header
 from .errors import InputError
@@ -154,7 +154,7 @@ def _stream_plan(fo: BinaryIO, bits: Optional[int]
         raise InputError(f"bits must be in 1..{header.bits} for this stream, got {bits}")
     check_stream_size(reader)
     keep = bits or header.bits
-    adapt = [r for r in reader.records() if r.type == ct.REC_ADAPT]
+    adapt = leading_records(reader)
     read_adaptations(adapt, header)
     nbits = tuple(min(seg.stored_bits(header), keep) for seg in reader.segments())
     if bits is not None:

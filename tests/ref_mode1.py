@@ -146,8 +146,8 @@ def chunks(n: int, warmup: bool):
         lo = hi
 
 
-def decode(data: bytes, K: int, T: int, H: int, W: int, trace=None):
-    """``trace``: a list that receives every ``(symbol, p16)`` in coding order."""
+def _decoder(data: bytes, trace=None) -> "RangeDecoder":
+    """A §7 decoder of ``data``; ``trace``: a list that receives every ``(symbol, p16)``."""
     rc = RangeDecoder(data)
     if trace is not None:
         inner = rc.decode
@@ -157,6 +157,12 @@ def decode(data: bytes, K: int, T: int, H: int, W: int, trace=None):
             trace.append((s, p16))
             return s
         rc.decode = traced
+    return rc
+
+
+def decode(data: bytes, K: int, T: int, H: int, W: int, trace=None):
+    """``trace``: a list that receives every ``(symbol, p16)`` in coding order."""
+    rc = _decoder(data, trace)
     B = [[[[0] * W for _ in range(H)] for _ in range(T)] for _ in range(K)]
     sets = {"intra0": Counts(K), "intra1": Counts(9 * K), "flag0": Counts(20),
             "flag1": Counts(20), "inter0": Counts(40 * K), "inter1": Counts(30 * K)}
@@ -310,15 +316,7 @@ def decode_adapt_ints(data: bytes, tensors, trace=None):
     list that receives every ``(symbol, p16)`` in coding order, check bits included."""
     if len(data) == 0 or len(data) % 4:
         raise RefError("ADAPT data is not a positive multiple of 4 bytes")
-    rc = RangeDecoder(data)
-    if trace is not None:
-        inner = rc.decode
-
-        def traced(p16):
-            s = inner(p16)
-            trace.append((s, p16))
-            return s
-        rc.decode = traced
+    rc = _decoder(data, trace)
     new_pass = _passes(lambda s, p16: rc.decode(p16))
     out = [_adapt_tensor(count, vmax, new_pass(), lambda s: rc.decode(32768)) for count, vmax in tensors]
     if sum(rc.decode(32768) << i for i in range(16)) != SENTINEL:

@@ -757,12 +757,7 @@ def check_adaptations(data: bytes, model) -> None:
     ``to_payload`` and read back to the same integers, for records of at most 64 tensors: the
     1024-tensor ones cost a second each) and that change a copy of the model."""
     rd = ct.Reader(io.BytesIO(data))
-    recs = []
-    for rec in rd.records():
-        if rec.type in (ct.REC_SEGMENT, ct.REC_END):
-            break
-        if rec.type == ct.REC_ADAPT:
-            recs.append(rec)
+    recs = adapt.leading_records(rd)
     h = rd.header
     ads = adapt.read_adaptations(recs, h)
     for a in ads:

@@ -175,13 +175,7 @@ def read_adapt(data: bytes) -> List[adapt.Adaptation]:
     checked against the header, then their ranges → the adaptations in record order, methods
     this reader does not know left out → the first StreamError."""
     rd = ct.Reader(io.BytesIO(data))
-    recs = []
-    for rec in rd.records():
-        if rec.type in (ct.REC_SEGMENT, ct.REC_END):
-            break
-        if rec.type == ct.REC_ADAPT:
-            recs.append(rec)
-    return adapt.read_adaptations(recs, rd.header)
+    return adapt.read_adaptations(adapt.leading_records(rd), rd.header)
 
 
 def ints_digest(ads: Sequence[adapt.Adaptation]) -> str:
