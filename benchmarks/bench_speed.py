@@ -8,8 +8,13 @@ fresh process, one at a time, on the same inputs in one run of this script:
 * ``conv3d-fp32``: this tree with the inference fast path switched off
   (``neuralcodec.layers.FAST_PATH = False``) in float32 — PyTorch's ``nn.Conv3d``;
 * ``fast-fp32``: this tree, fast path (channels-last 2D convolutions), ``--precision float32``;
-* ``fast-bf16``: this tree as shipped (``--precision auto`` = bfloat16 on CPUs that compute it
-  natively).
+* ``full-bf16``: this tree, ``--precision auto`` (bfloat16 on CPUs that compute it natively),
+  the model's own decoder (``--decoder full``);
+* ``fast-decoder``: this tree, bfloat16, the model's fast decoder variant (``--decoder fast``;
+  the same stream as ``full-bf16``'s, decoded by a lighter network).
+
+``conv3d-fp32`` and ``fast-fp32`` decode with the model's own decoder too; ``mgv decode`` with no
+``--decoder`` runs the registry's default decoder (the report says which).
 
 Inputs: the first frames of ``--input`` (a training clip by default: speed is measured, nothing
 is tuned) area-scaled to 640×360, 1280×720 and 1920×1080 and stored losslessly (FFV1), so that
@@ -44,16 +49,19 @@ import numpy as np
 from neuralcodec.evaluate import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
-# The last commit of the release before the inference fast path (2026-11-23, session 3's end).
-BASELINE = "65442ca"
+# The release before the decoder variants and the allocator change (2026-12-07, session 17's
+# end: mgv-default-v6 decoded by its own decoder). Before it, 65442ca (2026-11-23, the release
+# before the inference fast path) was the baseline; its rows stay in the report's history.
+BASELINE = "9443b1a"
 # name → (frames, width, height) of the speed inputs
 SIZES = {"360p": (65, 640, 360), "720p": (17, 1280, 720), "1080p": (9, 1920, 1080)}
-# name → (tree: "base" | "this", fast path on, extra CLI options)
+# name → (tree: "base" | "this", fast path on, options of both commands, options of decode only)
 CONFIGS = {
-    "release": ("base", True, []),
-    "conv3d-fp32": ("this", False, ["--precision", "float32"]),
-    "fast-fp32": ("this", True, ["--precision", "float32"]),
-    "fast-bf16": ("this", True, []),
+    "release": ("base", True, [], []),
+    "conv3d-fp32": ("this", False, ["--precision", "float32"], ["--decoder", "full"]),
+    "fast-fp32": ("this", True, ["--precision", "float32"], ["--decoder", "full"]),
+    "full-bf16": ("this", True, [], ["--decoder", "full"]),
+    "fast-decoder": ("this", True, [], ["--decoder", "fast"]),
 }
 # Runs the CLI in a child with the fast path switched as asked (argv[1] = "1" / "0").
 _WORKER = ("import sys\nimport neuralcodec.layers as L\nL.FAST_PATH = sys.argv[1] == '1'\n"
@@ -146,14 +154,14 @@ def bench(a) -> dict:
             runs: Dict[str, Dict[str, List[dict]]] = {}
             rows = {}
             for rep in range(a.repeat):  # round robin: a slow spell of the machine hits every config
-                for cname, (tree, fast, extra) in CONFIGS.items():
+                for cname, (tree, fast, extra, dextra) in CONFIGS.items():
                     if cname not in a.configs:
                         continue
                     mgv, out = work / f"{name}-{cname}.mgv", work / f"{name}-{cname}.mkv"
                     enc = run_measured(trees[tree], fast, ["encode", str(clip), "-o", str(mgv), *extra],
                                        a.threads)
-                    dec = run_measured(trees[tree], fast, ["decode", str(mgv), "-o", str(out),
-                                                           *(extra if tree == "this" else [])], a.threads)
+                    dec = run_measured(trees[tree], fast, ["decode", str(mgv), "-o", str(out), *extra,
+                                                           *dextra], a.threads)
                     got = runs.setdefault(cname, {"encode": [], "decode": []})
                     got["encode"].append(enc)
                     got["decode"].append(dec)

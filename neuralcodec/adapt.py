@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import struct
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import constriction
 import numpy as np
@@ -29,11 +29,14 @@ import torch
 from . import container as ct
 from .entropy import BERNOULLI, P_BITS, P_MIN, SENTINEL, chunk_ranges
 from .errors import PayloadError, RecordError, StreamError
+from .model import for_inference
+from .resources import check_decoder_memory
+from .weights import DECODER_AUTO, ModelSource, decoder_variant, resolve_model
 
 __all__ = ["METHOD_ADDITIVE", "MAX_TENSORS", "MAX_NUMBERS", "MAX_SYMBOL_WORK", "MIN_EXP",
            "MAX_EXP", "MAX_VMAX", "CONTEXTS", "ADAPT_HEAD", "ADAPT_ENTRY", "TensorUpdate",
            "Adaptation", "tensor_names", "adaptable_names", "check_against", "adapted_model",
-           "leading_records", "read_adaptations", "SegmentDecoders", "file_weights",
+           "leading_records", "read_adaptations", "SegmentDecoders", "stream_decoders", "file_weights",
            "encode_ints", "decode_ints"]
 
 METHOD_ADDITIVE = 0  # the only method of version 1.3; a record of another method is skipped
@@ -320,12 +323,15 @@ class SegmentDecoders:
     alive at a time). ``records`` fills while the stream is read (ADAPT records precede SEGMENT
     0, so it is complete when segment 0 comes). A record that does not parse or fit the model
     raises its StreamError when ``on_error`` is None; otherwise ``on_error(reason)`` is called
-    once and the base decoder decodes (spec §8c)."""
+    once and the base decoder decodes (spec §8c). ``plain``: the decoder of the segments no
+    record covers (a decoder variant, :func:`stream_decoders`; default ``model``)."""
 
     def __init__(self, model: torch.nn.Module, header: ct.Header, records: List[ct.Record],
-                 base: Optional[Dict[str, torch.Tensor]] = None, on_error=None) -> None:
+                 base: Optional[Dict[str, torch.Tensor]] = None, on_error=None,
+                 plain: Optional[torch.nn.Module] = None) -> None:
         self.model, self.header, self.records = model, header, records
         self.base, self.on_error = base, on_error
+        self.plain = model if plain is None else plain
         self.adaptations: Optional[List[Adaptation]] = None
         self._current: Optional[Tuple[Adaptation, torch.nn.Module]] = None
 
@@ -345,11 +351,37 @@ class SegmentDecoders:
         """The decoder of segment ``i``."""
         ad = next((a for a in self._read() if a.covers(i)), None)
         if ad is None:
-            return self.model
+            return self.plain
         if self._current is None or self._current[0] is not ad:
             self._current = None  # free the previous copy first
             self._current = (ad, adapted_model(self.model, ad, self.base))
         return self._current[1]
+
+
+def stream_decoders(header: ct.Header, model: ModelSource, records: List[ct.Record],
+                    precision: str = "auto", decoder: Union[str, torch.nn.Module] = DECODER_AUTO,
+                    on_error=None) -> Tuple[torch.nn.Module, SegmentDecoders]:
+    """What decodes the segments of ``header``'s stream or tokens → (the model the header names,
+    its :class:`SegmentDecoders`). ``model``: as :func:`~neuralcodec.weights.resolve_model`; a
+    model it loads (None or a loader) is cast for inference (``precision``) after W of spec §8c
+    is copied, a model object is used as it is. The decoder peak memory is checked here.
+
+    ``decoder``: ``"auto"`` — the registry's default decoder variant of the model (if any)
+    decodes the segments no ADAPT record covers, the model's own decoder, adapted, those a
+    record covers; ``"full"`` — the model's own decoder everywhere (adapted where a record
+    says); a variant name (or a model from :meth:`Tokenizer.with_decoder`) — that decoder for
+    every segment, ADAPT records unused (they change the model's own decoder)."""
+    m = resolve_model(header, model).eval()
+    weights = file_weights(m)  # W of spec §8c, before any cast
+    if not isinstance(model, torch.nn.Module):
+        for_inference(m, next(m.parameters()).device, precision)
+    check_decoder_memory(m, header)
+    light = decoder_variant(m, decoder) if isinstance(decoder, str) else decoder
+    if light is not None:
+        light = light.to(device=next(m.parameters()).device, dtype=m.dtype).eval()
+    if light is not None and decoder != DECODER_AUTO:
+        return m, SegmentDecoders(light, header, [], None, on_error)
+    return m, SegmentDecoders(m, header, records, weights, on_error, plain=light)
 
 
 def file_weights(model: torch.nn.Module) -> Dict[str, torch.Tensor]:

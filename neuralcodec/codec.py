@@ -33,20 +33,20 @@ import numpy as np
 import torch
 
 from . import container as ct
-from .adapt import SegmentDecoders, file_weights
+from .adapt import stream_decoders
 from .audio import AudioSink, AudioSource, write_audio
 from .chunks import Progress, chunk_frames
 from .errors import InputError, MGVError, ResourceError
 from .finetune import FrameSampler, fit_adaptation
-from .model import PRECISIONS, for_inference
+from .model import PRECISIONS
 from .options import ENTROPY_MODES, EncodeOptions
 from .payload import RATE_TOLERANCE, SEGMENT_OVERHEAD, STREAM_TAIL, encode_payload, rate_payload
 from .rdo import select_codes
 from .refine import encode_refined
 from .recovery import DamageReport, OnDamage, check_stream_size, decode_plan, segment_plan
-from .resources import check_decoder_memory, check_memory, estimate_bytes, is_out_of_memory
+from .resources import check_memory, estimate_bytes, is_out_of_memory
 from .video_io import VideoMeta, frames_of, probe, read_frames
-from .weights import ModelSource, model_identity, resolve_model
+from .weights import DECODER_AUTO, ModelSource, model_identity
 
 SEGMENT_SECONDS = 2.0  # default segment duration
 
@@ -312,7 +312,8 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
                          model: ModelSource = None, progress: Progress = None,
                          on_damage: OnDamage = None, audio: Optional[AudioSink] = None,
                          precision: str = "auto",
-                         backend: Optional[str] = None) -> Tuple[VideoMeta, Iterator[np.ndarray]]:
+                         backend: Optional[str] = None,
+                         decoder: Union[str, torch.nn.Module] = DECODER_AUTO) -> Tuple[VideoMeta, Iterator[np.ndarray]]:
     """Open a ``.mgv`` stream → (metadata of the decoded video, iterator of ``H×W×3`` uint8 RGB
     frames). The header is read and the model resolved (and checked) before this returns;
     frames are decoded lazily, segment by segment.
@@ -320,7 +321,8 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
     ``precision`` (:data:`~neuralcodec.model.PRECISIONS`): the floating type a model loaded
     here by name runs in (default: bfloat16 where the CPU computes it natively); a model
     given as an object runs as it is. ``backend``: the kernels that unpack raw payloads on
-    the model's device (as in :func:`compress_to_file`).
+    the model's device (as in :func:`compress_to_file`). ``decoder``: which decoder network
+    decodes (``auto``, ``full`` or a decoder variant's name: :func:`~neuralcodec.adapt.stream_decoders`).
 
     ``frames=(a, b)`` decodes frames ``a..b-1`` only (either may be None), reading only the
     segments they need through the index when ``fo`` is seekable. ``model``: see
@@ -342,20 +344,15 @@ def decompress_from_file(fo: BinaryIO, *, frames: Optional[Tuple[Optional[int], 
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     check_stream_size(reader, recover=on_damage is not None)
-    m = resolve_model(header, model).eval()
-    weights = file_weights(m)  # W of spec §8c, before any cast
-    if model is None:
-        for_inference(m, "cpu", precision)
-    check_decoder_memory(m, header)
+    adapt_records: List[ct.Record] = []
+    m, decoders = stream_decoders(header, model, adapt_records, precision, decoder, None if on_damage is None else (
+        lambda reason: on_damage(DamageReport(header.frames, header.frames, range(0), reason))))
     first_seg = a // header.segment_frames
     last_seg = (b - 1) // header.segment_frames
     full = (a, b) == (0, header.frames)
-    adapt_records: List[ct.Record] = []
     plan = segment_plan(reader, header, first_seg, last_seg, use_index=a > 0 and reader.seekable(),
                         on_damage=on_damage, audio=audio if full else None, to_end=full,
                         adapt=adapt_records)
-    decoders = SegmentDecoders(m, header, adapt_records, weights, None if on_damage is None else (
-        lambda reason: on_damage(DamageReport(header.frames, header.frames, range(0), reason))))
     meta = VideoMeta(header.width, header.height, header.fps, b - a, header.pix_fmt)
     frames_out = decode_plan(m, header, plan, a, b, progress, on_damage, backend, decoders)
 

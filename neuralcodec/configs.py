@@ -58,6 +58,12 @@ DEFAULT_PRESET = "fast"
 # kernels' int32 token indices and the entropy coder all stop at 32.
 MAX_BITS = 32
 
+# `--decoder` choices besides a variant's name (neuralcodec.weights.decoder_variant): the
+# registry's default decoder variant of the model (else its own decoder), and its own decoder.
+DECODER_AUTO, DECODER_FULL = "auto", "full"
+# The TokenizerConfig fields a decoder variant of a model may change (TokenizerConfig.same_code).
+DECODER_LAYERS = ("dec_channels", "dec_blocks")
+
 # TokenizerConfig.quantizer values (neuralcodec.quantizer implements them).
 QUANTIZERS = ("lfq", "planes")
 
@@ -153,6 +159,13 @@ class TokenizerConfig:
     def temporal_factor(self) -> int:
         """Total temporal downsampling: 1 + k·f frames map to 1 + k latent frames."""
         return 2 ** sum(self.temporal_down)
+
+    def same_code(self, other: "TokenizerConfig") -> bool:
+        """True when ``other`` differs from this config at most in :data:`DECODER_LAYERS`: the
+        same encoder, quantizer and geometry, so a decoder of either config decodes the other's
+        tokens (a decoder variant, :mod:`neuralcodec.weights`)."""
+        a, b = self.to_dict(), other.to_dict()
+        return all(a[k] == b[k] for k in a if k not in DECODER_LAYERS)
 
     def to_dict(self) -> dict:
         """JSON-serializable form (tuples become lists)."""

@@ -207,6 +207,8 @@ class Tokenizer(nn.Module):
         self.encoder = Encoder(cfg)
         self.quantizer = make_quantizer(cfg)
         self.decoder = Decoder(cfg)
+        # the decoder variant this model decodes with (weights.decoder_variant); None: its own
+        self.variant: Optional[str] = None
 
     def with_config(self, cfg: TokenizerConfig) -> "Tokenizer":
         """These weights under ``cfg``, a config that keeps every weight's shape (e.g. with
@@ -215,6 +217,19 @@ class Tokenizer(nn.Module):
         strict ``load_state_dict``) when a shape differs."""
         m = Tokenizer(cfg, self.name, self.sha256)
         m.load_state_dict(self.state_dict())
+        return m.train(self.training)
+
+    def with_decoder(self, decoder: "Decoder", variant: str) -> "Tokenizer":
+        """A model that shares this one's encoder, quantizer and identity (name, sha256: the
+        streams it decodes name this model) and decodes with ``decoder``, a decoder variant
+        whose config codes like this one's (:meth:`TokenizerConfig.same_code`; ValueError
+        otherwise); ``cfg`` is the decoder's."""
+        if not decoder.cfg.same_code(self.cfg):
+            raise ValueError("the decoder's config differs from the model's beyond the decoder layers")
+        m = Tokenizer.__new__(Tokenizer)
+        nn.Module.__init__(m)
+        m.cfg, m.name, m.sha256, m.variant = decoder.cfg, self.name, self.sha256, variant
+        m.encoder, m.quantizer, m.decoder = self.encoder, self.quantizer, decoder
         return m.train(self.training)
 
     @property

@@ -97,12 +97,23 @@ def is_out_of_memory(e: BaseException) -> bool:
                                             or "Cannot allocate memory" in msg)
 
 
-def release_large_blocks() -> None:
-    """Serve allocations of 1 MiB and more (frames, activations) with their own mappings, so
-    that freeing one returns it to the system: glibc's adaptive threshold otherwise moves such
-    blocks onto the heap after the first frees and peak RSS grows by the fragmentation (1080p
-    decode: 1.68 → 1.41 GB for the decoder's working set). glibc only; elsewhere a no-op."""
+# Allocations of this many bytes and more get their own mappings (mallopt M_MMAP_THRESHOLD), see
+# release_large_blocks; 0 leaves glibc's adaptive threshold. Chosen by decode speed and peak RSS
+# of the shipped decoders at 360p and 1080p: docs/performance.md ("Memory allocator").
+MMAP_THRESHOLD = 32 << 20
+
+
+def release_large_blocks(threshold: int | None = None) -> None:
+    """Serve allocations of ``threshold`` (default :data:`MMAP_THRESHOLD`) bytes and more with
+    their own mappings, so that freeing one returns it to the system: glibc's adaptive threshold
+    otherwise moves such blocks onto the heap after the first frees and peak RSS grows by the
+    fragmentation. Each such block costs page faults when it is touched, so a threshold far below
+    the decoder's activation sizes slows decoding. glibc only; elsewhere a no-op; the
+    ``MALLOC_MMAP_THRESHOLD_`` environment variable, when set, wins."""
+    threshold = MMAP_THRESHOLD if threshold is None else threshold
+    if threshold <= 0:
+        return
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         if hasattr(libc, "mallopt") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-            libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+            libc.mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD

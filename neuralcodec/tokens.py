@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 from . import container as ct
-from .adapt import SegmentDecoders, file_weights, leading_records, read_adaptations
+from .adapt import leading_records, read_adaptations, stream_decoders
 from .chunks import Progress, decode_segment
 from .codec import VideoInput, open_video, stream_header
+from .configs import DECODER_AUTO
 from .errors import InputError
-from .resources import check_decoder_memory, check_memory
+from .resources import check_memory
 from .kernels import bit_weights, token_indices
-from .model import for_inference
 from .options import EncodeOptions
 from .payload import payload_frames
 from .recovery import check_stream_size
@@ -47,7 +47,7 @@ from .quantizer import indices_to_codes
 from .rdo import select_codes
 from .refine import encode_refined
 from .video_io import VideoMeta
-from .weights import ModelSource, resolve_model
+from .weights import ModelSource
 
 # The file format lives in neuralcodec.tokenfile; its public names are also this module's.
 __all__ = ["FORMAT", "FORMAT_VERSION", "FileLayout", "Tokens", "TokensFile", "bits_to_tokens",
@@ -257,20 +257,17 @@ def tokenize(model: torch.nn.Module, video: VideoInput, options: Optional[Encode
 
 
 def detokenize_frames(model: ModelSource, tokens: Tokens, progress: Progress = None,
-                      precision: str = "auto") -> Tuple[VideoMeta, Iterator[np.ndarray]]:
+                      precision: str = "auto", decoder: Union[str, torch.nn.Module] = DECODER_AUTO
+                      ) -> Tuple[VideoMeta, Iterator[np.ndarray]]:
     """Tokens → (metadata, iterator of ``H×W×3`` uint8 RGB frames), decoded segment by segment
     exactly as :func:`neuralcodec.codec.decompress_from_file` decodes the same bits.
     ``model``: as in :func:`neuralcodec.weights.resolve_model` (checked against the tokens'
-    model name and sha256); ``precision``: as in :func:`~neuralcodec.codec.decompress_from_file`."""
+    model name and sha256); ``precision``, ``decoder``: as in
+    :func:`~neuralcodec.codec.decompress_from_file`."""
     header = tokens.header
-    m = resolve_model(header, model).eval()
-    weights = file_weights(m)  # W of spec §8c, before any cast
-    if model is None:  # as decompress_from_file runs a model it loads
-        for_inference(m, "cpu", precision)
-    check_decoder_memory(m, header)
+    m, decoders = stream_decoders(header, model, [ct.Record(ct.REC_ADAPT, 0, 0, p) for p in tokens.adapt],
+                                  precision, decoder)
     h, w = header.latent_hw
-    decoders = SegmentDecoders(m, header, [ct.Record(ct.REC_ADAPT, 0, 0, p) for p in tokens.adapt],
-                               weights)
 
     def gen() -> Iterator[np.ndarray]:
         for i, tok in enumerate(tokens.segments):

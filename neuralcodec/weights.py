@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 
 from . import container as ct
-from .configs import DEFAULT_MODEL, MAX_BITS, TokenizerConfig
+from .configs import DECODER_AUTO, DECODER_FULL, DEFAULT_MODEL, MAX_BITS, TokenizerConfig
 from .errors import ModelError
 from .model import Tokenizer
 
@@ -33,6 +33,17 @@ class WeightsError(ModelError):
 
 
 @dataclass(frozen=True)
+class DecoderEntry:
+    """A decoder variant of a registered model: another decoder network for the same tokens
+    (the model's encoder and quantizer, so every stream and tokens file of the model), e.g. a
+    lighter one distilled for speed; ``mgv decode --decoder NAME`` picks it."""
+
+    name: str  # variant name, unique within its model
+    file: str  # weights file (the decoder's tensors only) inside the models folder
+    sha256: str  # hex sha256 of that file
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One registry entry."""
 
@@ -42,6 +53,9 @@ class ModelEntry:
     folder: Optional[Path] = None  # models folder holding file and registry.json (None: the package's)
     default_bits: Optional[int] = None  # bits per token an encode stores unless told: the model's
     #   measured RD knee (tools/eval_model --knee on validation clips; None: all K bits)
+    decoders: Tuple[DecoderEntry, ...] = ()  # the model's decoder variants
+    default_decoder: Optional[str] = None  # the variant `--decoder auto` decodes with (None: the
+    #   model's own decoder); chosen only when its quality is measured within DEFAULT_DECODER_DB
 
     @property
     def path(self) -> Path:
@@ -65,7 +79,11 @@ def registry(models_dir: Optional[Path] = None) -> Dict[str, ModelEntry]:
         b = e.get("default_bits")
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BITS):
             raise WeightsError(f"{reg_file}: default_bits of {n} must be an integer in 1..{MAX_BITS}")
-        out[n] = ModelEntry(n, e["file"], e["sha256"], folder, b)
+        decs = tuple(DecoderEntry(k, v["file"], v["sha256"]) for k, v in sorted(e.get("decoders", {}).items()))
+        dd = e.get("default_decoder")
+        if dd is not None and dd not in {d.name for d in decs}:
+            raise WeightsError(f"{reg_file}: default_decoder of {n} names no decoder variant")
+        out[n] = ModelEntry(n, e["file"], e["sha256"], folder, b, decs, dd)
     return out
 
 
@@ -150,6 +168,111 @@ def register(name: str, file: str, sha256: str, models_dir: Optional[Path] = Non
     if default_bits is not None:
         data[name]["default_bits"] = int(default_bits)
     reg_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def register_decoder(model: str, variant: str, file: str, sha256: str,
+                     models_dir: Optional[Path] = None, default: bool = False) -> None:
+    """Add or replace decoder variant ``variant`` of the registered ``model`` (``default``: make
+    it the variant ``--decoder auto`` uses)."""
+    if variant in (DECODER_AUTO, DECODER_FULL):
+        raise WeightsError(f"{variant!r} is not a variant name")
+    reg_file = _registry_file(models_dir)
+    data = json.loads(reg_file.read_text())
+    if model not in data:
+        raise WeightsError(f"unknown model '{model}'")
+    data[model].setdefault("decoders", {})[variant] = {"file": file, "sha256": sha256}
+    if default:
+        data[model]["default_decoder"] = variant
+    reg_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# ---- decoder variants -------------------------------------------------------------------------
+# Largest loss in PSNR-RGB (dB) against the model's own decoder, at every rate point of the eval
+# clips, that lets a variant be a model's default_decoder (issue 34's bar).
+DEFAULT_DECODER_DB = 0.3
+DECODER_FORMAT = "neuralcodec-decoder-1"
+
+
+def save_decoder(model: Tokenizer, path: Path, base: Tokenizer, variant: str) -> str:
+    """Write the decoder of ``model`` as decoder variant ``variant`` of the registered model
+    ``base`` (float16 decoder tensors; config, base name and sha256 in metadata) → the file's
+    sha256. ``model`` must code like ``base`` (:meth:`TokenizerConfig.same_code`)."""
+    from safetensors.torch import save_file
+
+    if not model.cfg.same_code(base.cfg):
+        raise WeightsError("the variant's config differs from its model's beyond the decoder layers")
+    theirs = base.state_dict()
+    for k, v in model.state_dict().items():
+        if not k.startswith("decoder.") and not torch.equal(v.float().cpu(), theirs[k].float().cpu()):
+            raise WeightsError(f"{k} differs from {base.name}'s: a decoder variant keeps the model's encoder")
+    tensors = {k: v.detach().to(torch.float16).contiguous().cpu()
+               for k, v in model.decoder.state_dict().items()}
+    meta = {"format": DECODER_FORMAT, "model": str(base.name), "model_sha256": str(base.sha256),
+            "variant": variant, "config": json.dumps(model.cfg.to_dict())}
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return file_sha256(path)
+
+
+def load_decoder_file(path: Path, base: Tokenizer, expected_sha256: str | None = None,
+                      variant: Optional[str] = None) -> Tokenizer:
+    """``base`` (a loaded model) with the decoder of the variant file at ``path``
+    (:meth:`Tokenizer.with_decoder`: its encoder, quantizer and identity shared), float32, eval
+    mode → :class:`WeightsError` when the hash differs from ``expected_sha256``, the file is not
+    a decoder variant of ``base`` (its weights' sha256) or its tensors do not fit its config."""
+    from safetensors import safe_open
+
+    from .model import Decoder
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"decoder weights not found: {path}")
+    got = file_sha256(path)
+    if expected_sha256 is not None and got != expected_sha256:
+        raise WeightsError(f"sha256 mismatch for {path.name}: expected {expected_sha256[:16]}…, got {got[:16]}…")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            cfg = TokenizerConfig.from_dict(json.loads(meta["config"]))
+            state = {k: f.get_tensor(k).float() for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for a malformed file
+        raise WeightsError(f"cannot read decoder weights {path.name}: {e}") from None
+    if meta.get("format") != DECODER_FORMAT or meta.get("model_sha256") != base.sha256:
+        raise WeightsError(f"{path.name} is not a decoder variant of {base.name}")
+    if not cfg.same_code(base.cfg):
+        raise WeightsError(f"{path.name}: config differs from {base.name}'s beyond the decoder layers")
+    with torch.device("meta"):
+        dec = Decoder(cfg)
+    try:
+        dec.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        raise WeightsError(f"decoder weights {path.name} do not fit their config: {str(e).splitlines()[0]}") from None
+    return base.with_decoder(dec.eval(), variant or meta.get("variant") or path.stem)
+
+
+def decoder_variant(model: Tokenizer, choice: str = DECODER_AUTO,
+                    models_dir: Optional[Path] = None) -> Optional[Tokenizer]:
+    """The decoder ``choice`` of ``model`` (a loaded model) as a model sharing its encoder:
+    None for ``full`` (the model's own decoder) and for ``auto`` when the registry names no
+    default variant for this model (or the model is not registered with these weights); a
+    variant name loads that variant → :class:`WeightsError` when the model has no such variant."""
+    if choice == DECODER_FULL:
+        return None
+    e = registry(models_dir).get(model.name) if isinstance(model.name, str) else None
+    if e is not None and e.sha256 != model.sha256:
+        e = None
+    if choice == DECODER_AUTO:
+        choice = e.default_decoder if e is not None else None
+        if choice is None:
+            return None
+    found = next((d for d in (e.decoders if e is not None else ()) if d.name == choice), None)
+    if found is None:
+        known = ", ".join([DECODER_AUTO, DECODER_FULL] + [d.name for d in (e.decoders if e else ())])
+        raise WeightsError(f"model {model.name} has no decoder '{choice}' (known: {known})")
+    return load_decoder_file(e.folder / found.file if e.folder else MODELS_DIR / found.file,
+                             model, found.sha256, found.name)
 
 
 def default_bits(model: torch.nn.Module) -> int:

@@ -23,11 +23,11 @@ import click
 
 from .. import __version__
 from .. import video_io as vio
-from ..configs import DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_RDO, PRESETS
+from ..configs import DECODER_AUTO, DEFAULT_MODEL, DEFAULT_PRESET, DEFAULT_RDO, PRESETS
 from ..errors import InputError, OutputError, StreamError
 from ..outputs import atomic_output
 from ..resources import release_large_blocks
-from .common import (DEVICE_OPTION, EXIT_INTERRUPTED, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP,
+from .common import (DECODER_OPTION, DEVICE_OPTION, EXIT_INTERRUPTED, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP,
                      QUIET_OPTION, check_output, fail, load_model, on_sigterm, open_input,
                      output_kind, parse_frames, precision_option, progress, report, run,
                      same_file, std_stream, warn, write_output)
@@ -190,21 +190,22 @@ def _encode(input: Path, output: Path, model_name, device, precision, force, qui
 @click.option("--recover", is_flag=True,
               help="accept damaged streams: conceal lost frames, report them, exit 0")
 @precision_option("CPU")
+@DECODER_OPTION
 @FORCE_OPTION
 @QUIET_OPTION
 def decode(input: Path, output: str, fmt: Optional[str], frames: Optional[str], recover: bool,
-           precision: str, force: bool, quiet: bool) -> None:
+           precision: str, decoder: str, force: bool, quiet: bool) -> None:
     """Decode an .mgv stream into a video file chosen by the output's extension.
 
     INPUT "-" reads the stream from stdin; "-o - --format y4m" writes the video to stdout
     (messages go to stderr). Damaged or missing segments are concealed (the frame count stays
     exact) and reported on stderr, one line per damaged range; the exit code is then 2 unless
     --recover is given."""
-    run(_decode, input, output, frames, force, quiet, recover, fmt, precision)
+    run(_decode, input, output, frames, force, quiet, recover, fmt, precision, decoder)
 
 
 def _decode(input: Path, output: str, frames_spec, force, quiet, recover=False, fmt=None,
-            precision="auto") -> None:
+            precision="auto", decoder=DECODER_AUTO) -> None:
     from .. import codec
     from ..audio import AudioSink
 
@@ -221,7 +222,7 @@ def _decode(input: Path, output: str, frames_spec, force, quiet, recover=False, 
     sink = AudioSink()
     with open_input(input) as fo:
         meta, it = codec.decompress_from_file(fo, frames=rng, on_damage=on_damage, audio=sink,
-                                              precision=precision)
+                                              precision=precision, decoder=decoder)
         n = write_output(output, kind, meta, it, force, quiet, "decode", audio=sink)
     dt = time.perf_counter() - t0
     if n != meta.frames:

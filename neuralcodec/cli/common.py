@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 import click
 
 from .. import video_out as vout
+from ..configs import DECODER_AUTO, DECODER_FULL
 from ..container import MAGIC
 from ..errors import InputError, MGVError, ModelError, OutputError
 from ..outputs import atomic_output, atomic_pattern
@@ -120,6 +121,12 @@ def precision_option(where: str):
                              f"{where} computes it natively]")
 
 
+DECODER_OPTION = click.option(
+    "--decoder", default=DECODER_AUTO, metavar="D", show_default=True,
+    help=f"decoder network: {DECODER_AUTO} (the model's fast decoder variant where it has one, its own "
+         f"decoder for segments a decoder adaptation covers), {DECODER_FULL} (the model's own "
+         f"decoder), or a variant's name (every segment, adaptations unused)")
+
 OUTPUT_HELP = ("output video: .mkv (FFV1), .mp4 (H.264), .y4m, .nut (raw), a %05d.png pattern, "
                "or - for stdout (with --format)")
 FORMAT_OPTION = click.option("--format", "fmt", type=click.Choice(["y4m", "nut", "mkv"]), default=None,
@@ -191,8 +198,9 @@ def is_mgv(path: Path) -> bool:
         return False
 
 
-def load_model(model_name: Optional[str], device: str, precision: str = "auto"):
-    """A registered model ready for inference on ``device`` (cast as ``precision`` says)."""
+def load_model(model_name: Optional[str], device: str, precision: Optional[str] = "auto"):
+    """A registered model ready for inference on ``device`` (cast as ``precision`` says; None:
+    on ``device`` in float32, as its weights file holds it, for the decoder to cast)."""
     from .. import weights
     from ..model import for_inference
 
@@ -200,4 +208,6 @@ def load_model(model_name: Optional[str], device: str, precision: str = "auto"):
         model = weights.load_model(model_name or weights.DEFAULT_MODEL)
     except weights.WeightsError as e:
         raise ModelError(str(e)) from None
+    if precision is None:
+        return model.to(device_of(device))
     return for_inference(model, device_of(device), precision)

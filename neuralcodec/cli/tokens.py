@@ -14,7 +14,7 @@ from ..errors import InputError, OutputError
 from ..outputs import atomic_output
 from ..resources import check_decoder_memory
 from . import main
-from .common import (DEVICE_OPTION, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP, QUIET_OPTION,
+from .common import (DECODER_OPTION, DEVICE_OPTION, FORCE_OPTION, FORMAT_OPTION, OUTPUT_HELP, QUIET_OPTION,
                      check_output, is_mgv, load_model, open_input, output_kind, progress, report,
                      run, same_file, write_output)
 
@@ -107,26 +107,28 @@ def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_fra
 @click.option("-o", "--output", required=True, help=OUTPUT_HELP)
 @FORMAT_OPTION
 @DEVICE_OPTION
+@DECODER_OPTION
 @FORCE_OPTION
 @QUIET_OPTION
-def detokenize(input: Path, output: str, fmt: Optional[str], device: str, force: bool,
-               quiet: bool) -> None:
+def detokenize(input: Path, output: str, fmt: Optional[str], device: str, decoder: str,
+               force: bool, quiet: bool) -> None:
     """Decode a tokens .safetensors file (from `mgv tokens`, or a generative model's output
     with the same tensors and metadata) into a video, as `mgv decode` decodes a stream."""
-    run(_detokenize, input, output, fmt, device, force, quiet)
+    run(_detokenize, input, output, fmt, device, decoder, force, quiet)
 
 
-def _detokenize(input: Path, output: str, fmt, device, force, quiet) -> None:
+def _detokenize(input: Path, output: str, fmt, device, decoder, force, quiet) -> None:
     from .. import tokens as tk
 
     kind = output_kind(output, fmt)
     check_output(input, output, force, kind)
     tf = tk.TokensFile.open(input)  # every size checked, no tensor data read yet
-    model = load_model(tf.header.model_name, device)
+    model = load_model(tf.header.model_name, device, precision=None)  # cast by the decoder,
+    # after it copies W of an ADAPT record (spec §8c) from the file's values
     check_decoder_memory(model, tf.header)  # as `mgv decode` refuses the same header
     tok = tk.Tokens(*tf.read_arrays())
     t0 = time.perf_counter()
-    meta, it = tk.detokenize_frames(model, tok)
+    meta, it = tk.detokenize_frames(lambda name: model, tok, decoder=decoder)
     n = write_output(output, kind, meta, it, force, quiet, "detokenize")
     dt = time.perf_counter() - t0
     report(output, f"{output}: {n} frames {meta.width}x{meta.height} @ {meta.fps.numerator}/"
