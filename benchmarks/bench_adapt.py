@@ -29,11 +29,12 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from benchmarks.common import add_clip_options, start
 from benchmarks.rd.bdrate import bd_rate
 from neuralcodec import codec
 from neuralcodec.evaluate import frame_mse, ms_ssim_rgb, psnr_from_mse
 from neuralcodec.model import for_inference
-from neuralcodec.video_io import VIDEO_EXTS, read_rgb
+from neuralcodec.video_io import read_rgb
 from neuralcodec.weights import load_model
 
 
@@ -115,15 +116,9 @@ def main(argv=None) -> int:
     ap.add_argument("--inputs", type=Path, required=True, help="a clip or a folder of clips")
     ap.add_argument("--bits", type=int, nargs="+", default=[6, 12, 18, 24])
     ap.add_argument("--adapt", type=int, default=200, help="steps of the adapted encodes")
-    ap.add_argument("--frames", type=int, default=None, help="first N frames only (default all)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, required=True, help="results path without suffix")
+    add_clip_options(ap)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    clips = [args.inputs] if args.inputs.is_file() else sorted(
-        p for p in args.inputs.iterdir() if p.suffix.lower() in VIDEO_EXTS)
-    js = args.out.with_suffix(".json")
-    res = json.loads(js.read_text()) if js.exists() else {"clips": {}}
+    clips, js, res = start(args)
     cmd = "python -m benchmarks.bench_adapt " + " ".join(argv or __import__("sys").argv[1:])
     res["commands"] = [c for c in res.get("commands", [res["command"]] if "command" in res else [])
                        if c != cmd] + [cmd]

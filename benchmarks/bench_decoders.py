@@ -31,10 +31,11 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from benchmarks.common import add_clip_options, start
 from neuralcodec import codec
 from neuralcodec.evaluate import frame_mse, ms_ssim_rgb, psnr_from_mse
 from neuralcodec.model import for_inference
-from neuralcodec.video_io import VIDEO_EXTS, read_rgb
+from neuralcodec.video_io import read_rgb
 from neuralcodec.configs import DEFAULT_MODEL
 from neuralcodec.weights import DEFAULT_DECODER_DB, load_model, registry
 
@@ -97,15 +98,9 @@ def main(argv=None) -> int:
     ap.add_argument("--bits", type=int, nargs="+", default=[6, 12, 18, 24])
     ap.add_argument("--decoders", nargs="+", default=["full", "fast"],
                     help="decoders to compare (full = the model's own; variant names)")
-    ap.add_argument("--frames", type=int, default=None, help="first N frames only (default all)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, required=True, help="results path without suffix")
+    add_clip_options(ap)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    clips = [args.inputs] if args.inputs.is_file() else sorted(
-        p for p in args.inputs.iterdir() if p.suffix.lower() in VIDEO_EXTS)
-    js = args.out.with_suffix(".json")
-    res = json.loads(js.read_text()) if js.exists() else {"clips": {}}
+    clips, js, res = start(args)
     res.update(command="python -m benchmarks.bench_decoders " + " ".join(argv or sys.argv[1:]),
                machine=f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -182,7 +182,7 @@ def bench(a) -> dict:
             dec = run_measured(ROOT, True, ["decode", str(mgv), "-o", str(out)], a.threads)
             res["long"] = {"frames": n, "seconds": a.long, "encode": enc, "decode": dec,
                            "threads": a.threads}
-            print(f"1080p {a.long:g} s ({n} frames) fast-bf16: encode {enc['fps']:.2f} fps "
+            print(f"1080p {a.long:g} s ({n} frames) shipped: encode {enc['fps']:.2f} fps "
                   f"{enc['rss_mb']} MB, decode {dec['fps']:.2f} fps {dec['rss_mb']} MB", flush=True)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)])

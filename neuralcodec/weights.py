@@ -110,19 +110,14 @@ def save_weights(model: Tokenizer, path: Path, name: str) -> str:
     return file_sha256(path)
 
 
-def load_weights_file(path: Path, expected_sha256: str | None = None,
-                      name: Optional[str] = None) -> Tokenizer:
-    """Load a safetensors weights file → :class:`Tokenizer` in eval mode (float32) whose
-    identity is ``name`` (default: the name stored in the file) and the file's sha256.
-
-    Raises :class:`WeightsError` if the hash does not match ``expected_sha256``, the file is
-    not safetensors, or its tensors do not fit its config.
-    """
+def _read_weights(path: Path, expected_sha256: Optional[str], what: str):
+    """A safetensors weights file → (its sha256, metadata, config, float32 tensors) →
+    :class:`WeightsError` when it is missing, its hash is not ``expected_sha256`` or it does not
+    read (``what`` names it in the message)."""
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+        raise WeightsError(f"{what} file not found: {path}")
     got = file_sha256(path)
     if expected_sha256 is not None and got != expected_sha256:
         raise WeightsError(f"sha256 mismatch for {path.name}: expected {expected_sha256[:16]}…, got {got[:16]}…")
@@ -131,10 +126,21 @@ def load_weights_file(path: Path, expected_sha256: str | None = None,
             meta = f.metadata() or {}
             cfg = TokenizerConfig.from_dict(json.loads(meta["config"]))
             state = {k: f.get_tensor(k).float() for k in f.keys()}
-    except WeightsError:
-        raise
     except Exception as e:  # safetensors raises several types for a malformed file
-        raise WeightsError(f"cannot read weights {path.name}: {e}") from None
+        raise WeightsError(f"cannot read {what} {path.name}: {e}") from None
+    return got, meta, cfg, state
+
+
+def load_weights_file(path: Path, expected_sha256: str | None = None,
+                      name: Optional[str] = None) -> Tokenizer:
+    """Load a safetensors weights file → :class:`Tokenizer` in eval mode (float32) whose
+    identity is ``name`` (default: the name stored in the file) and the file's sha256.
+
+    Raises :class:`WeightsError` if the hash does not match ``expected_sha256``, the file is
+    not safetensors, or its tensors do not fit its config.
+    """
+    path = Path(path)
+    got, meta, cfg, state = _read_weights(path, expected_sha256, "weights")
     with torch.device("meta"):  # no random init of weights that are replaced right away
         model = Tokenizer(cfg, name=name or meta.get("name"), sha256=got)
     try:
@@ -222,23 +228,10 @@ def load_decoder_file(path: Path, base: Tokenizer, expected_sha256: str | None =
     (:meth:`Tokenizer.with_decoder`: its encoder, quantizer and identity shared), float32, eval
     mode → :class:`WeightsError` when the hash differs from ``expected_sha256``, the file is not
     a decoder variant of ``base`` (its weights' sha256) or its tensors do not fit its config."""
-    from safetensors import safe_open
-
     from .model import Decoder
 
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"decoder weights not found: {path}")
-    got = file_sha256(path)
-    if expected_sha256 is not None and got != expected_sha256:
-        raise WeightsError(f"sha256 mismatch for {path.name}: expected {expected_sha256[:16]}…, got {got[:16]}…")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            cfg = TokenizerConfig.from_dict(json.loads(meta["config"]))
-            state = {k: f.get_tensor(k).float() for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for a malformed file
-        raise WeightsError(f"cannot read decoder weights {path.name}: {e}") from None
+    _, meta, cfg, state = _read_weights(path, expected_sha256, "decoder weights")
     if meta.get("format") != DECODER_FORMAT or meta.get("model_sha256") != base.sha256:
         raise WeightsError(f"{path.name} is not a decoder variant of {base.name}")
     if not cfg.same_code(base.cfg):
