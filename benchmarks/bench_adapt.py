@@ -18,18 +18,14 @@ Results go to ``OUT.json`` after every point (a re-run skips the points it has) 
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
-import json
-import platform
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
-import torch
 
-from benchmarks.common import add_clip_options, start
+from benchmarks.common import add_clip_options, save, start
 from benchmarks.rd.bdrate import bd_rate
 from neuralcodec import codec
 from neuralcodec.evaluate import frame_mse, ms_ssim_rgb, psnr_from_mse
@@ -113,19 +109,14 @@ def report(res: dict, out: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--inputs", type=Path, required=True, help="a clip or a folder of clips")
-    ap.add_argument("--bits", type=int, nargs="+", default=[6, 12, 18, 24])
     ap.add_argument("--adapt", type=int, default=200, help="steps of the adapted encodes")
     add_clip_options(ap)
     args = ap.parse_args(argv)
-    clips, js, res = start(args)
+    clips, res = start(args)
     cmd = "python -m benchmarks.bench_adapt " + " ".join(argv or __import__("sys").argv[1:])
     res["commands"] = [c for c in res.get("commands", [res["command"]] if "command" in res else [])
                        if c != cmd] + [cmd]
-    res.update(command="; ".join(res["commands"]),
-               machine=f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
-               date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               model="mgv-default-v6")
+    res.update(command="; ".join(res["commands"]), model="mgv-default-v6")
     model = for_inference(load_model(), "cpu")
     for path in clips:
         frames = read_rgb(path, max_frames=args.frames)
@@ -138,9 +129,7 @@ def main(argv=None) -> int:
                 clip["points"].append(point(model, frames, bits, steps))
                 print(path.name, clip["points"][-1], flush=True)
                 clip["summary"] = summary(clip)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                js.write_text(json.dumps(res, indent=1))
-                report(res, args.out)
+                save(res, args.out, report)
     return 0
 
 

@@ -19,19 +19,15 @@ Results go to ``OUT.json`` after every point (a re-run skips the points it has) 
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
-import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-import torch
 
-from benchmarks.common import add_clip_options, start
+from benchmarks.common import add_clip_options, save, start
 from neuralcodec import codec
 from neuralcodec.evaluate import frame_mse, ms_ssim_rgb, psnr_from_mse
 from neuralcodec.model import for_inference
@@ -94,16 +90,12 @@ def report(res: dict, out: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--inputs", type=Path, required=True, help="a clip or a folder of clips")
-    ap.add_argument("--bits", type=int, nargs="+", default=[6, 12, 18, 24])
     ap.add_argument("--decoders", nargs="+", default=["full", "fast"],
                     help="decoders to compare (full = the model's own; variant names)")
     add_clip_options(ap)
     args = ap.parse_args(argv)
-    clips, js, res = start(args)
+    clips, res = start(args)
     res.update(command="python -m benchmarks.bench_decoders " + " ".join(argv or sys.argv[1:]),
-               machine=f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
-               date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                model=DEFAULT_MODEL, decoders=list(dict.fromkeys(res.get("decoders", []) + args.decoders)))
     model = for_inference(load_model(), "cpu")
     entry = registry().get(DEFAULT_MODEL)
@@ -115,27 +107,20 @@ def main(argv=None) -> int:
         clip = res["clips"].setdefault(path.name, {"frames": t, "width": w, "height": h, "points": []})
         for bits in args.bits:
             p = next((q for q in clip["points"] if q["bits"] == bits), None)
+            todo = [d for d in args.decoders if p is None or d not in p["decoders"]]
+            if not todo:
+                continue
+            buf = io.BytesIO()  # made again when resumed: the encoder is deterministic
+            codec.compress_to_file(model, frames, buf, bits=bits)
+            data = buf.getvalue()
             if p is None:
-                buf = io.BytesIO()
-                codec.compress_to_file(model, frames, buf, bits=bits)
-                p = {"bits": bits, "bytes": len(buf.getvalue()),
-                     "bpp": 8 * len(buf.getvalue()) / (t * h * w), "decoders": {}, "_data": buf.getvalue()}
+                p = {"bits": bits, "bytes": len(data), "bpp": 8 * len(data) / (t * h * w), "decoders": {}}
                 clip["points"].append(p)
-            for d in args.decoders:
-                if d in p["decoders"]:
-                    continue
-                if p.get("_data") is None:  # resumed: the stream is made again (the encoder is deterministic)
-                    buf = io.BytesIO()
-                    codec.compress_to_file(model, frames, buf, bits=bits)
-                    p["_data"] = buf.getvalue()
-                p["decoders"][d] = decode_point(p["_data"], frames, d)
+            for d in todo:
+                p["decoders"][d] = decode_point(data, frames, d)
                 print(path.name, bits, d, p["decoders"][d], flush=True)
                 clip["summary"] = summary(clip, res["decoders"])
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                js.write_text(json.dumps(res, indent=1, default=lambda o: None))
-                report(res, args.out)
-            p.pop("_data", None)
-    js.write_text(json.dumps(res, indent=1))
+                save(res, args.out, report)
     return 0
 
 

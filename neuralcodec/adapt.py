@@ -31,7 +31,8 @@ from .entropy import BERNOULLI, P_BITS, P_MIN, SENTINEL, chunk_ranges
 from .errors import PayloadError, RecordError, StreamError
 from .model import for_inference
 from .resources import check_decoder_memory
-from .weights import DECODER_AUTO, ModelSource, decoder_variant, resolve_model
+from .configs import DECODER_AUTO, DECODER_FULL
+from .weights import ModelSource, decoder_variant, resolve_model
 
 __all__ = ["METHOD_ADDITIVE", "MAX_TENSORS", "MAX_NUMBERS", "MAX_SYMBOL_WORK", "MIN_EXP",
            "MAX_EXP", "MAX_VMAX", "CONTEXTS", "ADAPT_HEAD", "ADAPT_ENTRY", "TensorUpdate",
@@ -372,14 +373,15 @@ def stream_decoders(header: ct.Header, model: ModelSource, records: List[ct.Reco
     says); a variant name (or a model from :meth:`Tokenizer.with_decoder`) — that decoder for
     every segment, ADAPT records unused (they change the model's own decoder)."""
     m = resolve_model(header, model).eval()
-    weights = file_weights(m)  # W of spec §8c, before any cast
+    everywhere = decoder not in (DECODER_AUTO, DECODER_FULL)  # a variant for every segment
+    weights = None if everywhere else file_weights(m)  # W of spec §8c, before any cast
     if not isinstance(model, torch.nn.Module):
         for_inference(m, next(m.parameters()).device, precision)
     check_decoder_memory(m, header)
     light = decoder_variant(m, decoder) if isinstance(decoder, str) else decoder
     if light is not None:
         light = light.to(device=next(m.parameters()).device, dtype=m.dtype).eval()
-    if light is not None and decoder != DECODER_AUTO:
+    if everywhere:
         return m, SegmentDecoders(light, header, [], None, on_error)
     return m, SegmentDecoders(m, header, records, weights, on_error, plain=light)
 

@@ -96,18 +96,24 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_weights(model: Tokenizer, path: Path, name: str) -> str:
-    """Write ``model`` (float16 tensors, config in metadata) → returns the file's sha256."""
+def _write_weights(module: torch.nn.Module, path: Path, meta: Dict[str, str]) -> str:
+    """Write ``module``'s state (float16 tensors) and ``meta`` as safetensors at ``path``
+    (through a temporary name) → the file's sha256."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to(torch.float16).contiguous().cpu()
-               for k, v in model.state_dict().items()}
-    meta = {"name": name, "config": json.dumps(model.cfg.to_dict()), "format": "neuralcodec-weights-1"}
+               for k, v in module.state_dict().items()}
     path = Path(path)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
     return file_sha256(path)
+
+
+def save_weights(model: Tokenizer, path: Path, name: str) -> str:
+    """Write ``model`` (float16 tensors, config in metadata) → returns the file's sha256."""
+    return _write_weights(model, path, {"name": name, "config": json.dumps(model.cfg.to_dict()),
+                                        "format": "neuralcodec-weights-1"})
 
 
 def _read_weights(path: Path, expected_sha256: Optional[str], what: str):
@@ -203,23 +209,15 @@ def save_decoder(model: Tokenizer, path: Path, base: Tokenizer, variant: str) ->
     """Write the decoder of ``model`` as decoder variant ``variant`` of the registered model
     ``base`` (float16 decoder tensors; config, base name and sha256 in metadata) → the file's
     sha256. ``model`` must code like ``base`` (:meth:`TokenizerConfig.same_code`)."""
-    from safetensors.torch import save_file
-
     if not model.cfg.same_code(base.cfg):
         raise WeightsError("the variant's config differs from its model's beyond the decoder layers")
     theirs = base.state_dict()
     for k, v in model.state_dict().items():
         if not k.startswith("decoder.") and not torch.equal(v.float().cpu(), theirs[k].float().cpu()):
             raise WeightsError(f"{k} differs from {base.name}'s: a decoder variant keeps the model's encoder")
-    tensors = {k: v.detach().to(torch.float16).contiguous().cpu()
-               for k, v in model.decoder.state_dict().items()}
-    meta = {"format": DECODER_FORMAT, "model": str(base.name), "model_sha256": str(base.sha256),
-            "variant": variant, "config": json.dumps(model.cfg.to_dict())}
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return file_sha256(path)
+    return _write_weights(model.decoder, path, {
+        "format": DECODER_FORMAT, "model": str(base.name), "model_sha256": str(base.sha256),
+        "variant": variant, "config": json.dumps(model.cfg.to_dict())})
 
 
 def load_decoder_file(path: Path, base: Tokenizer, expected_sha256: str | None = None,
@@ -234,15 +232,16 @@ def load_decoder_file(path: Path, base: Tokenizer, expected_sha256: str | None =
     _, meta, cfg, state = _read_weights(path, expected_sha256, "decoder weights")
     if meta.get("format") != DECODER_FORMAT or meta.get("model_sha256") != base.sha256:
         raise WeightsError(f"{path.name} is not a decoder variant of {base.name}")
-    if not cfg.same_code(base.cfg):
-        raise WeightsError(f"{path.name}: config differs from {base.name}'s beyond the decoder layers")
     with torch.device("meta"):
         dec = Decoder(cfg)
     try:
         dec.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
         raise WeightsError(f"decoder weights {path.name} do not fit their config: {str(e).splitlines()[0]}") from None
-    return base.with_decoder(dec.eval(), variant or meta.get("variant") or path.stem)
+    try:
+        return base.with_decoder(dec.eval(), variant or meta.get("variant") or path.stem)
+    except ValueError as e:  # a config that does not code like base's
+        raise WeightsError(f"{path.name}: {e}") from None
 
 
 def decoder_variant(model: Tokenizer, choice: str = DECODER_AUTO,
@@ -260,12 +259,12 @@ def decoder_variant(model: Tokenizer, choice: str = DECODER_AUTO,
         choice = e.default_decoder if e is not None else None
         if choice is None:
             return None
-    found = next((d for d in (e.decoders if e is not None else ()) if d.name == choice), None)
+    variants = e.decoders if e is not None else ()
+    found = next((d for d in variants if d.name == choice), None)
     if found is None:
-        known = ", ".join([DECODER_AUTO, DECODER_FULL] + [d.name for d in (e.decoders if e else ())])
+        known = ", ".join([DECODER_AUTO, DECODER_FULL] + [d.name for d in variants])
         raise WeightsError(f"model {model.name} has no decoder '{choice}' (known: {known})")
-    return load_decoder_file(e.folder / found.file if e.folder else MODELS_DIR / found.file,
-                             model, found.sha256, found.name)
+    return load_decoder_file((e.folder or MODELS_DIR) / found.file, model, found.sha256, found.name)
 
 
 def default_bits(model: torch.nn.Module) -> int:
