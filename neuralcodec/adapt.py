@@ -1,4 +1,4 @@
-"""Decoder adaptation carried in the stream: the ADAPT record (spec §8c, version 1.3).
+"""Decoder adaptation carried in the stream: the ADAPT record (spec §8c, versions 1.3 and 1.4).
 
 An encoder may fit some of the decoder's tensors to the video it codes (tokens unchanged) and
 send the change: per tensor, integers v and a step 2^e, so that the decoder of the segments the
@@ -10,9 +10,10 @@ that finds an update.
 
 Payload (little-endian; spec §8c is normative)::
 
-    u8 method (0: additive), u8 reserved 0, u16 tensors n, 16 B model_sha256,
-    u32 first_segment, u32 segments,
-    n × (u16 tensor index, i8 exponent e, u8 vmax, u32 count),   # index into tensor_names(model)
+    u8 method (0: additive, 2: additive to a decoder variant), u8 reserved 0, u16 tensors n,
+    16 B model_sha256, u32 first_segment, u32 segments,
+    [method 2: 16 B decoder_sha256, the variant's weights file]
+    n × (u16 tensor index, i8 exponent e, u8 vmax, u32 count),   # index into record_names(…)
     coded integers: §7 coder words (passes per tensor, then 16 check bits)
 """
 from __future__ import annotations
@@ -31,16 +32,17 @@ from .entropy import BERNOULLI, P_BITS, P_MIN, SENTINEL, chunk_ranges
 from .errors import PayloadError, RecordError, StreamError
 from .model import for_inference
 from .resources import check_decoder_memory
-from .configs import DECODER_AUTO, DECODER_FULL
+from .configs import DECODER_AUTO
 from .weights import ModelSource, decoder_variant, resolve_model
 
-__all__ = ["METHOD_ADDITIVE", "MAX_TENSORS", "MAX_NUMBERS", "MAX_SYMBOL_WORK", "MIN_EXP",
+__all__ = ["METHOD_ADDITIVE", "METHOD_VARIANT", "VARIANT_SHA", "record_names", "MAX_TENSORS", "MAX_NUMBERS", "MAX_SYMBOL_WORK", "MIN_EXP",
            "MAX_EXP", "MAX_VMAX", "CONTEXTS", "ADAPT_HEAD", "ADAPT_ENTRY", "TensorUpdate",
            "Adaptation", "tensor_names", "adaptable_names", "check_against", "adapted_model",
-           "leading_records", "read_adaptations", "SegmentDecoders", "stream_decoders", "file_weights",
+           "leading_records", "read_adaptations", "decodes", "SegmentDecoders", "stream_decoders", "file_weights",
            "encode_ints", "decode_ints"]
 
-METHOD_ADDITIVE = 0  # the only method of version 1.3; a record of another method is skipped
+METHOD_ADDITIVE = 0  # 1.3: a change of the model's own decoder
+METHOD_VARIANT = 2  # 1.4: a change of a decoder variant's file (1 stays unassigned); others skipped
 MAX_TENSORS = 1024  # tensors one record may change
 MAX_NUMBERS = 1 << 20  # Σ count: numbers one record may change
 MAX_SYMBOL_WORK = 1 << 23  # Σ count·(vmax + 1): bounds the symbols a record can make a reader decode
@@ -50,6 +52,7 @@ CONTEXTS = 16  # adaptive contexts per tensor: the zero flag (0), "|v| > l" (min
 P_ONE_MAX = (1 << P_BITS) - P_MIN  # §7's clip of p16: [P_MIN, P_ONE_MAX]
 ADAPT_HEAD = struct.Struct("<BBH16sII")  # method, reserved, tensors, model_sha256, first, segments
 ADAPT_ENTRY = struct.Struct("<HbBI")  # tensor index, exponent, vmax, count
+VARIANT_SHA = struct.Struct("<16s")  # method 2: decoder_sha256, after ADAPT_HEAD
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,15 @@ class TensorUpdate:
 @dataclass(frozen=True)
 class Adaptation:
     """One ADAPT record: a change of the decoder for segments ``first_segment`` ..
-    ``first_segment + segments - 1`` of a stream made with the model ``model_sha256``."""
+    ``first_segment + segments - 1`` of a stream made with the model ``model_sha256``: of the
+    model's own decoder, or (``decoder_sha256``, method 2) of one of its decoder variants."""
 
     model_sha256: bytes  # first 16 bytes of the weights file's SHA-256 (the header's)
     first_segment: int  # first segment it applies to
     segments: int  # how many consecutive segments
     tensors: Tuple[TensorUpdate, ...]  # by increasing tensor index
+    decoder_sha256: Optional[bytes] = None  # first 16 bytes of the SHA-256 of the decoder
+    #   variant's file it changes (method 2); None: the model's own decoder (method 0)
 
     def covers(self, i: int) -> bool:
         return self.first_segment <= i < self.first_segment + self.segments
@@ -91,8 +97,11 @@ class Adaptation:
         for t in ts:
             if t.values.size and int(np.abs(t.values).max()) > t.vmax:
                 raise RecordError(f"ADAPT tensor {t.index}: a value exceeds vmax {t.vmax}")
-        head = ADAPT_HEAD.pack(METHOD_ADDITIVE, 0, len(ts), self.model_sha256, self.first_segment,
+        method = METHOD_ADDITIVE if self.decoder_sha256 is None else METHOD_VARIANT
+        head = ADAPT_HEAD.pack(method, 0, len(ts), self.model_sha256, self.first_segment,
                                self.segments)
+        if self.decoder_sha256 is not None:
+            head += VARIANT_SHA.pack(self.decoder_sha256)
         entries = b"".join(ADAPT_ENTRY.pack(t.index, t.exp, t.vmax, t.values.size) for t in ts)
         return head + entries + encode_ints([(t.values, t.vmax) for t in ts])
 
@@ -102,16 +111,18 @@ class Adaptation:
         a method this reader does not know (skipped, spec §8c) → RecordError / PayloadError."""
         if len(payload) < 1:
             raise RecordError("empty ADAPT payload")
-        if payload[0] != METHOD_ADDITIVE:
+        if payload[0] not in (METHOD_ADDITIVE, METHOD_VARIANT):
             return None
-        if len(payload) < ADAPT_HEAD.size:
+        head = ADAPT_HEAD.size + (VARIANT_SHA.size if payload[0] == METHOD_VARIANT else 0)
+        if len(payload) < head:
             raise RecordError(f"ADAPT payload of {len(payload)} bytes is too short")
         _, res, n, sha, first, segs = ADAPT_HEAD.unpack_from(payload)
+        variant = VARIANT_SHA.unpack_from(payload, ADAPT_HEAD.size)[0] if head > ADAPT_HEAD.size else None
         if res:
             raise RecordError("ADAPT reserved byte is not 0")
         if not 1 <= n <= MAX_TENSORS:
             raise RecordError(f"ADAPT record changes {n} tensors, outside 1..{MAX_TENSORS}")
-        data_at = ADAPT_HEAD.size + n * ADAPT_ENTRY.size
+        data_at = head + n * ADAPT_ENTRY.size
         if len(payload) < data_at:
             raise RecordError(f"ADAPT payload of {len(payload)} bytes cannot hold {n} tensor entries")
         if sha != header.model_sha256:
@@ -120,12 +131,11 @@ class Adaptation:
         if first >= header.segment_count or not 1 <= segs <= header.segment_count - first:
             raise RecordError(f"ADAPT record covers segments {first}+{segs}, the stream has "
                               f"{header.segment_count}")
-        entries = [ADAPT_ENTRY.unpack_from(payload, ADAPT_HEAD.size + j * ADAPT_ENTRY.size)
-                   for j in range(n)]
+        entries = [ADAPT_ENTRY.unpack_from(payload, head + j * ADAPT_ENTRY.size) for j in range(n)]
         _check_fields(n, first, segs, entries)
         ints = decode_ints(payload[data_at:], [(count, vmax) for _, _, vmax, count in entries])
         return cls(sha, first, segs, tuple(TensorUpdate(i, e, vm, v)
-                                           for (i, e, vm, _), v in zip(entries, ints)))
+                                           for (i, e, vm, _), v in zip(entries, ints)), variant)
 
 
 def _check_fields(n: int, first: int, segments: int, entries) -> None:
@@ -253,10 +263,27 @@ def adaptable_names(model: torch.nn.Module) -> List[str]:
     return [n for n in tensor_names(model) if n.startswith("decoder.") and sd[n].is_floating_point()]
 
 
+def record_names(model: torch.nn.Module, ad: "Adaptation") -> List[str]:
+    """The tensor names ``ad``'s indices count (spec §8c): those of the model's weights file
+    (method 0), or of its decoder variant's file (method 2: the decoder's tensors, here with
+    the model's ``decoder.`` prefix; the same order)."""
+    names = tensor_names(model)
+    return names if ad.decoder_sha256 is None else [n for n in names if n.startswith("decoder.")]
+
+
+def decodes(model: torch.nn.Module, ad: "Adaptation") -> bool:
+    """Whether ``model`` holds the decoder ``ad`` changes: the model's own (method 0) or the
+    variant whose weights file's SHA-256 starts with ``ad.decoder_sha256`` (method 2)."""
+    sha = getattr(model, "decoder_sha256", None)
+    if ad.decoder_sha256 is None:
+        return sha is None
+    return sha is not None and bytes.fromhex(sha)[:16] == ad.decoder_sha256
+
+
 def check_against(ad: Adaptation, model: torch.nn.Module) -> None:
     """RecordError when ``ad`` names a tensor the model does not have, one it may not change,
-    or a count other than the tensor's size."""
-    names, sd = tensor_names(model), model.state_dict()
+    or a count other than the tensor's size (``model``: the network :func:`decodes` names)."""
+    names, sd = record_names(model, ad), model.state_dict()
     allowed = set(adaptable_names(model))
     for t in ad.tensors:
         if t.index >= len(names) or names[t.index] not in allowed:
@@ -272,7 +299,7 @@ def adapted_model(model: torch.nn.Module, ad: Adaptation,
     (the weights file's tensors; default the model's own) and cast to the model's dtype →
     RecordError when the record does not fit the model (:func:`check_against`)."""
     check_against(ad, model)
-    names = tensor_names(model)
+    names = record_names(model, ad)
     out = copy.deepcopy(model)
     params = dict(out.named_parameters())
     sd = out.state_dict()
@@ -301,14 +328,14 @@ def leading_records(reader: ct.Reader) -> List[ct.Record]:
 def read_adaptations(records: Sequence[ct.Record], header: ct.Header,
                      model: Optional[torch.nn.Module] = None) -> List[Adaptation]:
     """The ADAPT records of a stream (those before its first SEGMENT) → their adaptations, in
-    order, checked against ``header`` (and ``model`` when given); overlapping ranges are a
-    RecordError. Records of unknown methods are left out."""
+    order, checked against ``header`` (and against ``model`` those it :func:`decodes`);
+    overlapping ranges are a RecordError. Records of unknown methods are left out."""
     out: List[Adaptation] = []
     for rec in records:
         ad = Adaptation.parse(rec.payload, header)
         if ad is None:
             continue
-        if model is not None:
+        if model is not None and decodes(model, ad):
             check_against(ad, model)
         for other in out:
             if (ad.first_segment < other.first_segment + other.segments
@@ -318,28 +345,35 @@ def read_adaptations(records: Sequence[ct.Record], header: ct.Header,
     return out
 
 
-class SegmentDecoders:
-    """The decoder of each segment of a stream: ``model``, or ``model`` changed by the ADAPT
-    record that covers the segment (built when its first segment is decoded; one adapted copy
-    alive at a time). ``records`` fills while the stream is read (ADAPT records precede SEGMENT
-    0, so it is complete when segment 0 comes). A record that does not parse or fit the model
-    raises its StreamError when ``on_error`` is None; otherwise ``on_error(reason)`` is called
-    once and the base decoder decodes (spec §8c). ``plain``: the decoder of the segments no
-    record covers (a decoder variant, :func:`stream_decoders`; default ``model``)."""
+Network = Tuple[torch.nn.Module, Dict[str, torch.Tensor]]  # a decoder and its file weights (W)
 
-    def __init__(self, model: torch.nn.Module, header: ct.Header, records: List[ct.Record],
-                 base: Optional[Dict[str, torch.Tensor]] = None, on_error=None,
-                 plain: Optional[torch.nn.Module] = None) -> None:
-        self.model, self.header, self.records = model, header, records
-        self.base, self.on_error = base, on_error
-        self.plain = model if plain is None else plain
-        self.adaptations: Optional[List[Adaptation]] = None
+
+class SegmentDecoders:
+    """The decoder of each segment of a stream: ``plain``, or one of ``networks`` changed by the
+    ADAPT record that covers the segment and names it (:func:`decodes`; built when its first
+    segment is decoded; one adapted copy alive at a time). A record that names none of
+    ``networks`` is not used. ``records`` fills while the stream is read (ADAPT records precede
+    SEGMENT 0, so it is complete when segment 0 comes). A record that does not parse or fit
+    its network raises its StreamError when ``on_error`` is None; otherwise ``on_error(reason)``
+    is called once and no record is used (spec §8c)."""
+
+    def __init__(self, plain: torch.nn.Module, header: ct.Header, records: List[ct.Record],
+                 networks: Sequence[Network] = (), on_error=None) -> None:
+        self.plain, self.header, self.records = plain, header, records
+        self.networks, self.on_error = list(networks), on_error
+        self.adaptations: Optional[List[Tuple[Adaptation, Network]]] = None
         self._current: Optional[Tuple[Adaptation, torch.nn.Module]] = None
 
-    def _read(self) -> List[Adaptation]:
+    def _read(self) -> List[Tuple[Adaptation, Network]]:
         if self.adaptations is None:
             try:
-                self.adaptations = read_adaptations(self.records, self.header, self.model)
+                used = []
+                for ad in read_adaptations(self.records, self.header):
+                    net = next((n for n in self.networks if decodes(n[0], ad)), None)
+                    if net is not None:
+                        check_against(ad, net[0])
+                        used.append((ad, net))
+                self.adaptations = used
             except StreamError as e:
                 if self.on_error is None:
                     raise
@@ -350,12 +384,13 @@ class SegmentDecoders:
 
     def __call__(self, i: int) -> torch.nn.Module:
         """The decoder of segment ``i``."""
-        ad = next((a for a in self._read() if a.covers(i)), None)
-        if ad is None:
+        found = next(((ad, net) for ad, net in self._read() if ad.covers(i)), None)
+        if found is None:
             return self.plain
+        ad, (model, base) = found
         if self._current is None or self._current[0] is not ad:
             self._current = None  # free the previous copy first
-            self._current = (ad, adapted_model(self.model, ad, self.base))
+            self._current = (ad, adapted_model(model, ad, base))
         return self._current[1]
 
 
@@ -368,22 +403,24 @@ def stream_decoders(header: ct.Header, model: ModelSource, records: List[ct.Reco
     is copied, a model object is used as it is. The decoder peak memory is checked here.
 
     ``decoder``: ``"auto"`` — the registry's default decoder variant of the model (if any)
-    decodes the segments no ADAPT record covers, the model's own decoder, adapted, those a
-    record covers; ``"full"`` — the model's own decoder everywhere (adapted where a record
-    says); a variant name (or a model from :meth:`Tokenizer.with_decoder`) — that decoder for
-    every segment, ADAPT records unused (they change the model's own decoder)."""
+    decodes the segments no ADAPT record covers; a segment a record covers decodes with the
+    network the record changes (the model's own decoder, or a variant: method 2), adapted;
+    ``"full"`` — the model's own decoder everywhere (adapted where a method-0 record says); a
+    variant name (or a model from :meth:`Tokenizer.with_decoder`) — that decoder for every
+    segment (adapted where a method-2 record names its file)."""
     m = resolve_model(header, model).eval()
-    everywhere = decoder not in (DECODER_AUTO, DECODER_FULL)  # a variant for every segment
-    weights = None if everywhere else file_weights(m)  # W of spec §8c, before any cast
+    light = decoder_variant(m, decoder) if isinstance(decoder, str) else decoder
+    networks = []
+    if light is None or decoder == DECODER_AUTO:
+        networks.append((m, file_weights(m)))  # W of spec §8c, before any cast
+    if light is not None:
+        networks.append((light, file_weights(light)))
     if not isinstance(model, torch.nn.Module):
         for_inference(m, next(m.parameters()).device, precision)
     check_decoder_memory(m, header)
-    light = decoder_variant(m, decoder) if isinstance(decoder, str) else decoder
     if light is not None:
-        light = light.to(device=next(m.parameters()).device, dtype=m.dtype).eval()
-    if everywhere:
-        return m, SegmentDecoders(light, header, [], None, on_error)
-    return m, SegmentDecoders(m, header, records, weights, on_error, plain=light)
+        light.to(device=next(m.parameters()).device, dtype=m.dtype).eval()
+    return m, SegmentDecoders(light if light is not None else m, header, records, networks, on_error)
 
 
 def file_weights(model: torch.nn.Module) -> Dict[str, torch.Tensor]:

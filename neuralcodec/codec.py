@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from . import container as ct
-from .adapt import stream_decoders
+from .adapt import METHOD_VARIANT, stream_decoders
 from .audio import AudioSink, AudioSource, write_audio
 from .chunks import Progress, chunk_frames
 from .errors import InputError, MGVError, ResourceError
@@ -157,7 +157,7 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
     ``bits`` and the rate control truncates the refined codes. ``adapt``: Adam steps fitting
     the decoder to this video once its tokens are chosen (0 = off;
     :func:`neuralcodec.finetune.fit_adaptation`, ``adapt_progress(1)`` per step); the change is
-    written as an ADAPT record before the first segment (a version 1.3 stream, spec §8c) when
+    written as an ADAPT record before the first segment (a version 1.3 stream, 1.4 when it changes a decoder variant: spec §8c) when
     its measured gain pays for its bytes, and :attr:`EncodeResult.adaptation` says what happened.
 
     Rate control: ``bitrate`` (bits per second) or ``bpp`` (bits per pixel) is a target for
@@ -269,12 +269,13 @@ def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progr
 
 
 def insert_adaptation(stream: bytes, payload: bytes, fo: BinaryIO) -> int:
-    """Write ``stream`` (a complete ``.mgv``) to ``fo`` as a version 1.3 stream with an ADAPT
-    record of ``payload`` before its first SEGMENT, every other record as it was (the INDEX
-    re-made for the new offsets) → bytes written."""
+    """Write ``stream`` (a complete ``.mgv``) to ``fo`` as a version 1.3 stream (1.4 for an
+    ADAPT record of method 2) with an ADAPT record of ``payload`` before its first SEGMENT,
+    every other record as it was (the INDEX re-made for the new offsets) → bytes written."""
     reader = ct.Reader(io.BytesIO(stream))
     segment_bits = reader.version[1] >= ct.MINOR_SEGMENT_BITS
-    writer = ct.Writer(fo, reader.header, segment_bits=segment_bits, adapt=True)
+    writer = ct.Writer(fo, reader.header, segment_bits=segment_bits, adapt=True,
+                       adapt_variant=payload[:1] == bytes([METHOD_VARIANT]))
     pending = True
     for rec in reader.records():
         if rec.type == ct.REC_SEGMENT:

@@ -47,8 +47,8 @@ REFINE_MAX_PIXELS = 1920 * 1088
 PRESETS = {
     "fast": {"rdo": DEFAULT_RDO, "refine": DEFAULT_REFINE, "adapt": 0},  # RDO only (the encoder before presets)
     "medium": {"rdo": DEFAULT_RDO, "refine": 4, "adapt": 0},
-    "slow": {"rdo": DEFAULT_RDO, "refine": 10, "adapt": 80},
-    "veryslow": {"rdo": DEFAULT_RDO, "refine": 20, "adapt": 200},
+    "slow": {"rdo": DEFAULT_RDO, "refine": 10, "adapt": 200},
+    "veryslow": {"rdo": DEFAULT_RDO, "refine": 20, "adapt": 500},
 }
 # The preset an encode uses when none is named (keeps DEFAULT_RDO / DEFAULT_REFINE).
 DEFAULT_PRESET = "fast"

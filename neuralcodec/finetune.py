@@ -9,12 +9,14 @@ largest gain per byte on the frames it was trained on (+1.7–2.1 dB at 176×144
 Adam lr 1e-2 on whole decoded segments, each tensor's change quantized with a step of about its
 rms (Δ = 2^round(log2 rms): ≈ 2.2 bits a number, ≤ 0.1 dB lost).
 
-The encoder keeps the first frames of the segments (:class:`FrameSampler`, bounded memory),
-decodes their codes from the stream it has just written (what the decoder will see), and trains
-on windows of them: the first :data:`WINDOW_LATENTS` latent frames of a segment (the causal
-decoder's output there does not depend on later frames, so the window decodes exactly as in the
-stream) and a random spatial crop bounded by :data:`STEP_PIXELS`, so that a step costs the
-same at any frame size.
+The encoder keeps the frames of training windows spread over the whole video
+(:class:`FrameSampler`, bounded memory): each segment's latent frames cut into windows of
+:data:`WINDOW_LATENTS`. It decodes their codes from the stream it has just written (what the
+decoder will see) and trains on them with a random spatial crop bounded by
+:data:`STEP_PIXELS`, so that a step costs the same at any frame size. A window that starts
+inside a segment first decodes the :data:`CONTEXT_LATENTS` latent frames before it without a
+gradient, to fill the causal decoder's state as the stream's decode would (up to what came
+before them).
 """
 from __future__ import annotations
 
@@ -28,23 +30,26 @@ import torch
 import torch.nn.functional as F
 
 from . import container as ct
+from .configs import DECODER_AUTO, DECODER_FULL
 from .adapt import MAX_EXP, MAX_VMAX, MIN_EXP, Adaptation, TensorUpdate, tensor_names
-from .layers import FrameGroupNorm
+from .layers import FrameGroupNorm, streaming
 from .model import inference_dtype
 from .payload import decode_codes
-from .weights import model_identity, registry, load_model
+from .weights import decoder_variant, load_model, model_identity, registry
 
 ADAPT_LR = 1e-2  # Adam learning rate (the study's choice for biases, norms and AdaGN)
+LR_FLOOR = 0.1  # with a decay (Fitting's total), the learning rate ends at this fraction
 MAX_ADAPT = 10000  # most steps --adapt accepts
-WINDOW_LATENTS = 5  # latent frames of a training window (17 frames of the shipped model)
+WINDOW_LATENTS = 5  # latent frames of a training window (17 or 20 frames of the shipped model)
+CONTEXT_LATENTS = 2  # latent frames decoded without gradient before a window inside a segment
 STEP_PIXELS = 17 * 224 * 224  # pixels × frames a training step decodes (crop bound)
-SAMPLE_SEGMENTS = 64  # segments whose first frames the encoder keeps for training …
-SAMPLE_BYTES = 256 << 20  # … within this many bytes of frames (at least one segment)
+SAMPLE_WINDOWS = 256  # training windows whose frames the encoder keeps …
+SAMPLE_BYTES = 256 << 20  # … within this many bytes of frames (at least one window)
 # The update is kept when its gain (dB, on the sampled segments) is at least this many dB per
 # doubling of the stream's bytes it costs: about the model's own slope at its default rate (1.6 dB
 # per doubling at 12 bits, 0.5 at 18: the v6 card), so that the point lands above the plain curve.
 DB_PER_DOUBLING = 1.5
-HOLD_OUT = 4  # with 8 or more sampled segments, every 4th only measures the gain
+HOLD_OUT = 4  # with 8 or more sampled windows, every 4th only measures the gain
 # The updates the encoder weighs (label, quantization step in rms of each tensor's change, which
 # tensors): it sends the one whose gain beats DB_PER_DOUBLING by the most, if any does.
 CANDIDATES = (
@@ -70,31 +75,44 @@ def adapt_names(model: torch.nn.Module) -> List[str]:
     return sorted(set(names))
 
 
+def window_frames(j: int, tf: int) -> Tuple[int, int]:
+    """Frames (first, end) of a segment that the latent frames ``j … j+WINDOW_LATENTS-1``
+    decode to: latent 0 → frame 0, latent i ≥ 1 → frames ``tf·(i−1)+1 … tf·i``."""
+    first = 0 if j == 0 else 1 + tf * (j - 1)
+    return first, 1 + tf * (j + WINDOW_LATENTS - 1)
+
+
 class FrameSampler:
-    """Wraps a frame iterator and keeps the first frames (a training window,
-    :data:`WINDOW_LATENTS` latent frames) of up to :data:`SAMPLE_SEGMENTS` segments spread over
-    a stream of ``frames`` frames (the first segments when the count is unknown), within
-    :data:`SAMPLE_BYTES`."""
+    """Wraps a frame iterator and keeps the frames of up to :data:`SAMPLE_WINDOWS` training
+    windows within :data:`SAMPLE_BYTES`: each segment's latent frames cut into windows of
+    :data:`WINDOW_LATENTS` (starting at latent 0, W, 2W, …), the kept ones spread evenly over
+    a stream of ``frames`` frames (the first windows when the count is unknown)."""
 
     def __init__(self, seg_frames: int, frames: Optional[int], width: int, height: int,
                  temporal_factor: int) -> None:
-        self.window = min(seg_frames, 1 + temporal_factor * (WINDOW_LATENTS - 1))
-        per = self.window * width * height * 3
-        n = max(1, min(SAMPLE_SEGMENTS, SAMPLE_BYTES // per))
-        total = -(-frames // seg_frames) if frames else n
+        tf = self.tf = temporal_factor
         self.seg_frames = seg_frames
-        want = sorted(set(int(i) for i in np.linspace(0, total - 1, min(n, total)).round()))
-        self.kept = {i: [] for i in want}
+        per = tf * WINDOW_LATENTS * width * height * 3
+        n = max(1, min(SAMPLE_WINDOWS, SAMPLE_BYTES // per))
+        lengths = ([min(seg_frames, frames - f) for f in range(0, frames, seg_frames)] if frames
+                   else [seg_frames] * n)
+        every = [(i, j) for i, length in enumerate(lengths)
+                 for j in range(0, 1 + (length - 1) // tf, WINDOW_LATENTS)]
+        pick = sorted(set(int(i) for i in np.linspace(0, len(every) - 1, min(n, len(every))).round()))
+        self.kept = {every[i]: [] for i in pick}
 
     def wrap(self, it: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         for k, f in enumerate(it):
             seg, pos = divmod(k, self.seg_frames)
-            if pos < self.window and seg in self.kept:
-                self.kept[seg].append(f)
+            latent = 0 if pos == 0 else 1 + (pos - 1) // self.tf
+            key = (seg, latent // WINDOW_LATENTS * WINDOW_LATENTS)
+            if key in self.kept:
+                self.kept[key].append(f)
             yield f
 
-    def samples(self) -> List[Tuple[int, List[np.ndarray]]]:
-        return [(i, fr) for i, fr in self.kept.items() if fr]
+    def samples(self) -> List[Tuple[Tuple[int, int], List[np.ndarray]]]:
+        """((segment, first latent frame), its frames ``H×W×3`` uint8) of every kept window."""
+        return [(key, fr) for key, fr in self.kept.items() if fr]
 
 
 def _float_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -117,19 +135,16 @@ def quantize(delta: torch.Tensor, q: float = 1.0) -> Tuple[int, np.ndarray]:
     return e, v
 
 
-def _segment_codes(stream: bytes, want: Sequence[int], k: int) -> dict:
-    """{segment: (stored bits, codes 1×K×t×h×w float32 of its first WINDOW_LATENTS latent
-    frames: the stored codes in the first b channels, 0 in the others)}."""
+def _segment_codes(stream: bytes, ends: dict) -> dict:
+    """{segment: (stored bits b, its codes ``1×b×t×h×w`` int8 in {-1, +1}, latent frames up to
+    ``ends[segment]``)} for the segments of ``ends``."""
     out = {}
     reader = ct.Reader(io.BytesIO(stream))
     for seg in reader.segments():
-        if seg.index in want:
+        if seg.index in ends:
             b = seg.stored_bits(reader.header)
             c = decode_codes(seg, b, "cpu", torch.float32)
-            c = c[:, :, :WINDOW_LATENTS]
-            full = torch.zeros((1, k) + tuple(c.shape[2:]))
-            full[:, :b] = c
-            out[seg.index] = (b, full)
+            out[seg.index] = (b, c[:, :, :ends[seg.index]].to(torch.int8))
     return out
 
 
@@ -154,96 +169,161 @@ def _target(frames: List[np.ndarray], y0: int, x0: int, ch: int, cw: int, s: int
     return torch.from_numpy(x).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
 
 
-def _mse(model, codes: torch.Tensor, target: torch.Tensor, auto: bool, grad: bool) -> torch.Tensor:
-    """MSE (in [-1, 1] units) of the decoder's output for ``codes`` (the stored bits, the rest
-    0) against ``target``; training steps (``grad``) under bfloat16 autocast where the CPU
-    computes it natively, measurements in float32 (the inference fast path)."""
-    with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16, enabled=auto and grad):
-        dec = model.decoder(model.quantizer.decoder_codes(codes))
-        return F.mse_loss(dec[:, :, :target.shape[2]].float(), target)
+def _mse(model, codes: torch.Tensor, context: int, target: torch.Tensor, auto: bool,
+         grad: bool) -> torch.Tensor:
+    """MSE (in [-1, 1] units) against ``target`` of the decoder's output for ``codes``
+    (``1×K×t×h×w``: the stored bits, the rest 0) after its first ``context`` latent frames,
+    which only fill the causal state (no gradient, output dropped); training steps (``grad``)
+    under bfloat16 autocast where the CPU computes it natively, measurements in float32 (the
+    inference fast path)."""
+    dec, q = model.decoder, model.quantizer.decoder_codes
+    with streaming(dec):
+        if context:
+            with torch.no_grad():  # float32: the inference path, whose state the step reads
+                dec(q(codes[:, :, :context]))
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16, enabled=auto and grad):
+            out = dec(q(codes[:, :, context:]))
+    return F.mse_loss(out[:, :, :target.shape[2]].float(), target)
 
 
-def fit_adaptation(model: torch.nn.Module, stream: bytes,
-                   samples: List[Tuple[int, List[np.ndarray]]], steps: int,
-                   progress: Optional[Callable[[int], None]] = None, seed: int = 0
-                   ) -> Tuple[Optional[Adaptation], dict]:
-    """Adapt ``model``'s decoder to the sampled segments of ``stream`` (the ``.mgv`` bytes just
-    encoded; ``samples``: (segment index, its frames ``H×W×3`` uint8)) with ``steps`` Adam steps
-    → (the ADAPT record's adaptation for every segment, or None when it does not pay, and a
-    summary: gain in dB on the sampled windows, update bytes, the decision)."""
-    header = ct.Reader(io.BytesIO(stream)).header
-    fm = _float_model(model)
-    for p in fm.parameters():
-        p.requires_grad_(False)
-    names = adapt_names(fm)
-    params = dict(fm.named_parameters())
-    train = [params[n] for n in names]
-    base = [p.detach().clone() for p in train]
-    for p in train:
-        p.requires_grad_(True)
-    s, k = fm.cfg.spatial_factor, fm.cfg.bits
-    codes = _segment_codes(stream, [i for i, _ in samples], k)
-    data = [(codes[i], fr) for i, fr in samples if i in codes]
-    auto = inference_dtype("cpu") == torch.bfloat16
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.Adam(train, lr=ADAPT_LR)
+Groups = Sequence[Tuple[Sequence[str], float]]  # (decoder tensor names, Adam learning rate)
 
-    def window(j: int, center: bool):
-        (_, c), fr = data[j]
-        y0, x0, ch, cw = _window(rng, c.shape[3], c.shape[4], s, len(fr), center)
-        frames = fr[:1 + fm.cfg.temporal_factor * (c.shape[2] - 1)]
-        return c[:, :, :, y0:y0 + ch, x0:x0 + cw], _target(frames, y0, x0, ch, cw, s)
 
-    # every HOLD_OUT-th sampled segment only measures (when there are enough): the gain the
-    # encoder judges the update by is then that on segments it did not train on
-    held = [j for j in range(len(data)) if len(data) >= 2 * HOLD_OUT and j % HOLD_OUT == HOLD_OUT - 1]
-    fit = [j for j in range(len(data)) if j not in held]
-    evals = [window(j, True) for j in (held or fit)]
+class Fitting:
+    """One adaptation of ``model``'s decoder (a float32 copy of it) to the sampled windows of
+    ``stream`` (the ``.mgv`` bytes just encoded; ``samples``: :meth:`FrameSampler.samples`):
+    :meth:`train` takes Adam steps, :meth:`decide` quantizes the change and weighs it against
+    its bytes. ``groups``: the tensors trained and their learning rates (default: every
+    :func:`adapt_names` tensor at :data:`ADAPT_LR`). ``decoder``: which decoder network to adapt
+    (:func:`~neuralcodec.weights.decoder_variant`'s choice; default ``auto``, the one ``mgv
+    decode`` runs on plain segments: a registered default variant is changed by a record of
+    method 2, the model's own decoder by one of method 0). ``total``: the steps the learning
+    rate decays over (cosine, to :data:`LR_FLOOR` of its start); None keeps it constant."""
 
-    def loss_on(windows) -> float:
-        return float(np.mean([_mse(fm, c, t, auto, False).item() for c, t in windows]))
+    def __init__(self, model: torch.nn.Module, stream: bytes, samples, seed: int = 0,
+                 groups: Optional[Groups] = None, decoder: str = DECODER_AUTO,
+                 total: Optional[int] = None) -> None:
+        self.stream = stream
+        self.header = ct.Reader(io.BytesIO(stream)).header
+        fm = self.fm = _float_model(model)
+        variant = decoder_variant(fm, decoder)
+        if variant is not None:
+            fm = self.fm = variant.float().eval()
+        for p in fm.parameters():
+            p.requires_grad_(False)
+        groups = groups or [(adapt_names(fm), ADAPT_LR)]
+        params = dict(fm.named_parameters())
+        self.names = [n for names, _ in groups for n in names]
+        self.train_params = [params[n] for n in self.names]
+        self.base = [p.detach().clone() for p in self.train_params]
+        for p in self.train_params:
+            p.requires_grad_(True)
+        self.opt = torch.optim.Adam([{"params": [params[n] for n in names], "lr": lr, "lr0": lr}
+                                     for names, lr in groups])
+        self.total = total
+        ends: dict = {}
+        for (seg, j), _ in samples:
+            ends[seg] = max(ends.get(seg, 0), j + WINDOW_LATENTS)
+        self.codes = _segment_codes(stream, ends)
+        self.data = [(key, fr) for key, fr in samples if key[0] in self.codes]
+        self.auto = inference_dtype("cpu") == torch.bfloat16
+        self.rng = np.random.default_rng(seed)
+        n = len(self.data)
+        # every HOLD_OUT-th sampled window only measures (when there are enough): the gain the
+        # encoder judges the update by is then that on frames it did not train on
+        self.held = [j for j in range(n) if n >= 2 * HOLD_OUT and j % HOLD_OUT == HOLD_OUT - 1]
+        self.fit = [j for j in range(n) if j not in self.held]
+        self.evals = [self.window(j, True) for j in (self.held or self.fit)]
+        self.before = self.loss_on(self.evals)
+        self.steps = 0
 
-    before = loss_on(evals)
-    fm.train()
-    for _ in range(steps):
-        c, t = window(fit[int(rng.integers(len(fit)))], False)
-        opt.zero_grad(set_to_none=True)
-        loss = _mse(fm, c, t, auto, True)
-        loss.backward()
-        if all(torch.isfinite(p.grad).all() for p in train if p.grad is not None):
-            opt.step()
-        if progress:
-            progress(1)
-    fm.eval()
-    order = tensor_names(fm)
-    trained = [p.detach().clone() for p in train]
-    summary = {"steps": steps, "segments_sampled": len(data), "segments_held_out": len(held),
-               "mse_before": before, "kept": False}
-    best = None
-    with torch.no_grad():
-        for label, q, keep in CANDIDATES:
-            tensors = []
-            for n, p, p0, p1 in zip(names, train, base, trained):
-                e, v = quantize(p1 - p0, q)
-                if keep(n) and np.any(v):
-                    tensors.append(TensorUpdate(order.index(n), e, int(np.abs(v).max()), v))
-                    p.copy_(p0 + torch.from_numpy(v.astype(np.float32) * np.float32(2.0 ** e))
-                            .reshape(p.shape))
-                else:
-                    p.copy_(p0)
-            if not tensors:
-                continue
-            ad = Adaptation(header.model_sha256, 0, header.segment_count, tuple(tensors))
-            size = len(ad.to_payload()) + ct.RECORD_HEAD.size + ct.CRC.size
-            after = loss_on(evals)
-            gain = 10 * math.log10(before / after) if after > 0 else 0.0
-            need = DB_PER_DOUBLING * math.log2(1 + size / len(stream))
-            row = {"candidate": label, "gain_db": gain, "update_bytes": size, "needed_db": need,
-                   "numbers": ad.numbers}
-            summary.setdefault("candidates", []).append(row)
-            if best is None or gain - need > best[1]["gain_db"] - best[1]["needed_db"]:
-                best = (ad, row)
-    if best is None:
-        return None, {**summary, "why": "no change"}
-    kept = best[1]["gain_db"] >= best[1]["needed_db"]
-    return (best[0] if kept else None), {**summary, **best[1], "kept": kept}
+    def window(self, idx: int, center: bool):
+        """Sampled window ``idx`` → (codes ``1×K×t×h×w`` float32 with its context latent frames
+        first, the number of those, target pixels), cropped (randomly unless ``center``)."""
+        (seg, j), fr = self.data[idx]
+        b, c = self.codes[seg]
+        j0 = max(0, j - CONTEXT_LATENTS)
+        lat = c[:, :, j0:j + WINDOW_LATENTS]
+        s, k = self.fm.cfg.spatial_factor, self.fm.cfg.bits
+        y0, x0, ch, cw = _window(self.rng, lat.shape[3], lat.shape[4], s, len(fr), center)
+        full = torch.zeros((1, k, lat.shape[2], ch, cw))
+        full[:, :b] = lat[:, :, :, y0:y0 + ch, x0:x0 + cw]
+        return full, j - j0, _target(fr, y0, x0, ch, cw, s)
+
+    def loss_on(self, windows) -> float:
+        return float(np.mean([_mse(self.fm, c, n, t, self.auto, False).item()
+                              for c, n, t in windows]))
+
+    def train(self, steps: int, progress: Optional[Callable[[int], None]] = None) -> None:
+        """``steps`` Adam steps, each on a random crop of a random training window."""
+        self.fm.train()
+        for _ in range(steps):
+            if self.total:
+                f = 0.5 * (1 + math.cos(math.pi * min(1.0, self.steps / self.total)))
+                for g in self.opt.param_groups:
+                    g["lr"] = g["lr0"] * (LR_FLOOR + (1 - LR_FLOOR) * f)
+            c, n, t = self.window(self.fit[int(self.rng.integers(len(self.fit)))], False)
+            self.opt.zero_grad(set_to_none=True)
+            _mse(self.fm, c, n, t, self.auto, True).backward()
+            if all(torch.isfinite(p.grad).all() for p in self.train_params if p.grad is not None):
+                self.opt.step()
+            self.steps += 1
+            if progress:
+                progress(1)
+        self.fm.eval()
+
+    def decide(self) -> Tuple[Optional[Adaptation], dict]:
+        """→ (the ADAPT record's adaptation for every segment, or None when it does not pay, and
+        a summary: gain in dB on the held-out windows, update bytes, the decision). The trained
+        values are kept: more :meth:`train` steps may follow."""
+        sha = self.fm.decoder_sha256
+        order = [n for n in tensor_names(self.fm) if sha is None or n.startswith("decoder.")]
+        trained = [p.detach().clone() for p in self.train_params]
+        summary = {"steps": self.steps, "decoder": self.fm.variant or DECODER_FULL,
+                   "windows_sampled": len(self.data),
+                   "windows_held_out": len(self.held), "mse_before": self.before, "kept": False}
+        best = None
+        with torch.no_grad():
+            for label, q, keep in CANDIDATES:
+                tensors = []
+                for n, p, p0, p1 in zip(self.names, self.train_params, self.base, trained):
+                    e, v = quantize(p1 - p0, q)
+                    if keep(n) and np.any(v):
+                        tensors.append(TensorUpdate(order.index(n), e, int(np.abs(v).max()), v))
+                        p.copy_(p0 + torch.from_numpy(v.astype(np.float32) * np.float32(2.0 ** e))
+                                .reshape(p.shape))
+                    else:
+                        p.copy_(p0)
+                if not tensors:
+                    continue
+                tensors.sort(key=lambda t: t.index)
+                ad = Adaptation(self.header.model_sha256, 0, self.header.segment_count,
+                                tuple(tensors), None if sha is None else bytes.fromhex(sha)[:16])
+                size = len(ad.to_payload()) + ct.RECORD_HEAD.size + ct.CRC.size
+                after = self.loss_on(self.evals)
+                gain = 10 * math.log10(self.before / after) if after > 0 else 0.0
+                need = DB_PER_DOUBLING * math.log2(1 + size / len(self.stream))
+                row = {"candidate": label, "gain_db": gain, "update_bytes": size, "needed_db": need,
+                       "numbers": ad.numbers}
+                summary.setdefault("candidates", []).append(row)
+                if best is None or gain - need > best[1]["gain_db"] - best[1]["needed_db"]:
+                    best = (ad, row)
+            for p, p1 in zip(self.train_params, trained):
+                p.copy_(p1)
+        if best is None:
+            return None, {**summary, "why": "no change"}
+        kept = best[1]["gain_db"] >= best[1]["needed_db"]
+        return (best[0] if kept else None), {**summary, **best[1], "kept": kept}
+
+
+def fit_adaptation(model: torch.nn.Module, stream: bytes, samples, steps: int,
+                   progress: Optional[Callable[[int], None]] = None, seed: int = 0,
+                   decoder: str = DECODER_AUTO) -> Tuple[Optional[Adaptation], dict]:
+    """Adapt ``model``'s decoder to the sampled windows of ``stream`` (the ``.mgv`` bytes just
+    encoded; ``samples``: :meth:`FrameSampler.samples`) with ``steps`` Adam steps → (the ADAPT
+    record's adaptation for every segment, or None when it does not pay, and a summary: gain in
+    dB on the held-out windows, update bytes, the decision; ``decoder``: as :class:`Fitting`).
+    The learning rate decays over the ``steps`` (cosine, :data:`LR_FLOOR`)."""
+    fit = Fitting(model, stream, samples, seed, decoder=decoder, total=steps)
+    fit.train(steps, progress)
+    return fit.decide()

@@ -209,6 +209,7 @@ class Tokenizer(nn.Module):
         self.decoder = Decoder(cfg)
         # the decoder variant this model decodes with (weights.decoder_variant); None: its own
         self.variant: Optional[str] = None
+        self.decoder_sha256: Optional[str] = None  # hex SHA-256 of that variant's weights file
 
     def with_config(self, cfg: TokenizerConfig) -> "Tokenizer":
         """These weights under ``cfg``, a config that keeps every weight's shape (e.g. with
@@ -219,16 +220,19 @@ class Tokenizer(nn.Module):
         m.load_state_dict(self.state_dict())
         return m.train(self.training)
 
-    def with_decoder(self, decoder: "Decoder", variant: str) -> "Tokenizer":
+    def with_decoder(self, decoder: "Decoder", variant: str,
+                     decoder_sha256: Optional[str] = None) -> "Tokenizer":
         """A model that shares this one's encoder, quantizer and identity (name, sha256: the
         streams it decodes name this model) and decodes with ``decoder``, a decoder variant
         whose config codes like this one's (:meth:`TokenizerConfig.same_code`; ValueError
-        otherwise); ``cfg`` is the decoder's."""
+        otherwise); ``cfg`` is the decoder's, ``decoder_sha256`` the hex SHA-256 of the
+        variant's weights file (which ADAPT records of method 2 name, spec §8c)."""
         if not decoder.cfg.same_code(self.cfg):
             raise ValueError("the decoder's config differs from the model's beyond the decoder layers")
         m = Tokenizer.__new__(Tokenizer)
         nn.Module.__init__(m)
         m.cfg, m.name, m.sha256, m.variant = decoder.cfg, self.name, self.sha256, variant
+        m.decoder_sha256 = decoder_sha256
         m.encoder, m.quantizer, m.decoder = self.encoder, self.quantizer, decoder
         return m.train(self.training)
 

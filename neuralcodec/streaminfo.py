@@ -21,6 +21,7 @@ from .audio import AudioSink
 from .errors import StreamError
 from .payload import decode_payload
 from .recovery import DamageReport, DamageRuns, segment_plan
+from .weights import registry
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class AdaptInfo:
     tensors: int  # decoder tensors it changes
     numbers: int  # numbers it changes
     bytes: int  # record size, framing included
+    decoder: str = "own"  # the network it changes: "own" (the model's decoder, method 0) or, for
+    #   method 2, the decoder variant's registered name, else its file's SHA-256 prefix (hex)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -90,7 +93,7 @@ class StreamInfo:
     audio: Tuple[AudioInfo, ...]  # audio tracks
     damaged: Tuple[DamageReport, ...]  # damaged ranges in frame order (empty: intact stream)
     file_bytes: Optional[int] = None  # stream size (None for an unseekable input)
-    adapt: Tuple[AdaptInfo, ...] = ()  # ADAPT records (decoder adaptation, version 1.3)
+    adapt: Tuple[AdaptInfo, ...] = ()  # ADAPT records (decoder adaptation, versions 1.3 and 1.4)
 
     @property
     def bpp(self) -> Optional[float]:
@@ -140,8 +143,9 @@ class StreamInfo:
                        f"{s.bytes:>10} {s.bpp:>8.4f}")
         for a in self.adapt:
             last = a.first_segment + a.segments - 1
-            out.append(f"  decoder adaptation: segments {a.first_segment}-{last}, {a.tensors} tensors, "
-                       f"{a.numbers} numbers, {a.bytes} bytes")
+            net = "" if a.decoder == "own" else f" of decoder {a.decoder}"
+            out.append(f"  decoder adaptation{net}: segments {a.first_segment}-{last}, {a.tensors} "
+                       f"tensors, {a.numbers} numbers, {a.bytes} bytes")
         for a in self.audio:
             out.append(f"  audio track {a.track}: {a.codec} {a.sample_rate} Hz "
                        f"{a.channels} ch, {a.packets} packets, {a.bytes} bytes (carried as-is)")
@@ -197,7 +201,7 @@ def stream_info(fo: BinaryIO) -> StreamInfo:
             continue
         if ad is not None:
             adapts.append(AdaptInfo(ad.first_segment, ad.segments, len(ad.tensors), ad.numbers,
-                                    rec.size))
+                                    rec.size, _network(h, ad)))
     audio = tuple(AudioInfo(t.track, t.codec, t.sample_rate, t.channels,
                             f"{t.time_base.numerator}/{t.time_base.denominator}",
                             *sink.stats.get(t.track, [0, 0]))
@@ -242,6 +246,16 @@ def verify_stream(fo: BinaryIO) -> Verified:
         digest.update(np.ascontiguousarray(decode_payload(seg, seg.stored_bits(h))).tobytes())
         n += 1
     return Verified(h.frames, n, digest.hexdigest(), ints or None)
+
+
+def _network(h: ct.Header, ad: Adaptation) -> str:
+    """:attr:`AdaptInfo.decoder` of ``ad`` in a stream of header ``h``."""
+    if ad.decoder_sha256 is None:
+        return "own"
+    e = registry().get(h.model_name)
+    found = next((d.name for d in (e.decoders if e is not None else ())
+                  if bytes.fromhex(d.sha256)[:16] == ad.decoder_sha256), None)
+    return found or ad.decoder_sha256.hex()
 
 
 def _adapt_digest(ads: List[Adaptation]) -> str:

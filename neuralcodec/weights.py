@@ -229,7 +229,7 @@ def load_decoder_file(path: Path, base: Tokenizer, expected_sha256: str | None =
     from .model import Decoder
 
     path = Path(path)
-    _, meta, cfg, state = _read_weights(path, expected_sha256, "decoder weights")
+    sha, meta, cfg, state = _read_weights(path, expected_sha256, "decoder weights")
     if meta.get("format") != DECODER_FORMAT or meta.get("model_sha256") != base.sha256:
         raise WeightsError(f"{path.name} is not a decoder variant of {base.name}")
     with torch.device("meta"):
@@ -239,7 +239,7 @@ def load_decoder_file(path: Path, base: Tokenizer, expected_sha256: str | None =
     except RuntimeError as e:
         raise WeightsError(f"decoder weights {path.name} do not fit their config: {str(e).splitlines()[0]}") from None
     try:
-        return base.with_decoder(dec.eval(), variant or meta.get("variant") or path.stem)
+        return base.with_decoder(dec.eval(), variant or meta.get("variant") or path.stem, sha)
     except ValueError as e:  # a config that does not code like base's
         raise WeightsError(f"{path.name}: {e}") from None
 

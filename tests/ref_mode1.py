@@ -261,6 +261,7 @@ def decode(data: bytes, K: int, T: int, H: int, W: int, trace=None):
 
 # ---- §8c: ADAPT records ------------------------------------------------------------------------
 ADAPT_HEAD = 28  # method, reserved, n, model_sha256, first_segment, segments
+ADAPT_VARIANT_HEAD = 44  # method 2 (1.4): the same, then decoder_sha256 (16 bytes)
 ADAPT_ENTRY = 8  # index u16, e i8, vmax u8, count u32
 ADAPT_CONTEXTS = 16
 
@@ -341,7 +342,7 @@ def encode_adapt_ints(tensors) -> bytes:
 
 def parse_adapt(payload: bytes, segment_count: int, model_sha256: bytes):
     """An ADAPT payload checked in the order of §8c (rules 1-12) → None for a method other than
-    0 (skipped), else ``(first_segment, segments, [(index, e, vmax, integers), …])``."""
+    0 and 2 (skipped), else ``(first_segment, segments, [(index, e, vmax, integers), …])``."""
     def bad(msg):
         raise RefError(msg, "RecordError")
 
@@ -349,16 +350,17 @@ def parse_adapt(payload: bytes, segment_count: int, model_sha256: bytes):
         return int.from_bytes(payload[off:off + size], "little")
     if len(payload) == 0:
         bad("empty ADAPT payload")
-    if payload[0] != 0:
+    if payload[0] not in (0, 2):
         return None
-    if len(payload) < ADAPT_HEAD:
+    head = ADAPT_VARIANT_HEAD if payload[0] == 2 else ADAPT_HEAD
+    if len(payload) < head:
         bad("ADAPT head cut short")
     if payload[1] != 0:
         bad("reserved byte")
     n = u(2, 2)
     if not 1 <= n <= 1024:
         bad("tensor count")
-    if len(payload) < ADAPT_HEAD + ADAPT_ENTRY * n:
+    if len(payload) < head + ADAPT_ENTRY * n:
         bad("ADAPT entries cut short")
     if bytes(payload[4:20]) != bytes(model_sha256):
         bad("model_sha256")
@@ -367,7 +369,7 @@ def parse_adapt(payload: bytes, segment_count: int, model_sha256: bytes):
         bad("segment range")
     entries = []
     for j in range(n):
-        off = ADAPT_HEAD + ADAPT_ENTRY * j
+        off = head + ADAPT_ENTRY * j
         index, e, vmax, count = u(off, 2), payload[off + 2], payload[off + 3], u(off + 4, 4)
         e = e - 256 if e >= 128 else e
         if entries and index <= entries[-1][0]:
@@ -381,13 +383,13 @@ def parse_adapt(payload: bytes, segment_count: int, model_sha256: bytes):
         bad("numbers over the cap")
     if sum(c * (vm + 1) for _, _, vm, c in entries) > 1 << 23:
         bad("symbols over the cap")
-    ints = decode_adapt_ints(payload[ADAPT_HEAD + ADAPT_ENTRY * n:], [(c, vm) for _, _, vm, c in entries])
+    ints = decode_adapt_ints(payload[head + ADAPT_ENTRY * n:], [(c, vm) for _, _, vm, c in entries])
     return first, segments, [(i, e, vm, v) for (i, e, vm, _), v in zip(entries, ints)]
 
 
 def read_adapt(payloads, segment_count: int, model_sha256: bytes):
     """The ADAPT payloads of a stream, in record order (rules 1-12 each, then 14: ranges) → the
-    parsed records of method 0."""
+    parsed records of methods 0 and 2."""
     out = []
     for p in payloads:
         r = parse_adapt(p, segment_count, model_sha256)

@@ -214,9 +214,12 @@ def test_cli_encode_adapt_info_decode(runner, tmp_path, monkeypatch):
     r = runner.invoke(cli.main, ["encode", str(src), "-o", str(mgv), "--adapt", "3",
                                  "--segment-frames", "5", "-q"])
     assert r.exit_code == 0, r.output
-    assert "adaptation: 3 steps" in r.stdout and "sent" in r.stdout
+    # the tiny test model has no decoder variant: its own decoder is adapted (method 0, 1.3)
+    assert "adaptation of the full decoder: 3 steps" in r.stdout and "sent" in r.stdout
     r = runner.invoke(cli.main, ["info", str(mgv)])
     assert r.exit_code == 0 and "version 1.3" in r.stdout and "decoder adaptation: segments 0-1" in r.stdout
+    r = runner.invoke(cli.main, ["info", "--json", str(mgv)])
+    assert json.loads(r.stdout)["adapt"][0]["decoder"] == "own"
     r = runner.invoke(cli.main, ["decode", str(mgv), "-o", str(tmp_path / "d.mkv"), "-q"])
     assert r.exit_code == 0, r.output
     line = one_error_line(runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "b.mgv"),
@@ -235,3 +238,65 @@ def test_tokens_file_refuses_to_write_an_update_it_cannot_carry(streams, tmp_pat
     many = tk.Tokens(t.header, t.segments, t.bits, t.adapt * (MAX_ADAPT_RECORDS + 1))
     with pytest.raises(InputError, match="do not fit a tokens file"):
         many.save(tmp_path / "m.safetensors")
+
+
+def test_sampler_keeps_windows_over_whole_segments():
+    """Training windows tile every segment's latent frames (not only each segment's first
+    frames), spread over the stream within the byte budget."""
+    s = finetune.FrameSampler(seg_frames=45, frames=100, width=8, height=8, temporal_factor=4)
+    frames = [np.full((8, 8, 3), k, np.uint8) for k in range(100)]
+    assert list(s.wrap(iter(frames))) == frames
+    got = {key: [int(f[0, 0, 0]) for f in fr] for key, fr in s.samples()}
+    # segments of 45 frames (12 latents): windows at latents 0, 5, 10; the last segment 10 frames
+    assert sorted(got) == [(0, 0), (0, 5), (0, 10), (1, 0), (1, 5), (1, 10), (2, 0)]
+    assert got[(0, 0)] == list(range(17)) and got[(0, 5)] == list(range(17, 37))
+    assert got[(1, 10)] == list(range(45 + 37, 90)) and got[(2, 0)] == list(range(90, 100))
+    per = 4 * finetune.WINDOW_LATENTS * 8 * 8 * 3
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(finetune, "SAMPLE_BYTES", 3 * per)
+        s = finetune.FrameSampler(45, 100, 8, 8, 4)
+    assert sorted(s.kept) == [(0, 0), (1, 0), (2, 0)]  # 3 of 7, first and last included
+
+
+def test_window_inside_a_segment_decodes_as_the_stream(model, monkeypatch):
+    """A window that starts inside a segment, given every latent frame before it as context,
+    decodes exactly the stream's frames: the causal state carried, the first latent of the
+    window not mistaken for a segment start."""
+    rng = np.random.default_rng(3)
+    x = (rng.random((41, 8, 12, 3)) * 255).astype(np.uint8)
+    x = np.repeat(np.repeat(x, 4, 1), 4, 2)
+    data = codec.compress(model, x, segment_frames=41)
+    _, rec = codec.decompress(data, model=model)
+    s = finetune.FrameSampler(41, 41, 48, 32, model.cfg.temporal_factor)
+    list(s.wrap(iter(x)))
+    monkeypatch.setattr(finetune, "CONTEXT_LATENTS", 100)
+    monkeypatch.setattr(finetune, "STEP_PIXELS", 10 ** 9)  # whole frames
+    fit = finetune.Fitting(model, data, s.samples(), decoder="full")
+    for i, ((seg, j), fr) in enumerate(fit.data):
+        codes, context, target = fit.window(i, center=True)
+        assert context == j
+        with torch.no_grad():
+            dec = fit.fm.decoder
+            with finetune.streaming(dec):
+                dec(codes[:, :, :context]) if context else None
+                out = dec(codes[:, :, context:])
+        a, _ = finetune.window_frames(j, model.cfg.temporal_factor)
+        got = ((out[0, :, :len(fr)].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0).numpy()
+        assert np.abs(got - rec[a:a + len(fr)].astype(np.float64)).max() <= 1, (seg, j)
+
+
+def test_learning_rate_decays_over_the_total(model, streams, video):
+    """With ``total`` the learning rate falls from its start (cosine) to LR_FLOOR of it and stays."""
+    plain = streams[0]
+    s = finetune.FrameSampler(9, len(video), video.shape[2], video.shape[1], model.cfg.temporal_factor)
+    list(s.wrap(iter(video)))
+    fit = finetune.Fitting(model, plain, s.samples(), decoder="full", total=4)
+    lrs = []
+    for _ in range(6):
+        fit.train(1)
+        lrs.append(fit.opt.param_groups[0]["lr"])
+    assert lrs[0] == finetune.ADAPT_LR and all(a > b for a, b in zip(lrs[:4], lrs[1:4]))
+    assert lrs[4] == lrs[5] == pytest.approx(finetune.LR_FLOOR * finetune.ADAPT_LR)
+    const = finetune.Fitting(model, plain, s.samples(), decoder="full")
+    const.train(3)
+    assert const.opt.param_groups[0]["lr"] == finetune.ADAPT_LR and const.steps == 3

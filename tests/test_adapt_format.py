@@ -91,11 +91,43 @@ def test_payload_table_offsets_match_the_implementation():
     text = section("## 8c. ADAPT records", "**Caps.**")
     offsets = re.findall(r"^\| ([0-9+ 8jn]+) \| (u8|u16|u32|i8|16 B|D) \| (\w+) \|", text, re.M)
     assert [o for o, _, _ in offsets] == ["0", "1", "2", "4", "20", "24", "28 + 8j", "30 + 8j",
-                                          "31 + 8j", "32 + 8j", "28 + 8n"]
+                                          "31 + 8j", "32 + 8j", "28 + 8n",  # method 0
+                                          "28", "44 + 8n"]  # method 2: decoder_sha256, data
     assert adapt.ADAPT_HEAD.size == 28 and adapt.ADAPT_ENTRY.size == 8
+    assert adapt.ADAPT_HEAD.size + adapt.VARIANT_SHA.size == 44
+    assert (adapt.METHOD_ADDITIVE, adapt.METHOD_VARIANT) == (0, 2)
     assert (adapt.MAX_TENSORS, adapt.MAX_NUMBERS, adapt.MAX_SYMBOL_WORK) == (1024, 1 << 20, 1 << 23)
     assert (adapt.MIN_EXP, adapt.MAX_EXP, adapt.MAX_VMAX, adapt.CONTEXTS) == (-64, 0, 255, 16)
-    assert ct.REC_ADAPT == 4 and ct.MINOR_ADAPT == 3 == ct.MINOR_KNOWN
+    assert ct.REC_ADAPT == 4 and ct.MINOR_ADAPT == 3
+    assert ct.MINOR_ADAPT_VARIANT == 4 == ct.MINOR_KNOWN
+
+
+def test_spec_1_4_example_is_the_conformance_vector_and_decodes_to_its_table():
+    """§11's 1.4 variant: the 1.3 example's record as method 2, 16 bytes longer."""
+    data = spec_dump("mgv-example-1.4")
+    old = spec_dump("mgv-example-1.3")
+    assert len(data) == 247 == len(old) + 16
+    assert data == (ROOT / "tests" / "conformance" / "valid" / "adapt_variant.mgv").read_bytes()
+    assert data[:0x4a] == old[:0x0a] + b"\x04" + old[0x0b:0x4a]
+    assert data[0x4a:0x4e] == bytes.fromhex("561186c0")
+    assert data[0x96:0xbb] == old[0x86:0xab]  # the SEGMENT record, byte for byte
+    r = ct.Reader(io.BytesIO(data))
+    assert r.version == (1, 4)
+    recs = list(r.records())
+    assert [(x.type, x.offset) for x in recs] == [
+        (ct.REC_ADAPT, 0x4e), (ct.REC_SEGMENT, 0x96), (ct.REC_INDEX, 0xbb), (ct.REC_END, 0xdf)]
+    p = recs[0].payload
+    variant = hashlib.sha256(b"example decoder").digest()[:16]
+    assert len(p) == 56 and p[:4] == bytes([2, 0, 1, 0]) and p[4:20] == SHA0 and p[28:44] == variant
+    assert struct.unpack_from("<IIHbBI", p, 20)[:2] == (0, 1)
+    assert struct.unpack_from("<HbBI", p, 44) == (3, -4, 2, 5) and p[52:] == bytes.fromhex("a074586a")
+    assert data[0x92:0x96] == bytes.fromhex("63b8ab10") == struct.pack("<I", zlib.crc32(data[0x4e:0x92]))
+    (ad,) = adapt.read_adaptations(recs[:1], r.header)
+    assert ad.decoder_sha256 == variant and ad.tensors[0].values.tolist() == [0, 1, -2, 0, 1]
+    assert ad.to_payload() == p
+    assert ref_mode1.parse_adapt(p, 1, SHA0) == (0, 1, [(3, -4, 2, [0, 1, -2, 0, 1])])
+    # a 1.3 reader skips it (rule 2): decoding it needs the variant's file, which no reader has
+    assert adapt.Adaptation.parse(bytes([1]) + p[1:], r.header) is None
 
 
 def _header(segments: int = 1) -> ct.Header:

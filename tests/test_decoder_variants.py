@@ -228,3 +228,51 @@ def test_a_shipped_default_decoder_was_measured_within_the_bar():
         assert res["model"] == name and res["variant_sha256"][e.default_decoder] == sha
         assert res["clips"] and all(c["summary"][e.default_decoder]["within"] for c in res["clips"].values())
         assert all(e.default_decoder in p["decoders"] for c in res["clips"].values() for p in c["points"])
+
+
+def test_adapting_the_default_variant_writes_a_method_2_record(reg, video, monkeypatch):
+    """--adapt fits the decoder `mgv decode` runs by default: with a registered default variant
+    that is the variant, sent as an ADAPT record of method 2 (a 1.4 stream) that names its file;
+    auto and --decoder fast decode with it adapted, --decoder full ignores it, tokens carry it."""
+    d, base, fast = reg
+    monkeypatch.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
+
+    def pick(model, choice="auto", models_dir=None):
+        return weights.decoder_variant(model, choice, d)
+
+    monkeypatch.setattr(finetune, "decoder_variant", pick)
+    monkeypatch.setattr(adapt, "decoder_variant", pick)
+    plain = codec.compress(base, video, segment_frames=9)
+    buf = io.BytesIO()
+    codec.compress_to_file(base, video, buf, segment_frames=9, adapt=20)
+    data = buf.getvalue()
+    r = ct.Reader(io.BytesIO(data))
+    assert r.version == (1, ct.MINOR_ADAPT_VARIANT)
+    recs = adapt.leading_records(ct.Reader(io.BytesIO(data)))
+    assert len(recs) == 1 and recs[0].payload[0] == adapt.METHOD_VARIANT
+    (ad,) = adapt.read_adaptations(recs, r.header)
+    assert ad.decoder_sha256 == bytes.fromhex(fast.decoder_sha256)[:16]
+    names = adapt.record_names(fast, ad)
+    assert names == sorted("decoder." + n for n in fast.decoder.state_dict())
+    assert not adapt.decodes(base, ad) and adapt.decodes(fast, ad)
+    with pytest.raises(Exception):
+        adapt.adapted_model(base, ad)  # the record does not name the model's own decoder
+
+    def frames(stream, **kw):
+        return codec.decompress(stream, model=base, precision="float32", **kw)[1]
+
+    auto = frames(data)
+    ref = frames(plain, decoder=adapt.adapted_model(pick(base, "fast"), ad))
+    assert np.array_equal(auto, ref)
+    assert not np.array_equal(auto, frames(plain))  # the adaptation changed the frames
+    assert np.array_equal(frames(data, decoder="fast"), auto)
+    assert np.array_equal(frames(data, decoder="full"), frames(plain, decoder="full"))
+    tok = tk.tokens_from_stream(io.BytesIO(data))
+    _, again = tk.detokenize_frames(base, tok)
+    assert np.array_equal(np.stack(list(again)), auto)
+    from neuralcodec import streaminfo
+    (info,) = streaminfo.stream_info(io.BytesIO(data)).adapt
+    assert info.decoder == ad.decoder_sha256.hex()  # not in the package registry: its hash
+    # a reader that holds no such variant decodes every segment as if the record were absent
+    monkeypatch.setattr(adapt, "decoder_variant", lambda model, choice="auto", models_dir=None: None)
+    assert np.array_equal(frames(data), frames(plain, decoder="full"))

@@ -1,7 +1,7 @@
 """Mutation fuzzer of the ``.mgv`` reader and decoder.
 
 Seeds are real streams made with the tiny model (raw and context-coded segments, AUDIO records,
-one-frame and multi-segment streams, a 1.3 stream with an ADAPT record). Each case mutates one
+one-frame and multi-segment streams, a 1.3 stream with an ADAPT record; forged records of methods 0 and 2). Each case mutates one
 seed (bit flips, random bytes, interesting 32-bit values in record fields, inserted / deleted /
 duplicated ranges, truncation), optionally re-computes the header and record CRCs so the
 mutation reaches the checks behind them, and then runs every entry point on it: strict decode,
@@ -433,7 +433,9 @@ def _int_values(nrng: np.random.Generator, size: int, vmax: int) -> np.ndarray:
 def valid_adaptation(rng: random.Random, sha: bytes, first: int, segments: int,
                      targets: Optional[List[Tuple[int, int]]] = None) -> adapt.Adaptation:
     """A valid update of 1-6 decoder tensors (of ``targets``, default the tiny config's) for
-    segments ``first`` .. ``first + segments - 1``: exponents -64..0, vmax 0..255."""
+    segments ``first`` .. ``first + segments - 1``: exponents -64..0, vmax 0..255; a third of
+    them of method 2 (1.4), naming a decoder variant no reader here holds (the decoder's tensors
+    come first in the model's sorted names, so the indices are those of a variant file too)."""
     targets = targets or _targets()
     nrng = np.random.default_rng(rng.getrandbits(32))
     chosen = sorted(rng.sample(targets, min(len(targets), rng.choice((1, 1, 2, 3, 6)))))
@@ -442,7 +444,8 @@ def valid_adaptation(rng: random.Random, sha: bytes, first: int, segments: int,
         vmax = rng.choice((0, 1, 2, 3, 7, 31, 255))
         exp = rng.choice((adapt.MIN_EXP, -30, -16, -12, -10, -8, -6, -4, -2, adapt.MAX_EXP))
         tensors.append(adapt.TensorUpdate(index, exp, vmax, _int_values(nrng, size, vmax)))
-    return adapt.Adaptation(sha, first, segments, tuple(tensors))
+    variant = bytes(rng.getrandbits(8) for _ in range(16)) if rng.random() < 1 / 3 else None
+    return adapt.Adaptation(sha, first, segments, tuple(tensors), variant)
 
 
 def _adapt_ranges(rng: random.Random, S: int) -> List[Tuple[int, int]]:
@@ -462,23 +465,25 @@ def _mutate_adapt(payload: bytes, rng: random.Random, S: int) -> bytes:
     """A valid ADAPT payload with one field, its length or its data forged (spec §8c's rules)."""
     b = bytearray(payload)
     n = struct.unpack_from("<H", b, 2)[0]
-    data_at = adapt.ADAPT_HEAD.size + adapt.ADAPT_ENTRY.size * n
+    head = adapt.ADAPT_HEAD.size + (adapt.VARIANT_SHA.size if b[0] == adapt.METHOD_VARIANT else 0)
+    data_at = head + adapt.ADAPT_ENTRY.size * n
     op = rng.randrange(6)
     if op == 0:  # a head field
         k = rng.randrange(6)
         if k == 0:
-            b[0] = rng.choice((1, 2, 255))
+            b[0] = rng.choice((0, 1, 2, 3, 255))  # 0 ↔ 2 moves every later field by 16 bytes
         elif k == 1:
             b[1] = rng.choice((1, 255))
         elif k == 2:
             struct.pack_into("<H", b, 2, rng.choice((0, 1, n - 1, n + 1, 1024, 1025, 0xFFFF)) & 0xFFFF)
-        elif k == 3:
-            b[4 + rng.randrange(16)] ^= 1 << rng.randrange(8)
+        elif k == 3:  # model_sha256, or method 2's decoder_sha256
+            b[4 + rng.randrange(16) + (24 if head > adapt.ADAPT_HEAD.size and rng.random() < 0.5
+                                       else 0)] ^= 1 << rng.randrange(8)
         else:
             lim = (0, 1, S - 1, S, S + 1, 1 << 20, 0x7FFFFFFF, 0xFFFFFFFF)
             struct.pack_into("<I", b, 20 if k == 4 else 24, rng.choice(lim) & 0xFFFFFFFF)
     elif op == 1 and n:  # an entry field
-        at = adapt.ADAPT_HEAD.size + adapt.ADAPT_ENTRY.size * rng.randrange(n)
+        at = head + adapt.ADAPT_ENTRY.size * rng.randrange(n)
         k = rng.randrange(4)
         if k == 0:
             names = _targets()[-1][0] + 1  # past the last decoder tensor: past every tensor
@@ -508,7 +513,7 @@ def _mutate_adapt(payload: bytes, rng: random.Random, S: int) -> bytes:
             b[data_at:] = bytes(rng.choice((0, 4, 8, 400)))
     elif op == 4:  # entries swapped (indices out of order) or duplicated
         if n >= 2:
-            i = adapt.ADAPT_HEAD.size + adapt.ADAPT_ENTRY.size * rng.randrange(n - 1)
+            i = head + adapt.ADAPT_ENTRY.size * rng.randrange(n - 1)
             j = i + adapt.ADAPT_ENTRY.size
             b[i:j + 8] = b[j:j + 8] + (b[i:i + 8] if rng.random() < 0.5 else b[j:j + 8])
     else:  # the data of another record (its integers decode as garbage, or fail)
@@ -539,7 +544,9 @@ def _caps_adapt(rng: random.Random, sha: bytes) -> bytes:
         data = adapt.encode_ints(vals)
     else:
         data = bytes(rng.getrandbits(8) for _ in range(rng.choice((4, 64, 4096))))
-    head = adapt.ADAPT_HEAD.pack(0, 0, len(entries) & 0xFFFF, sha, 0, 1)
+    variant = rng.random() < 0.3  # method 2: the same caps
+    head = adapt.ADAPT_HEAD.pack(2 if variant else 0, 0, len(entries) & 0xFFFF, sha, 0, 1)
+    head += bytes(range(16)) if variant else b""
     return head + b"".join(adapt.ADAPT_ENTRY.pack(*e) for e in entries) + data
 
 
@@ -568,7 +575,8 @@ def forge_adapt(recs: list, fields: dict, rng: random.Random) -> list:
     elif kind == 7:  # placement: a valid record after a SEGMENT
         put(valid_adaptation(rng, sha, 0, S).to_payload(), after_segment=True)
     elif kind == 8:  # a later method, an empty payload, a tiny one
-        put(rng.choice((b"", b"\x01", bytes([rng.randrange(1, 256)]) + b"later method", b"\x00" * 27)))
+        put(rng.choice((b"", b"\x01", bytes([rng.randrange(1, 256)]) + b"later method", b"\x00" * 27,
+                        b"\x02" + b"\x00" * 42)))
     else:  # CRITICAL set on a valid record (a known type: read as ADAPT), or a foreign model
         ad = valid_adaptation(rng, sha if rng.random() < 0.6 else bytes(16), 0, S)
         put(ad.to_payload(), flags=rng.choice((0, ct.FLAG_CRITICAL)))
@@ -578,7 +586,7 @@ def forge_adapt(recs: list, fields: dict, rng: random.Random) -> list:
 def forge(seed: bytes, rng: random.Random, only_adapt: bool = False) -> bytes:
     """One structure-aware case built from ``seed``: header fields and records forged at their
     limits, every header and record with a valid CRC, INDEX / END made consistent or forged.
-    ``only_adapt``: forge only ADAPT records (:func:`forge_adapt`), minor 3, INDEX and END
+    ``only_adapt``: forge only ADAPT records (:func:`forge_adapt`), minor 3 or 4, INDEX and END
     right (an otherwise valid stream)."""
     fields, minor, recs = _parse_seed(seed)
     recs = [r for r in recs if r[0] not in (ct.REC_INDEX, ct.REC_END)]
@@ -588,10 +596,10 @@ def forge(seed: bytes, rng: random.Random, only_adapt: bool = False) -> bytes:
         op = 13 if only_adapt else rng.randrange(14)
         if op == 10 or (op == 11 and has_audio):
             op = 4  # audio forging is worth more cases where there is real audio
-        if op == 13:  # ADAPT records (spec §8c), in a 1.3 stream most of the time
+        if op == 13:  # ADAPT records (spec §8c), in a 1.3 or 1.4 stream most of the time
             recs = forge_adapt(recs, fields, rng)
             if only_adapt or rng.random() < 0.8:
-                minor = ct.MINOR_ADAPT
+                minor = rng.choice((ct.MINOR_ADAPT, ct.MINOR_ADAPT_VARIANT))
         elif op == 12:  # a valid header of huge frames or a long segment, with matching segments
             if rng.random() < 0.5:
                 fields["width"], fields["height"] = rng.choice(((8192, 4096), (4096, 4096), (2048, 2048),

@@ -137,13 +137,17 @@ EXAMPLE_INTS = np.array([0, 1, -2, 0, 1], np.int32)
 
 def adapt_payload(entries: Sequence[Tuple[int, int, int, np.ndarray]], first: int = 0,
                   segments: int = 1, sha: bytes = SHA0, method: int = 0, reserved: int = 0,
-                  n: int = None, counts: Sequence[int] = None, data: bytes = None) -> bytes:
+                  n: int = None, counts: Sequence[int] = None, data: bytes = None,
+                  decoder: bytes = None) -> bytes:
     """An ADAPT payload packed field by field, so that any field can break a rule: ``entries``
     (tensor index, exponent, vmax, integers) with their coded integers (``data`` replaces
-    them; ``counts`` the entries' counts; ``n`` the tensor count)."""
+    them; ``counts`` the entries' counts; ``n`` the tensor count; ``decoder``: method 2's
+    decoder_sha256, which then follows the head)."""
     counts = [v.size for *_, v in entries] if counts is None else counts
     head = adapt.ADAPT_HEAD.pack(method, reserved, len(entries) if n is None else n, sha, first,
                                  segments)
+    if decoder is not None:
+        head += adapt.VARIANT_SHA.pack(decoder)
     body = b"".join(adapt.ADAPT_ENTRY.pack(i, e, vm, c) for (i, e, vm, _), c in zip(entries, counts))
     if data is None:
         data = adapt.encode_ints([(v, vm) for _, _, vm, v in entries])
@@ -153,6 +157,16 @@ def adapt_payload(entries: Sequence[Tuple[int, int, int, np.ndarray]], first: in
 def example_adapt(**kw) -> bytes:
     """The ADAPT payload of §11's 1.3 variant (fields replaced by ``kw``, see :func:`adapt_payload`)."""
     return adapt_payload([(3, -4, 2, EXAMPLE_INTS)], **kw)
+
+
+#: decoder_sha256 of §11's 1.4 variant: the first 16 bytes of SHA-256("example decoder").
+EXAMPLE_DECODER = hashlib.sha256(b"example decoder").digest()[:16]
+
+
+def example_variant_adapt(**kw) -> bytes:
+    """The ADAPT payload of §11's 1.4 variant: the 1.3 example as method 2, changing tensor 3 of
+    the decoder variant :data:`EXAMPLE_DECODER` (fields replaced by ``kw``)."""
+    return example_adapt(**{"method": adapt.METHOD_VARIANT, "decoder": EXAMPLE_DECODER, **kw})
 
 
 def adapt_stream(payloads: Sequence[bytes], h: ct.Header = None, segments: int = 1,
@@ -389,7 +403,7 @@ def adapt_vectors(add, good: bytes) -> None:
         "1.3: §11's example with the ADAPT record of its 1.3 variant before SEGMENT 0")
     add("valid/adapt_unknown_method.mgv",
         adapt_stream([bytes([1, 0xFF]) + b"a later method"]).close(), "ok",
-        "an ADAPT record of method 1 (a later minor's): skipped unread (§8c)")
+        "an ADAPT record of method 1 (unassigned; a later minor's): skipped unread (§8c)")
     z, big = two_tensor_ints()
     add("valid/adapt_two_records.mgv",
         adapt_stream([example_adapt(), adapt_payload([(0, 0, 0, z), (7, -64, 255, big)], first=1,
@@ -463,6 +477,54 @@ def adapt_vectors(add, good: bytes) -> None:
     add("invalid/extra_header_bytes_minor_3.mgv",
         head_bytes(header(), minor=ct.MINOR_ADAPT, extra=b"\0") + good[78:], "HeaderError",
         "1.3 has 1.2's header: bytes after its fields are refused")
+    variant_vectors(add, good)
+
+
+def variant_vectors(add, good: bytes) -> None:
+    """The vectors of version 1.4's ADAPT records of method 2 (a decoder variant's change, §8c)."""
+    v4 = ct.MINOR_ADAPT_VARIANT
+    add("valid/adapt_variant.mgv", adapt_stream([example_variant_adapt()], minor=v4).close(), "ok",
+        "1.4: §11's 1.4 variant, an ADAPT record of method 2 (decoder_sha256 at offset 28)")
+    add("valid/adapt_variant_and_own.mgv",
+        adapt_stream([example_adapt(), example_variant_adapt(first=1, segments=2)], segments=3,
+                     minor=v4).close(), "ok",
+        "a method-0 record for segment 0 and a method-2 record for segments 1-2")
+    add("valid/adapt_variant_in_minor_3.mgv", adapt_stream([example_variant_adapt()]).close(), "ok",
+        "a method-2 record in a stream marked 1.3: read as method 2 (ADAPT records are read in "
+        "streams of every minor)")
+    add("invalid/adapt_variant_short_head.mgv",
+        adapt_stream([example_variant_adapt()[:43]], minor=v4).close(), "RecordError",
+        "an ADAPT payload of method 2 shorter than its 44-byte head")
+    add("invalid/adapt_variant_short_entries.mgv",
+        adapt_stream([example_variant_adapt(n=2)], minor=v4).close(), "RecordError",
+        "method 2, n = 2 tensors, but the payload holds 1 entry and 4 bytes of data")
+    add("invalid/adapt_variant_wrong_model.mgv",
+        adapt_stream([example_variant_adapt(sha=hashlib.sha256(b"another model").digest()[:16])],
+                     minor=v4).close(), "RecordError",
+        "method 2 whose model_sha256 differs from the header's")
+    zeros = [(3, 0, 0, np.zeros(1 << 20, np.int32)), (4, 0, 0, np.zeros(1, np.int32))]
+    add("invalid/adapt_variant_over_cap.mgv",
+        adapt_stream([adapt_payload(zeros, method=adapt.METHOD_VARIANT, decoder=EXAMPLE_DECODER)],
+                     minor=v4).close(), "RecordError", "method 2 with Σ count = 2^20 + 1")
+    add("invalid/adapt_variant_overlap.mgv",
+        adapt_stream([example_adapt(segments=2), example_variant_adapt(first=1, segments=2)],
+                     segments=3, minor=v4).close(), "RecordError",
+        "a method-0 and a method-2 record whose ranges (0+2, 1+2) overlap")
+    data = bytearray(adapt.encode_ints([(EXAMPLE_INTS, 2)]))
+    data[1] ^= 0x01
+    add("invalid/adapt_variant_check_bits.mgv",
+        adapt_stream([example_variant_adapt(data=bytes(data))], minor=v4).close(), "PayloadError",
+        "the 1.4 example with a flipped data bit: the 16 check bits fail")
+    s = Stream(header(), minor=v4)
+    s.add(record(ct.REC_ADAPT, example_variant_adapt(), False, crc_delta=1))
+    s.segment(seg1())
+    add("invalid/adapt_variant_crc.mgv", s.close(), "CRCMismatch", "a method-2 ADAPT record's CRC")
+    ok = adapt_stream([example_variant_adapt()], minor=v4).close()
+    add("invalid/adapt_variant_truncated.mgv", ok[:78 + 12 + 40], "Truncated",
+        "the file ends inside a method-2 ADAPT record")
+    add("invalid/extra_header_bytes_minor_4.mgv",
+        head_bytes(header(), minor=v4, extra=b"\0") + good[78:], "HeaderError",
+        "1.4 has 1.3's header: bytes after its fields are refused")
 
 
 def build(out: Path) -> Dict[str, Tuple[bytes, str, str]]:

@@ -105,7 +105,7 @@ def main() -> None:
                    "reconstructs best (2-3 decoder passes each; 0 = off) [default: the preset's]")
 @click.option("--adapt", type=int, default=None, metavar="N",
               help="N training steps that fit the decoder's biases and norms to this video; the "
-                   "change is sent in the stream (a 1.3 stream) when its gain pays for its bytes "
+                   "change is sent in the stream (a 1.3 or 1.4 stream) when its gain pays for its bytes "
                    "(0 = off; not with --bitrate/--bpp) [default: the preset's]")
 @FORCE_OPTION
 @QUIET_OPTION
@@ -169,8 +169,9 @@ def _encode(input: Path, output: Path, model_name, device, precision, force, qui
                f"entropy coded, {dt:.2f} s ({h.frames / dt:.2f} fps)")
     if res.adaptation is not None:
         a = res.adaptation
-        click.echo(f"adaptation: {a['steps']} steps, {a.get('gain_db', 0):+.2f} dB on the sampled "
-                   f"frames for {a.get('update_bytes', 0)} bytes: "
+        where = "held-out" if a.get("windows_held_out") else "training"
+        click.echo(f"adaptation of the {a.get('decoder', 'full')} decoder: {a['steps']} steps, "
+                   f"{a.get('gain_db', 0):+.2f} dB on {where} frames for {a.get('update_bytes', 0)} bytes: "
                    + ("sent" if a["kept"]
                       else f"not sent ({a.get('why') or 'needed %+.2f dB' % a['needed_db']})"))
     if opts.bitrate is not None or opts.bpp is not None:

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 from ..configs import MAX_BITS, latent_frames, latent_size
 from ..errors import HeaderError
 
-__all__ = ["MAGIC", "MAJOR", "MINOR", "MINOR_SEGMENT_BITS", "MINOR_ADAPT", "MINOR_KNOWN", "PRELUDE",
+__all__ = ["MAGIC", "MAJOR", "MINOR", "MINOR_SEGMENT_BITS", "MINOR_ADAPT", "MINOR_ADAPT_VARIANT", "MINOR_KNOWN", "PRELUDE",
            "RECORD_SYNC", "RECORD_HEAD", "CRC", "MAX_HEADER_LEN", "MAX_SIDE", "MAX_PIXELS",
            "MAX_FRAMES", "MAX_FPS_TERM", "MAX_SEGMENT_FRAMES", "MAX_SEGMENTS", "MAX_AUDIO_TRACKS",
            "MAX_TIME_BASE_TERM", "MAX_AUDIO_TEMPLATE", "AUDIO_RECORD_TARGET", "MAX_RECORD_PAYLOAD",
@@ -29,7 +29,8 @@ MINOR = 1  # minor versions only add skippable things (trailing header fields, o
 # its own bit count:
 MINOR_SEGMENT_BITS = 2  # 1.2: the SEGMENT byte that 1.0/1.1 reserve holds the segment's bits (§5)
 MINOR_ADAPT = 3  # 1.3: ADAPT records (§8c) change the decoder for some segments; same header
-MINOR_KNOWN = 3  # the newest minor whose header fields this reader knows (extra bytes refused)
+MINOR_ADAPT_VARIANT = 4  # 1.4: ADAPT records of method 2 change a decoder variant; same header
+MINOR_KNOWN = 4  # the newest minor whose header fields this reader knows (extra bytes refused)
 PRELUDE = struct.Struct("<8sHHI")  # magic, major, minor, header_len
 RECORD_SYNC = b"MGVR"
 RECORD_HEAD = struct.Struct("<4sBBHI")  # sync, type, flags, reserved, payload length
@@ -54,7 +55,7 @@ READ_CHUNK = 1 << 20  # payloads are read in pieces of at most this size
 REC_SEGMENT = 1
 REC_INDEX = 2
 REC_AUDIO = 3  # audio track descriptions and packets, stored as-is (spec §8a, version 1.1)
-REC_ADAPT = 4  # a coded change of the decoder for some segments (spec §8c, version 1.3)
+REC_ADAPT = 4  # a coded change of the decoder for some segments (spec §8c, since 1.3)
 REC_END = 15
 RECORD_NAMES = {REC_SEGMENT: "SEGMENT", REC_INDEX: "INDEX", REC_AUDIO: "AUDIO", REC_ADAPT: "ADAPT",
                 REC_END: "END"}

@@ -11,7 +11,8 @@ from typing import BinaryIO, List, Optional
 
 from ..errors import HeaderError, RecordError, StreamError, UnsupportedVersion
 from .header import (CRC, END_PAYLOAD, ENTROPY_CONTEXT, ENTROPY_NONE, FLAG_CRITICAL, INDEX_ENTRY,
-                     MAX_FRAMES, MAX_RECORD_PAYLOAD, MINOR, MINOR_ADAPT, MINOR_SEGMENT_BITS,
+                     MAX_FRAMES, MAX_RECORD_PAYLOAD, MINOR, MINOR_ADAPT, MINOR_ADAPT_VARIANT,
+                     MINOR_SEGMENT_BITS,
                      RECORD_HEAD, RECORD_SYNC, REC_ADAPT, REC_END, REC_INDEX, REC_SEGMENT,
                      SEGMENT_HEAD, Header)
 
@@ -201,13 +202,15 @@ class Writer:
     """
 
     def __init__(self, fo: BinaryIO, header: Header, segment_bits: bool = False,
-                 adapt: bool = False) -> None:
+                 adapt: bool = False, adapt_variant: bool = False) -> None:
         """``segment_bits``: segments may carry their own bit count (a 1.2 stream); otherwise
         every segment stores the header's bits (a 1.1 stream). ``adapt``: the stream holds ADAPT
-        records (a 1.3 stream, which may also use segment bit counts)."""
+        records (a 1.3 stream, which may also use segment bit counts); ``adapt_variant``: some of
+        them are of method 2 (a 1.4 stream)."""
         self.fo = fo
         self.header = header
-        self.minor = MINOR_ADAPT if adapt else MINOR_SEGMENT_BITS if segment_bits else MINOR
+        self.minor = (MINOR_ADAPT_VARIANT if adapt_variant else MINOR_ADAPT if adapt
+                      else MINOR_SEGMENT_BITS if segment_bits else MINOR)
         try:
             self.base = fo.tell() if fo.seekable() else 0
         except (OSError, ValueError):
@@ -233,7 +236,7 @@ class Writer:
         return off
 
     def write_adapt(self, payload: bytes) -> int:
-        """Append an ADAPT record (before the first SEGMENT, in a 1.3 stream) → its offset."""
+        """Append an ADAPT record (before the first SEGMENT, in a 1.3 or 1.4 stream) → its offset."""
         if self.minor < MINOR_ADAPT or self.entries:
             raise RecordError("ADAPT records need Writer(adapt=True) and go before the first SEGMENT")
         return self.write_record(REC_ADAPT, payload, critical=False)

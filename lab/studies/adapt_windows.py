@@ -1,0 +1,112 @@
+"""Issue 32 follow-up study: where the encoder's adaptation windows come from (the first 17
+frames of each segment vs windows spread over every segment), how many steps, and which tensors
+(biases/norms/AdaGN at lr 1e-2, plus the last decoder level's convolution weights at lr 1e-3).
+
+    nice python -m lab.studies.adapt_windows CLIP.y4m --bits 18 --out runs/adapt_windows.json
+
+Validation clips only (cut from ../shared/data/train), never eval/. One plain encode per clip
+(mgv-default-v6, the model as `mgv encode` loads it); each variant trains a
+``neuralcodec.finetune.Fitting`` on that stream's sampled windows, and at each snapshot the
+update is quantized (the encoder's own candidates), inserted as the stream's ADAPT record and the
+whole clip decoded (v6's full decoder, adapted) → PSNR-RGB over all frames, bytes counted.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+
+from neuralcodec import codec, finetune
+from neuralcodec.evaluate import frame_mse, psnr_from_mse
+from neuralcodec.model import for_inference
+from neuralcodec.options import EncodeOptions
+from neuralcodec.video_io import read_rgb
+from neuralcodec.weights import load_model
+
+
+def last_level_weights(model) -> list:
+    """Convolution weights of the decoder's last level (its residual blocks) and output layer."""
+    last = len(model.decoder.levels) - 1
+    return sorted(f"decoder.{n}" for n, p in model.decoder.named_parameters()
+                  if n.endswith("weight") and p.dim() == 5
+                  and n.startswith((f"levels.{last}.", "out.")))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("clip")
+    ap.add_argument("--bits", type=int, default=18)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--variants", nargs="+", default=["first:200", "all:200,400,600",
+                                                      "all+last:200,400,600",
+                                                      "fast-all:200,400,600"])
+    a = ap.parse_args()
+    out = Path(a.out)
+    res = json.loads(out.read_text()) if out.exists() else {}
+    finetune.DB_PER_DOUBLING = float("-inf")  # measure every update
+    model = for_inference(load_model("mgv-default-v6"), "cpu")
+    frames = read_rgb(a.clip)
+    t, h, w, _ = frames.shape
+    meta, _ = codec.open_video(frames)
+    hdr = codec.stream_header(model, meta, EncodeOptions.of(None, bits=a.bits).checked(model))
+    sampler = finetune.FrameSampler(hdr.segment_frames, t, w, h, model.cfg.temporal_factor)
+    buf = io.BytesIO()
+    t0 = time.perf_counter()
+    codec.compress_to_file(model, (meta, sampler.wrap(iter(frames))), buf, bits=a.bits)
+    stream = buf.getvalue()
+    key = f"{Path(a.clip).name}@{a.bits}"
+    r = res.setdefault(key, {"frames": t, "size": [w, h], "variants": {}})
+
+    def measure(data: bytes, decoder: str) -> float:
+        _, rec = codec.decompress(data, decoder=decoder)
+        return float(psnr_from_mse(float(frame_mse(frames, rec).mean())))
+
+    def save():
+        out.write_text(json.dumps(res, indent=1))
+
+    if "plain" not in r:
+        r["plain"] = {"bytes": len(stream), "bpp": 8 * len(stream) / (t * h * w),
+                      "psnr_full": measure(stream, "full"), "psnr_auto": measure(stream, "auto"),
+                      "encode_s": time.perf_counter() - t0}
+        save()
+    print(key, r["plain"], flush=True)
+    for spec in a.variants:
+        name, snaps = spec.split(":")
+        snaps = [int(x) for x in snaps.split(",")]
+        if all(str(s) in r["variants"].get(name, {}) for s in snaps):
+            continue
+        samples = sampler.samples()
+        if name.startswith("first"):
+            samples = [(k, f) for k, f in samples if k[1] == 0]
+        groups = None
+        if "+last" in name:
+            groups = [(finetune.adapt_names(model), finetune.ADAPT_LR),
+                      (last_level_weights(model), 1e-3)]
+        fit = finetune.Fitting(model, stream, samples, groups=groups,
+                               decoder="fast" if name.startswith("fast") else "full",
+                               total=snaps[-1] if "-cos" in name else None)
+        done, secs = 0, 0.0
+        for s in snaps:
+            t1 = time.perf_counter()
+            fit.train(s - done)
+            secs += time.perf_counter() - t1
+            done = s
+            ad, summ = fit.decide()
+            o = io.BytesIO()
+            codec.insert_adaptation(stream, ad.to_payload(), o)
+            data = o.getvalue()
+            size, psnr = len(data), measure(data, "auto")  # the network the record names, adapted
+            row = {"train_s": secs, "bytes": size, "bpp": 8 * size / (t * h * w),
+                   "psnr": psnr, "windows": len(samples),
+                   "est_gain": summ["gain_db"], "candidate": summ["candidate"],
+                   "update_bytes": summ["update_bytes"]}
+            r["variants"].setdefault(name, {})[str(s)] = row
+            save()
+            print(name, s, row, "gain", row["psnr"] - r["plain"]["psnr_full"], flush=True)
+
+
+if __name__ == "__main__":
+    main()
