@@ -34,19 +34,19 @@ from neuralcodec.video_io import read_rgb
 from neuralcodec.weights import load_model
 
 
-def point(model, frames: np.ndarray, bits: int, adapt: int, decoder=None) -> dict:
-    """Encode and decode ``frames`` at ``bits`` with ``adapt`` steps → the measurements
-    (``decoder``: the model the decode uses; None loads the stream's model by name, as
-    ``mgv decode`` does)."""
+def point(model, frames: np.ndarray, bits: int, adapt: int, decoder=None, refine: int = 0) -> dict:
+    """Encode and decode ``frames`` at ``bits`` with ``adapt`` steps (and ``refine`` refinement
+    steps) → the measurements (``decoder``: the model the decode uses; None loads the stream's
+    model by name, as ``mgv decode`` does)."""
     t0 = time.perf_counter()
     buf = io.BytesIO()
-    res = codec.compress_to_file(model, frames, buf, bits=bits, adapt=adapt)
+    res = codec.compress_to_file(model, frames, buf, bits=bits, adapt=adapt, refine=refine)
     t1 = time.perf_counter()
     _, rec = codec.decompress(buf.getvalue(), model=decoder)
     t2 = time.perf_counter()
     mse = float(frame_mse(frames, rec).mean())
     t, h, w, _ = frames.shape
-    return {"bits": bits, "adapt": adapt, "bytes": len(buf.getvalue()),
+    return {"bits": bits, "adapt": adapt, "refine": refine, "bytes": len(buf.getvalue()),
             "bpp": 8 * len(buf.getvalue()) / (t * h * w), "psnr_rgb": float(psnr_from_mse(mse)),
             "ms_ssim": ms_ssim_rgb(frames, rec).get("ms_ssim"), "encode_s": t1 - t0,
             "decode_s": t2 - t1, "adaptation": res.adaptation}
@@ -83,19 +83,20 @@ def summary(clip: dict) -> dict:
 def report(res: dict, out: Path) -> None:
     lines = ["# Decoder adaptation on whole clips (issue 32)", "",
              f"Command: `{res['command']}`; {res['machine']}; {res['date']}. Model {res['model']}; "
-             "`adapt` = `mgv encode --adapt N` (0: the plain encoder, `--preset fast`). Bytes are the "
+             "`adapt` = `mgv encode --adapt N` (0: the plain encoder, `--preset fast`), `refine` its "
+             "`--refine` (veryslow: 20 and 500). Bytes are the "
              "whole stream, the ADAPT record included; PSNR-RGB pooled over all frames.", ""]
     for name, clip in res["clips"].items():
         lines += [f"## {name} ({clip['frames']} frames {clip['width']}x{clip['height']})", "",
-                  "| bits | adapt | bytes | bpp | PSNR-RGB | MS-SSIM | encode s | decode s | update |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "| bits | adapt | refine | bytes | bpp | PSNR-RGB | MS-SSIM | encode s | decode s | update |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for p in sorted(clip["points"], key=lambda p: (p["bits"], p["adapt"])):
             a = p["adaptation"] or {}
             upd = "" if not a else (f"{'sent' if a['kept'] else 'not sent'}: {a.get('candidate', '')} "
                                     f"{a.get('update_bytes', 0)} B, {a.get('gain_db', 0):+.2f} dB measured"
                                     f" (needed {a.get('needed_db', 0):+.2f})")
             ms = "" if p["ms_ssim"] is None else f"{p['ms_ssim']:.4f}"
-            lines.append(f"| {p['bits']} | {p['adapt']} | {p['bytes']} | {p['bpp']:.4f} | "
+            lines.append(f"| {p['bits']} | {p['adapt']} | {p.get('refine', 0)} | {p['bytes']} | {p['bpp']:.4f} | "
                          f"{p['psnr_rgb']:.2f} | {ms} | {p['encode_s']:.1f} | {p['decode_s']:.1f} | {upd} |")
         s = summary(clip)
         if s:
@@ -110,6 +111,8 @@ def report(res: dict, out: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapt", type=int, default=200, help="steps of the adapted encodes")
+    ap.add_argument("--refine", type=int, default=0,
+                    help="refinement steps of the adapted encodes (20 with --adapt 500: the veryslow preset)")
     add_clip_options(ap)
     args = ap.parse_args(argv)
     clips, res = start(args)
@@ -124,9 +127,11 @@ def main(argv=None) -> int:
         clip = res["clips"].setdefault(path.name, {"frames": t, "width": w, "height": h, "points": []})
         for bits in args.bits:
             for steps in (0, args.adapt):
-                if any(p["bits"] == bits and p["adapt"] == steps for p in clip["points"]):
+                refine = args.refine if steps else 0
+                if any(p["bits"] == bits and p["adapt"] == steps and p.get("refine", 0) == refine
+                       for p in clip["points"]):
                     continue
-                clip["points"].append(point(model, frames, bits, steps))
+                clip["points"].append(point(model, frames, bits, steps, refine=refine))
                 print(path.name, clip["points"][-1], flush=True)
                 clip["summary"] = summary(clip)
                 save(res, args.out, report)

@@ -7,7 +7,10 @@ Chosen by the study ``benchmarks/adapt_study.py`` (validation clips cut from
 ``../shared/data/train``, never eval/): that set (34k numbers in the shipped model) gave the
 largest gain per byte on the frames it was trained on (+1.7–2.1 dB at 176×144), trained at
 Adam lr 1e-2 on whole decoded segments, each tensor's change quantized with a step of about its
-rms (Δ = 2^round(log2 rms): ≈ 2.2 bits a number, ≤ 0.1 dB lost).
+rms (Δ = 2^round(log2 rms): ≈ 2.2 bits a number, ≤ 0.1 dB lost). The windows all along each
+segment, the decoder adapted (the one ``mgv decode`` runs by default: for v6 its ``fast``
+variant, 2.8× cheaper per step than v6's own decoder) and the cosine decay of the learning rate
+were chosen on a 300-frame validation clip (``lab/studies/adapt_windows.py``).
 
 The encoder keeps the frames of training windows spread over the whole video
 (:class:`FrameSampler`, bounded memory): each segment's latent frames cut into windows of
@@ -45,7 +48,7 @@ CONTEXT_LATENTS = 2  # latent frames decoded without gradient before a window in
 STEP_PIXELS = 17 * 224 * 224  # pixels × frames a training step decodes (crop bound)
 SAMPLE_WINDOWS = 256  # training windows whose frames the encoder keeps …
 SAMPLE_BYTES = 256 << 20  # … within this many bytes of frames (at least one window)
-# The update is kept when its gain (dB, on the sampled segments) is at least this many dB per
+# The update is kept when its gain (dB, on the held-out windows) is at least this many dB per
 # doubling of the stream's bytes it costs: about the model's own slope at its default rate (1.6 dB
 # per doubling at 12 bits, 0.5 at 18: the v6 card), so that the point lands above the plain curve.
 DB_PER_DOUBLING = 1.5
@@ -97,7 +100,7 @@ class FrameSampler:
         lengths = ([min(seg_frames, frames - f) for f in range(0, frames, seg_frames)] if frames
                    else [seg_frames] * n)
         every = [(i, j) for i, length in enumerate(lengths)
-                 for j in range(0, 1 + (length - 1) // tf, WINDOW_LATENTS)]
+                 for j in range(0, 1 + -(-(length - 1) // tf), WINDOW_LATENTS)]
         pick = sorted(set(int(i) for i in np.linspace(0, len(every) - 1, min(n, len(every))).round()))
         self.kept = {every[i]: [] for i in pick}
 
@@ -183,7 +186,8 @@ def _mse(model, codes: torch.Tensor, context: int, target: torch.Tensor, auto: b
                 dec(q(codes[:, :, :context]))
         with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16, enabled=auto and grad):
             out = dec(q(codes[:, :, context:]))
-    return F.mse_loss(out[:, :, :target.shape[2]].float(), target)
+    t = min(out.shape[2], target.shape[2])  # the window may end with its segment
+    return F.mse_loss(out[:, :, :t].float(), target[:, :, :t])
 
 
 Groups = Sequence[Tuple[Sequence[str], float]]  # (decoder tensor names, Adam learning rate)
@@ -225,7 +229,8 @@ class Fitting:
         for (seg, j), _ in samples:
             ends[seg] = max(ends.get(seg, 0), j + WINDOW_LATENTS)
         self.codes = _segment_codes(stream, ends)
-        self.data = [(key, fr) for key, fr in samples if key[0] in self.codes]
+        self.data = [((seg, j), fr) for (seg, j), fr in samples  # windows the stream holds
+                     if seg in self.codes and j < self.codes[seg][1].shape[2]]
         self.auto = inference_dtype("cpu") == torch.bfloat16
         self.rng = np.random.default_rng(seed)
         n = len(self.data)

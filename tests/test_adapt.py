@@ -251,6 +251,10 @@ def test_sampler_keeps_windows_over_whole_segments():
     assert sorted(got) == [(0, 0), (0, 5), (0, 10), (1, 0), (1, 5), (1, 10), (2, 0)]
     assert got[(0, 0)] == list(range(17)) and got[(0, 5)] == list(range(17, 37))
     assert got[(1, 10)] == list(range(45 + 37, 90)) and got[(2, 0)] == list(range(90, 100))
+    # a segment of 19 frames has 6 latent frames (the last one holds 2 frames): 2 windows
+    s = finetune.FrameSampler(seg_frames=45, frames=19, width=8, height=8, temporal_factor=4)
+    assert sorted(k for k, _ in s.kept.items()) == [(0, 0), (0, 5)]
+    assert [len(f) for _, f in (list(s.wrap(iter(frames[:19]))), s.samples())[1]] == [17, 2]
     per = 4 * finetune.WINDOW_LATENTS * 8 * 8 * 3
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(finetune, "SAMPLE_BYTES", 3 * per)
@@ -300,3 +304,14 @@ def test_learning_rate_decays_over_the_total(model, streams, video):
     const = finetune.Fitting(model, plain, s.samples(), decoder="full")
     const.train(3)
     assert const.opt.param_groups[0]["lr"] == finetune.ADAPT_LR and const.steps == 3
+
+
+def test_windows_the_stream_does_not_hold_are_left_out(model, streams, video):
+    """Samples keyed for longer segments than the stream's (a caller's mistake) are dropped, not
+    decoded as empty windows."""
+    s = finetune.FrameSampler(45, len(video), video.shape[2], video.shape[1], model.cfg.temporal_factor)
+    list(s.wrap(iter(video)))
+    assert any(j >= 5 for (_, j), _ in s.samples())
+    fit = finetune.Fitting(model, streams[0], s.samples(), decoder="full")  # segments of 9 frames
+    assert fit.data and all(j < 3 for (_, j), _ in fit.data)
+    fit.train(1)

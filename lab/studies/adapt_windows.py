@@ -8,7 +8,11 @@ Validation clips only (cut from ../shared/data/train), never eval/. One plain en
 (mgv-default-v6, the model as `mgv encode` loads it); each variant trains a
 ``neuralcodec.finetune.Fitting`` on that stream's sampled windows, and at each snapshot the
 update is quantized (the encoder's own candidates), inserted as the stream's ADAPT record and the
-whole clip decoded (v6's full decoder, adapted) → PSNR-RGB over all frames, bytes counted.
+whole clip decoded as `mgv decode` does (the network the record adapts) → PSNR-RGB over all
+frames, bytes counted. A variant is NAME:STEPS[,STEPS…] (snapshots): ``first…`` trains on the
+first window of each segment only, ``fast…`` adapts v6's fast decoder variant (else v6's own),
+``…+last`` adds the last level's convolution weights at lr 1e-3, ``…-cos`` decays the learning
+rate (cosine) over the last snapshot's steps. Results: lab/notes/adapt_windows.md.
 """
 from __future__ import annotations
 
