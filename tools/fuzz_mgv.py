@@ -757,13 +757,15 @@ def run_case(data: bytes, model) -> Optional[str]:
     return None
 
 
-def check_adaptations(data: bytes, model) -> None:
+def check_adaptations(data: bytes, model) -> list:
     """The strict reading of a stream's ADAPT records (spec §8c; the conformance suite's): the
     records before SEGMENT 0 read by the strict reader, ``read_adaptations`` without the model,
-    then the model rules (``check_against``) → an MGVError, or adaptations that keep their
-    invariants (ranges inside the stream, |v| ≤ vmax, exponents in range; re-coded by
-    ``to_payload`` and read back to the same integers, for records of at most 64 tensors: the
-    1024-tensor ones cost a second each) and that change a copy of the model."""
+    then the model rules (``check_against``; for a record of method 2 the model stands in for
+    the variant it names: its decoder tensors come first in its sorted names, as a variant
+    file's do) → an MGVError, or the adaptations, which keep their invariants (ranges inside the
+    stream, |v| ≤ vmax, exponents in range; re-coded by ``to_payload`` and read back to the same
+    integers and variant, for records of at most 64 tensors: the 1024-tensor ones cost a second
+    each) and change a copy of the model."""
     rd = ct.Reader(io.BytesIO(data))
     recs = adapt.leading_records(rd)
     h = rd.header
@@ -778,12 +780,14 @@ def check_adaptations(data: bytes, model) -> None:
                                      f"{t.values.dtype} up to {np.abs(t.values).max()}")
         if len(a.tensors) <= 64:
             again = adapt.Adaptation.parse(a.to_payload(), h)
-            if not all(np.array_equal(x.values, y.values) for x, y in zip(again.tensors, a.tensors)):
+            if (again.decoder_sha256 != a.decoder_sha256
+                    or not all(np.array_equal(x.values, y.values) for x, y in zip(again.tensors, a.tensors))):
                 raise AssertionError("an ADAPT record re-coded reads back to other integers")
     for a in ads:
         adapt.check_against(a, model)
     if ads:
         adapt.adapted_model(model, ads[0])
+    return ads
 
 
 def _alarm(signum, frame):
