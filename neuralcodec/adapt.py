@@ -35,7 +35,7 @@ from .resources import check_decoder_memory
 from .configs import DECODER_AUTO
 from .weights import ModelSource, decoder_variant, resolve_model
 
-__all__ = ["METHOD_ADDITIVE", "METHOD_VARIANT", "VARIANT_SHA", "record_names", "MAX_TENSORS", "MAX_NUMBERS", "MAX_SYMBOL_WORK", "MIN_EXP",
+__all__ = ["METHOD_ADDITIVE", "METHOD_VARIANT", "VARIANT_SHA", "head_size", "record_names", "MAX_TENSORS", "MAX_NUMBERS", "MAX_SYMBOL_WORK", "MIN_EXP",
            "MAX_EXP", "MAX_VMAX", "CONTEXTS", "ADAPT_HEAD", "ADAPT_ENTRY", "TensorUpdate",
            "Adaptation", "tensor_names", "adaptable_names", "check_against", "adapted_model",
            "leading_records", "read_adaptations", "decodes", "SegmentDecoders", "stream_decoders", "file_weights",
@@ -53,6 +53,11 @@ P_ONE_MAX = (1 << P_BITS) - P_MIN  # §7's clip of p16: [P_MIN, P_ONE_MAX]
 ADAPT_HEAD = struct.Struct("<BBH16sII")  # method, reserved, tensors, model_sha256, first, segments
 ADAPT_ENTRY = struct.Struct("<HbBI")  # tensor index, exponent, vmax, count
 VARIANT_SHA = struct.Struct("<16s")  # method 2: decoder_sha256, after ADAPT_HEAD
+
+
+def head_size(method: int) -> int:
+    """Bytes of an ADAPT payload before its entries (spec §8c's H): 28, or 44 for method 2."""
+    return ADAPT_HEAD.size + (VARIANT_SHA.size if method == METHOD_VARIANT else 0)
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ class Adaptation:
             raise RecordError("empty ADAPT payload")
         if payload[0] not in (METHOD_ADDITIVE, METHOD_VARIANT):
             return None
-        head = ADAPT_HEAD.size + (VARIANT_SHA.size if payload[0] == METHOD_VARIANT else 0)
+        head = head_size(payload[0])
         if len(payload) < head:
             raise RecordError(f"ADAPT payload of {len(payload)} bytes is too short")
         _, res, n, sha, first, segs = ADAPT_HEAD.unpack_from(payload)

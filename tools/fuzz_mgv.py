@@ -465,7 +465,7 @@ def _mutate_adapt(payload: bytes, rng: random.Random, S: int) -> bytes:
     """A valid ADAPT payload with one field, its length or its data forged (spec §8c's rules)."""
     b = bytearray(payload)
     n = struct.unpack_from("<H", b, 2)[0]
-    head = adapt.ADAPT_HEAD.size + (adapt.VARIANT_SHA.size if b[0] == adapt.METHOD_VARIANT else 0)
+    head = adapt.head_size(b[0])
     data_at = head + adapt.ADAPT_ENTRY.size * n
     op = rng.randrange(6)
     if op == 0:  # a head field
