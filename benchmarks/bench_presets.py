@@ -11,6 +11,7 @@ Choose on validation clips cut from ``train/`` (these three are the recipe study
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -22,19 +23,24 @@ import torch
 from neuralcodec.configs import PRESETS
 from neuralcodec.evaluate import measure, pooled_psnr
 from neuralcodec.options import EncodeOptions
+from neuralcodec.streaminfo import stream_info
 
 
 def bench(model, clips: Sequence[np.ndarray], bits: int, presets: Sequence[str] = tuple(PRESETS)
           ) -> List[Dict]:
-    """One row per preset: ``preset``, ``refine``, ``bpp``, ``psnr_rgb`` (pooled), ``ms_ssim``
-    (mean over clips, None where frames are too small), ``encode_s``, ``decode_s``, ``frames``."""
+    """One row per preset: ``preset``, ``refine``, ``adapt`` (its steps), ``adapted`` (clips whose
+    stream carries an ADAPT record: the encoder found the update paid), ``bpp``, ``psnr_rgb``
+    (pooled), ``ms_ssim`` (mean over clips, None where frames are too small), ``encode_s``,
+    ``decode_s``, ``frames``."""
     rows = []
     for name in presets:
         opts = EncodeOptions.from_preset(name, bits=bits)
         pts = [measure(model, v, opts) for v in clips]
         npix = sum(p.frames * p.width * p.height for p in pts)
         ssim = [p.ms_ssim for p in pts if p.ms_ssim is not None]
-        rows.append({"preset": name, "refine": opts.refine, "rdo": opts.rdo,
+        adapted = sum(bool(stream_info(io.BytesIO(p.stream)).adapt) for p in pts)
+        rows.append({"preset": name, "refine": opts.refine, "rdo": opts.rdo, "adapt": opts.adapt,
+                     "adapted": adapted, "clips": len(pts),
                      "bpp": sum(8 * p.bytes for p in pts) / npix, "psnr_rgb": pooled_psnr(pts),
                      "ms_ssim": sum(ssim) / len(ssim) if ssim else None,
                      "encode_s": sum(p.encode_s for p in pts), "decode_s": sum(p.decode_s for p in pts),
@@ -45,11 +51,12 @@ def bench(model, clips: Sequence[np.ndarray], bits: int, presets: Sequence[str] 
 def table(rows: Sequence[Dict]) -> str:
     """The rows as a markdown table, each preset against the first."""
     base = rows[0]
-    out = ["| preset | refine steps | bpp | PSNR-RGB (dB) | MS-SSIM | encode s | encode vs first | decode s |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| preset | refine steps | adapt steps | ADAPT sent | bpp | PSNR-RGB (dB) | MS-SSIM | encode s "
+           "| encode vs first | decode s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ssim = f"{r['ms_ssim']:.4f}" if r["ms_ssim"] is not None else "–"
-        out.append(f"| {r['preset']} | {r['refine']} | {r['bpp']:.5f} ({r['bpp'] / base['bpp'] - 1:+.1%}) "
+        out.append(f"| {r['preset']} | {r['refine']} | {r['adapt']} | {r['adapted']}/{r['clips']} | {r['bpp']:.5f} ({r['bpp'] / base['bpp'] - 1:+.1%}) "
                    f"| {r['psnr_rgb']:.2f} ({r['psnr_rgb'] - base['psnr_rgb']:+.2f}) | {ssim} "
                    f"| {r['encode_s']:.1f} | {r['encode_s'] / base['encode_s']:.0f}× | {r['decode_s']:.1f} |")
     return "\n".join(out)

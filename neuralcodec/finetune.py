@@ -16,7 +16,10 @@ The encoder keeps the frames of training windows spread over the whole video
 (:class:`FrameSampler`, bounded memory): each segment's latent frames cut into windows of
 :data:`WINDOW_LATENTS`. It decodes their codes from the stream it has just written (what the
 decoder will see) and trains on them with a random spatial crop bounded by
-:data:`STEP_PIXELS`, so that a step costs the same at any frame size. A window that starts
+:data:`STEP_PIXELS`, so that a step costs the same at any frame size (a segment's short last
+window too), each window drawn in proportion to its frames; the gain it judges the update by is
+measured on whole frames of the held-out windows, decoded as the stream's decode does (the
+decoder's group norms see whole frames there, not crops). A window that starts
 inside a segment first decodes the :data:`CONTEXT_LATENTS` latent frames before it without a
 gradient, to fill the causal decoder's state as the stream's decode would (up to what came
 before them).
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from . import container as ct
 from .configs import DECODER_AUTO, DECODER_FULL
 from .adapt import MAX_EXP, MAX_VMAX, MIN_EXP, Adaptation, TensorUpdate, tensor_names
+from .chunks import decoder_step
 from .layers import FrameGroupNorm, streaming
 from .model import inference_dtype
 from .payload import decode_codes
@@ -151,15 +155,12 @@ def _segment_codes(stream: bytes, ends: dict) -> dict:
     return out
 
 
-def _window(rng: np.random.Generator, h: int, w: int, s: int, frames: int,
-            center: bool = False) -> Tuple[int, int, int, int]:
-    """A token window (y0, x0, rows, cols) of ``h×w`` tokens whose pixels × ``frames`` stay
-    within :data:`STEP_PIXELS`."""
+def _window(rng: np.random.Generator, h: int, w: int, s: int, frames: int) -> Tuple[int, int, int, int]:
+    """A random token window (y0, x0, rows, cols) of ``h×w`` tokens whose pixels × ``frames``
+    stay within :data:`STEP_PIXELS`."""
     side = max(1, int(math.sqrt(STEP_PIXELS / max(1, frames)) // s))
     ch, cw = min(h, side), min(w, max(side, side * side // max(1, min(h, side))))
     cw = min(cw, w)
-    if center:
-        return (h - ch) // 2, (w - cw) // 2, ch, cw
     return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
 
 
@@ -172,19 +173,18 @@ def _target(frames: List[np.ndarray], y0: int, x0: int, ch: int, cw: int, s: int
     return torch.from_numpy(x).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
 
 
-def _mse(model, codes: torch.Tensor, context: int, target: torch.Tensor, auto: bool,
-         grad: bool) -> torch.Tensor:
-    """MSE (in [-1, 1] units) against ``target`` of the decoder's output for ``codes``
-    (``1×K×t×h×w``: the stored bits, the rest 0) after its first ``context`` latent frames,
-    which only fill the causal state (no gradient, output dropped); training steps (``grad``)
-    under bfloat16 autocast where the CPU computes it natively, measurements in float32 (the
-    inference fast path)."""
+def _mse(model, codes: torch.Tensor, context: int, target: torch.Tensor, auto: bool) -> torch.Tensor:
+    """A training step's MSE (in [-1, 1] units) against ``target`` of the decoder's output for
+    ``codes`` (``1×K×t×h×w``: the stored bits, the rest 0) after its first ``context`` latent
+    frames, which only fill the causal state (no gradient, output dropped; float32, the
+    inference path whose state the step reads); the step under bfloat16 autocast where the CPU
+    computes it natively (``auto``)."""
     dec, q = model.decoder, model.quantizer.decoder_codes
     with streaming(dec):
         if context:
-            with torch.no_grad():  # float32: the inference path, whose state the step reads
+            with torch.no_grad():
                 dec(q(codes[:, :, :context]))
-        with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16, enabled=auto and grad):
+        with torch.autocast("cpu", torch.bfloat16, enabled=auto):
             out = dec(q(codes[:, :, context:]))
     t = min(out.shape[2], target.shape[2])  # the window may end with its segment
     return F.mse_loss(out[:, :, :t].float(), target[:, :, :t])
@@ -238,38 +238,81 @@ class Fitting:
         # encoder judges the update by is then that on frames it did not train on
         self.held = [j for j in range(n) if n >= 2 * HOLD_OUT and j % HOLD_OUT == HOLD_OUT - 1]
         self.fit = [j for j in range(n) if j not in self.held]
-        self.evals = [self.window(j, True) for j in (self.held or self.fit)]
+        self.evals = self.held or self.fit
         self.before = self.loss_on(self.evals)
         self.steps = 0
 
-    def window(self, idx: int, center: bool):
+    def window(self, idx: int):
         """Sampled window ``idx`` → (codes ``1×K×t×h×w`` float32 with its context latent frames
-        first, the number of those, target pixels), cropped (randomly unless ``center``)."""
+        first, the number of those, target pixels), randomly cropped."""
         (seg, j), fr = self.data[idx]
         b, c = self.codes[seg]
         j0 = max(0, j - CONTEXT_LATENTS)
         lat = c[:, :, j0:j + WINDOW_LATENTS]
         s, k = self.fm.cfg.spatial_factor, self.fm.cfg.bits
-        y0, x0, ch, cw = _window(self.rng, lat.shape[3], lat.shape[4], s, len(fr), center)
+        # the crop is bounded as for a whole window, also for a segment's short last one (which
+        # decodes its context too: a crop by its own few frames would cost many steps' time)
+        y0, x0, ch, cw = _window(self.rng, lat.shape[3], lat.shape[4], s, self.nominal(j))
         full = torch.zeros((1, k, lat.shape[2], ch, cw))
         full[:, :b] = lat[:, :, :, y0:y0 + ch, x0:x0 + cw]
         return full, j - j0, _target(fr, y0, x0, ch, cw, s)
 
-    def loss_on(self, windows) -> float:
-        return float(np.mean([_mse(self.fm, c, n, t, self.auto, False).item()
-                              for c, n, t in windows]))
+    def nominal(self, j: int) -> int:
+        """Frames of a whole window starting at latent frame ``j`` (17 or 20 for v6)."""
+        first, end = window_frames(j, self.fm.cfg.temporal_factor)
+        return end - first
+
+    def pick(self) -> int:
+        """A random training window, each drawn in proportion to its frames (a segment's short
+        last window as often as its frames say; clips without one draw as uniformly)."""
+        while True:
+            idx = self.fit[int(self.rng.integers(len(self.fit)))]
+            (_, j), fr = self.data[idx]
+            if len(fr) >= self.nominal(j) or self.rng.random() < len(fr) / self.nominal(j):
+                return idx
+
+    def measure(self, idx: int) -> float:
+        """MSE (in [-1, 1] units) of sampled window ``idx`` on whole frames, as the stream's
+        decode makes them: float32, its context first, in the decoder's chunks
+        (:func:`~neuralcodec.chunks.decoder_step`: bounded memory at any frame size). Crops
+        would not do: the decoder's group norms take their statistics over the whole frame."""
+        (seg, j), fr = self.data[idx]
+        b, c = self.codes[seg]
+        j0 = max(0, j - CONTEXT_LATENTS)
+        lat, ctx = c[:, :, j0:j + WINDOW_LATENTS], j - j0
+        h, w = fr[0].shape[:2]
+        step = decoder_step(w, h, self.fm.cfg.temporal_factor)
+        cuts = sorted(set(range(0, ctx, step)) | set(range(ctx, lat.shape[2], step)) | {lat.shape[2]})
+        dec, q = self.fm.decoder, self.fm.quantizer.decoder_codes
+        sse, count, f = 0.0, 0, 0
+        with torch.no_grad(), streaming(dec):
+            for a, e in zip(cuts, cuts[1:]):
+                full = torch.zeros((1, self.fm.cfg.bits, e - a) + lat.shape[3:])
+                full[:, :b] = lat[:, :, a:e]
+                out = dec(q(full))
+                m = min(out.shape[2], len(fr) - f)
+                if a < ctx or m <= 0:
+                    continue
+                x = torch.from_numpy(np.stack(fr[f:f + m])).permute(3, 0, 1, 2).float() / 127.5 - 1
+                sse += float((out[0, :, :m, :h, :w].float().clamp(-1, 1) - x).pow(2).sum())
+                count, f = count + x.numel(), f + m
+        return sse / max(1, count)
+
+    def loss_on(self, windows: Sequence[int]) -> float:
+        """Mean of :meth:`measure` over the sampled windows ``windows``."""
+        return float(np.mean([self.measure(i) for i in windows]))
 
     def train(self, steps: int, progress: Optional[Callable[[int], None]] = None) -> None:
-        """``steps`` Adam steps, each on a random crop of a random training window."""
+        """``steps`` Adam steps, each on a random crop of a random training window (:meth:`pick`)."""
         self.fm.train()
         for _ in range(steps):
             if self.total:
                 f = 0.5 * (1 + math.cos(math.pi * min(1.0, self.steps / self.total)))
                 for g in self.opt.param_groups:
                     g["lr"] = g["lr0"] * (LR_FLOOR + (1 - LR_FLOOR) * f)
-            c, n, t = self.window(self.fit[int(self.rng.integers(len(self.fit)))], False)
+            c, n, t = self.window(self.pick())
             self.opt.zero_grad(set_to_none=True)
-            _mse(self.fm, c, n, t, self.auto, True).backward()
+            _mse(self.fm, c, n, t, self.auto).backward()
             if all(torch.isfinite(p.grad).all() for p in self.train_params if p.grad is not None):
                 self.opt.step()
             self.steps += 1

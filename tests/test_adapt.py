@@ -275,9 +275,10 @@ def test_window_inside_a_segment_decodes_as_the_stream(model, monkeypatch):
     list(s.wrap(iter(x)))
     monkeypatch.setattr(finetune, "CONTEXT_LATENTS", 100)
     monkeypatch.setattr(finetune, "STEP_PIXELS", 10 ** 9)  # whole frames
+    monkeypatch.setattr(finetune, "decoder_step", lambda w, h, tf: 1)  # measured latent by latent
     fit = finetune.Fitting(model, data, s.samples(), decoder="full")
     for i, ((seg, j), fr) in enumerate(fit.data):
-        codes, context, target = fit.window(i, center=True)
+        codes, context, target = fit.window(i)
         assert context == j
         with torch.no_grad():
             dec = fit.fm.decoder
@@ -287,6 +288,9 @@ def test_window_inside_a_segment_decodes_as_the_stream(model, monkeypatch):
         a, _ = finetune.window_frames(j, model.cfg.temporal_factor)
         got = ((out[0, :, :len(fr)].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0).numpy()
         assert np.abs(got - rec[a:a + len(fr)].astype(np.float64)).max() <= 1, (seg, j)
+        # the encoder's measurement: whole frames, in the decoder's chunks, as the stream decodes
+        want = np.mean((rec[a:a + len(fr)] / 127.5 - np.stack(fr) / 127.5) ** 2)
+        assert fit.measure(i) == pytest.approx(want, rel=1e-3), (seg, j)
 
 
 def test_learning_rate_decays_over_the_total(model, streams, video):
@@ -315,3 +319,25 @@ def test_windows_the_stream_does_not_hold_are_left_out(model, streams, video):
     fit = finetune.Fitting(model, streams[0], s.samples(), decoder="full")  # segments of 9 frames
     assert fit.data and all(j < 3 for (_, j), _ in fit.data)
     fit.train(1)
+
+
+def test_short_last_window_is_cropped_and_drawn_as_its_frames_say(model, monkeypatch):
+    """A segment's short last window (here 2 of 19 frames, after 2 latent frames of context) is
+    cropped as a whole window is — a crop bounded by its own few frames would decode whole
+    frames, many steps' time — and drawn in proportion to its frames, not as often as a whole
+    window."""
+    rng = np.random.default_rng(5)
+    x = (rng.random((19, 8, 12, 3)) * 255).astype(np.uint8)
+    x = np.repeat(np.repeat(x, 4, 1), 4, 2)
+    data = codec.compress(model, x, segment_frames=45)
+    s = finetune.FrameSampler(45, 19, 48, 32, model.cfg.temporal_factor)
+    list(s.wrap(iter(x)))
+    sf = model.cfg.spatial_factor
+    monkeypatch.setattr(finetune, "STEP_PIXELS", 20 * (2 * sf) ** 2)  # whole windows: 2×2 tokens
+    fit = finetune.Fitting(model, data, s.samples(), decoder="full")
+    assert [(k, len(fr)) for k, fr in fit.data] == [((0, 0), 17), ((0, 5), 2)]
+    for i in range(2):
+        _, _, target = fit.window(i)
+        assert target.shape[-2:] == (2 * sf, 2 * sf)
+    picks = [fit.pick() for _ in range(3000)]
+    assert 0.07 < picks.count(1) / len(picks) < 0.14  # 2 / 19 of the frames

@@ -23,10 +23,20 @@ def test_points_and_summary(make_tiny, tmp_path):
     clip_res = {"frames": 9, "width": v.shape[2], "height": v.shape[1], "points": pts}
     s = B.summary(clip_res)
     assert "bd_rate_psnr" in s and "gain_at_plain_18" not in s  # no 18-bit point here
+    assert list(s["gain_at_plain"]) == ["2", "4"]  # the adapted curve at each plain point's rate
+    for b, g in s["gain_at_plain"].items():
+        p0 = next(p for p in pts if p["bits"] == int(b) and p["adapt"] == 0)
+        want = B.at_rate([p for p in pts if p["adapt"]], p0["bpp"])
+        assert g == (None if want is None else pytest.approx(want - p0["psnr_rgb"]))
+    assert list(s["above_plain"]) == ["2", "4"]  # and each adapted point against the plain curve
+    for b, g in s["above_plain"].items():
+        p1 = next(p for p in pts if p["bits"] == int(b) and p["adapt"])
+        want = B.at_rate([p for p in pts if not p["adapt"]], p1["bpp"])
+        assert g == (None if want is None else pytest.approx(p1["psnr_rgb"] - want))
     res = {"command": "x", "machine": "m", "date": "d", "model": "tiny", "clips": {"c": clip_res}}
     B.report(res, tmp_path / "r")
     md = (tmp_path / "r.md").read_text()
-    assert md.count("\n| 4 |") == 2 and "sent:" in md
+    assert md.count("\n| 4 |") == 2 and "sent:" in md and "at each plain point's rate" in md
 
 
 def test_at_rate_interpolates_in_log_rate():

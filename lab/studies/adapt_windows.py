@@ -11,8 +11,9 @@ update is quantized (the encoder's own candidates), inserted as the stream's ADA
 whole clip decoded as `mgv decode` does (the network the record adapts) → PSNR-RGB over all
 frames, bytes counted. A variant is NAME:STEPS[,STEPS…] (snapshots): ``first…`` trains on the
 first window of each segment only, ``fast…`` adapts v6's fast decoder variant (else v6's own),
-``…+last`` adds the last level's convolution weights at lr 1e-3, ``…-cos`` decays the learning
-rate (cosine) over the last snapshot's steps. Results: lab/notes/adapt_windows.md.
+``…+last`` adds the last level's convolution weights at lr 1e-3 (``…+lastup``: and its
+upsampling's), ``…-hi`` doubles the learning rate, ``…-cos`` decays the learning rate (cosine)
+over the last snapshot's steps. Results: lab/notes/adapt_windows.md.
 """
 from __future__ import annotations
 
@@ -28,15 +29,17 @@ from neuralcodec.evaluate import frame_mse, psnr_from_mse
 from neuralcodec.model import for_inference
 from neuralcodec.options import EncodeOptions
 from neuralcodec.video_io import read_rgb
-from neuralcodec.weights import load_model
+from neuralcodec.weights import decoder_variant, load_model
 
 
-def last_level_weights(model) -> list:
-    """Convolution weights of the decoder's last level (its residual blocks) and output layer."""
-    last = len(model.decoder.levels) - 1
+def last_level_weights(model, ups: bool = False) -> list:
+    """Convolution weights of the decoder's last level (its residual blocks; with ``ups`` also
+    its last upsampling) and output layer."""
+    dec = model.decoder
+    last = max(i for i, lv in enumerate(dec.levels) if any(True for _ in lv.parameters()))
+    heads = (f"levels.{last}.", "out.") + ((f"ups.{len(dec.ups) - 1}.",) if ups else ())
     return sorted(f"decoder.{n}" for n, p in model.decoder.named_parameters()
-                  if n.endswith("weight") and p.dim() == 5
-                  and n.startswith((f"levels.{last}.", "out.")))
+                  if n.endswith("weight") and p.dim() == 5 and n.startswith(heads))
 
 
 def main() -> None:
@@ -86,9 +89,13 @@ def main() -> None:
         if name.startswith("first"):
             samples = [(k, f) for k, f in samples if k[1] == 0]
         groups = None
-        if "+last" in name:
-            groups = [(finetune.adapt_names(model), finetune.ADAPT_LR),
-                      (last_level_weights(model), 1e-3)]
+        net = decoder_variant(model, "fast") if name.startswith("fast") else model
+        lr = finetune.ADAPT_LR * (2 if "-hi" in name else 1)  # -hi: twice the learning rate
+        if "-hi" in name:
+            groups = [(finetune.adapt_names(net), lr)]
+        if "+last" in name:  # +last: the last level; +lastup: and its upsampling
+            groups = [(finetune.adapt_names(net), lr),
+                      (last_level_weights(net, "+lastup" in name), 1e-3)]
         fit = finetune.Fitting(model, stream, samples, groups=groups,
                                decoder="fast" if name.startswith("fast") else "full",
                                total=snaps[-1] if "-cos" in name else None)
