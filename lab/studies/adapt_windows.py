@@ -12,7 +12,7 @@ whole clip decoded as `mgv decode` does (the network the record adapts) → PSNR
 frames, bytes counted. A variant is NAME:STEPS[,STEPS…] (snapshots): ``first…`` trains on the
 first window of each segment only, ``fast…`` adapts v6's fast decoder variant (else v6's own),
 ``…+last`` adds the last level's convolution weights at lr 1e-3 (``…+lastup``: and its
-upsampling's), ``…-hi`` doubles the learning rate, ``…-cos`` decays the learning rate (cosine)
+upsampling's), ``…-hi`` doubles the learning rate, ``…-whole`` trains on whole frames (no crop), ``…-cos`` decays the learning rate (cosine)
 over the last snapshot's steps. Results: lab/notes/adapt_windows.md.
 """
 from __future__ import annotations
@@ -54,6 +54,7 @@ def main() -> None:
     out = Path(a.out)
     res = json.loads(out.read_text()) if out.exists() else {}
     finetune.DB_PER_DOUBLING = float("-inf")  # measure every update
+    step_pixels = finetune.STEP_PIXELS
     model = for_inference(load_model("mgv-default-v6"), "cpu")
     frames = read_rgb(a.clip)
     t, h, w, _ = frames.shape
@@ -96,6 +97,8 @@ def main() -> None:
         if "+last" in name:  # +last: the last level; +lastup: and its upsampling
             groups = [(finetune.adapt_names(net), lr),
                       (last_level_weights(net, "+lastup" in name), 1e-3)]
+        # -whole: train on whole frames (no crop: a step costs frames × frame pixels)
+        finetune.STEP_PIXELS = 10 ** 12 if "-whole" in name else step_pixels
         fit = finetune.Fitting(model, stream, samples, groups=groups,
                                decoder="fast" if name.startswith("fast") else "full",
                                total=snaps[-1] if "-cos" in name else None)
