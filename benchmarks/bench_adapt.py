@@ -62,6 +62,16 @@ def at_rate(points: List[dict], bpp: float) -> Optional[float]:
     return float(np.interp(np.log(bpp), r, [p[1] for p in pts]))
 
 
+def gaps(curve: List[dict], points: List[dict]) -> Dict[str, Optional[float]]:
+    """{bits: PSNR of ``curve`` at each of ``points``' rates minus the point's (None outside the
+    curve)}, the points in order of bits."""
+    out: Dict[str, Optional[float]] = {}
+    for p in sorted(points, key=lambda p: p["bits"]):
+        got = at_rate(curve, p["bpp"])
+        out[str(p["bits"])] = None if got is None else got - p["psnr_rgb"]
+    return out
+
+
 def summary(clip: dict) -> dict:
     plain = [p for p in clip["points"] if p["adapt"] == 0]
     adapted = [p for p in clip["points"] if p["adapt"] > 0]
@@ -74,16 +84,11 @@ def summary(clip: dict) -> dict:
         m = bd_rate([p["bpp"] for p in plain], [msdb(p) for p in plain],
                     [p["bpp"] for p in adapted], [msdb(p) for p in adapted], min_points=2)
         out["bd_rate_psnr"], out["bd_rate_msssim"] = b.value, m.value
-        # the adapted curve against each plain point, at that point's rate (None outside the curve)
-        gains = {}
-        for p in sorted(plain, key=lambda p: p["bits"]):
-            got = at_rate(adapted, p["bpp"])
-            gains[str(p["bits"])] = None if got is None else got - p["psnr_rgb"]
+        # the adapted curve against each plain point at that point's rate, and each adapted point
+        # against the plain curve at its own rate (its record's bytes in it); None outside a curve
+        gains = gaps(adapted, plain)
         out["gain_at_plain"] = gains
-        # and each adapted point against the plain curve at its own rate (its record's bytes in it)
-        out["above_plain"] = {str(p["bits"]): None if at_rate(plain, p["bpp"]) is None
-                              else p["psnr_rgb"] - at_rate(plain, p["bpp"])
-                              for p in sorted(adapted, key=lambda p: p["bits"])}
+        out["above_plain"] = {b: None if g is None else -g for b, g in gaps(plain, adapted).items()}
         if "18" in gains:
             out["gain_at_plain_18"] = gains["18"]
     return out

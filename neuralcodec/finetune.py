@@ -142,16 +142,17 @@ def quantize(delta: torch.Tensor, q: float = 1.0) -> Tuple[int, np.ndarray]:
     return e, v
 
 
-def _segment_codes(stream: bytes, ends: dict) -> dict:
-    """{segment: (stored bits b, its codes ``1×b×t×h×w`` int8 in {-1, +1}, latent frames up to
-    ``ends[segment]``)} for the segments of ``ends``."""
+def _segment_codes(stream: bytes, ends: dict, k: int) -> dict:
+    """{segment: its codes ``1×k×t×h×w`` int8, the stored bits in {-1, +1} and the rest 0 (the
+    decoder's input), latent frames up to ``ends[segment]``} for the segments of ``ends``."""
     out = {}
     reader = ct.Reader(io.BytesIO(stream))
     for seg in reader.segments():
         if seg.index in ends:
             b = seg.stored_bits(reader.header)
-            c = decode_codes(seg, b, "cpu", torch.float32)
-            out[seg.index] = (b, c[:, :, :ends[seg.index]].to(torch.int8))
+            c = decode_codes(seg, b, "cpu", torch.float32)[:, :, :ends[seg.index]]
+            out[seg.index] = torch.zeros((1, k) + c.shape[2:], dtype=torch.int8)
+            out[seg.index][:, :b] = c
     return out
 
 
@@ -228,9 +229,9 @@ class Fitting:
         ends: dict = {}
         for (seg, j), _ in samples:
             ends[seg] = max(ends.get(seg, 0), j + WINDOW_LATENTS)
-        self.codes = _segment_codes(stream, ends)
+        self.codes = _segment_codes(stream, ends, fm.cfg.bits)
         self.data = [((seg, j), fr) for (seg, j), fr in samples  # windows the stream holds
-                     if seg in self.codes and j < self.codes[seg][1].shape[2]]
+                     if seg in self.codes and j < self.codes[seg].shape[2]]
         self.auto = inference_dtype("cpu") == torch.bfloat16
         self.rng = np.random.default_rng(seed)
         n = len(self.data)
@@ -242,20 +243,22 @@ class Fitting:
         self.before = self.loss_on(self.evals)
         self.steps = 0
 
+    def latents(self, idx: int):
+        """Sampled window ``idx`` → (its frames, its first latent frame j, the codes
+        ``1×K×t×h×w`` int8 of its context latent frames and its own, the number of context ones)."""
+        (seg, j), fr = self.data[idx]
+        j0 = max(0, j - CONTEXT_LATENTS)
+        return fr, j, self.codes[seg][:, :, j0:j + WINDOW_LATENTS], j - j0
+
     def window(self, idx: int):
         """Sampled window ``idx`` → (codes ``1×K×t×h×w`` float32 with its context latent frames
         first, the number of those, target pixels), randomly cropped."""
-        (seg, j), fr = self.data[idx]
-        b, c = self.codes[seg]
-        j0 = max(0, j - CONTEXT_LATENTS)
-        lat = c[:, :, j0:j + WINDOW_LATENTS]
-        s, k = self.fm.cfg.spatial_factor, self.fm.cfg.bits
+        fr, j, lat, ctx = self.latents(idx)
+        s = self.fm.cfg.spatial_factor
         # the crop is bounded as for a whole window, also for a segment's short last one (which
         # decodes its context too: a crop by its own few frames would cost many steps' time)
         y0, x0, ch, cw = _window(self.rng, lat.shape[3], lat.shape[4], s, self.nominal(j))
-        full = torch.zeros((1, k, lat.shape[2], ch, cw))
-        full[:, :b] = lat[:, :, :, y0:y0 + ch, x0:x0 + cw]
-        return full, j - j0, _target(fr, y0, x0, ch, cw, s)
+        return lat[:, :, :, y0:y0 + ch, x0:x0 + cw].float(), ctx, _target(fr, y0, x0, ch, cw, s)
 
     def nominal(self, j: int) -> int:
         """Frames of a whole window starting at latent frame ``j`` (17 or 20 for v6)."""
@@ -276,10 +279,7 @@ class Fitting:
         decode makes them: float32, its context first, in the decoder's chunks
         (:func:`~neuralcodec.chunks.decoder_step`: bounded memory at any frame size). Crops
         would not do: the decoder's group norms take their statistics over the whole frame."""
-        (seg, j), fr = self.data[idx]
-        b, c = self.codes[seg]
-        j0 = max(0, j - CONTEXT_LATENTS)
-        lat, ctx = c[:, :, j0:j + WINDOW_LATENTS], j - j0
+        fr, _, lat, ctx = self.latents(idx)
         h, w = fr[0].shape[:2]
         step = decoder_step(w, h, self.fm.cfg.temporal_factor)
         cuts = sorted(set(range(0, ctx, step)) | set(range(ctx, lat.shape[2], step)) | {lat.shape[2]})
@@ -287,9 +287,7 @@ class Fitting:
         sse, count, f = 0.0, 0, 0
         with torch.no_grad(), streaming(dec):
             for a, e in zip(cuts, cuts[1:]):
-                full = torch.zeros((1, self.fm.cfg.bits, e - a) + lat.shape[3:])
-                full[:, :b] = lat[:, :, a:e]
-                out = dec(q(full))
+                out = dec(q(lat[:, :, a:e].float()))
                 m = min(out.shape[2], len(fr) - f)
                 if a < ctx or m <= 0:
                     continue

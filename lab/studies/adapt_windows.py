@@ -89,14 +89,11 @@ def main() -> None:
         samples = sampler.samples()
         if name.startswith("first"):
             samples = [(k, f) for k, f in samples if k[1] == 0]
-        groups = None
         net = decoder_variant(model, "fast") if name.startswith("fast") else model
         lr = finetune.ADAPT_LR * (2 if "-hi" in name else 1)  # -hi: twice the learning rate
-        if "-hi" in name:
-            groups = [(finetune.adapt_names(net), lr)]
+        groups = [(finetune.adapt_names(net), lr)]
         if "+last" in name:  # +last: the last level; +lastup: and its upsampling
-            groups = [(finetune.adapt_names(net), lr),
-                      (last_level_weights(net, "+lastup" in name), 1e-3)]
+            groups.append((last_level_weights(net, "+lastup" in name), 1e-3))
         # -whole: train on whole frames (no crop: a step costs frames × frame pixels)
         finetune.STEP_PIXELS = 10 ** 12 if "-whole" in name else step_pixels
         fit = finetune.Fitting(model, stream, samples, groups=groups,
