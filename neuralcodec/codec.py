@@ -27,25 +27,25 @@ import io
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import BinaryIO, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from . import container as ct
-from .adapt import METHOD_VARIANT, stream_decoders
+from .adapt import ADAPT_HEAD, METHOD_VARIANT, stream_decoders
 from .audio import AudioSink, AudioSource, write_audio
 from .chunks import Progress, chunk_frames
-from .errors import InputError, MGVError, ResourceError
+from .errors import InputError, MGVError, RecordError, ResourceError
 from .finetune import FrameSampler, fit_adaptation
 from .model import PRECISIONS
 from .options import ENTROPY_MODES, EncodeOptions
 from .payload import RATE_TOLERANCE, SEGMENT_OVERHEAD, STREAM_TAIL, encode_payload, rate_payload
 from .rdo import select_codes
-from .refine import encode_refined
+from .refine import encode_refined, refine_model
 from .recovery import DamageReport, OnDamage, check_stream_size, decode_plan, segment_plan
 from .resources import check_memory, estimate_bytes, is_out_of_memory
-from .video_io import VideoMeta, frames_of, probe, read_frames
+from .video_io import FrameSpool, VideoMeta, frames_of, probe, read_frames
 from .weights import DECODER_AUTO, ModelSource, model_identity
 
 SEGMENT_SECONDS = 2.0  # default segment duration
@@ -154,7 +154,10 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
     :func:`neuralcodec.rdo.select_codes`). ``refine``: Adam steps per decoder chunk that
     optimise the codes through the decoder before the RDO (0 = off; about 3 decoder passes
     each: :func:`neuralcodec.refine.refine_latents`); with rate control they refine for
-    ``bits`` and the rate control truncates the refined codes. ``adapt``: Adam steps fitting
+    ``bits`` and the rate control truncates the refined codes; they are refined through the
+    decoder that decodes them (:func:`neuralcodec.refine.refine_model`: with ``adapt``, the
+    adapted one — the update is fitted to the encoder's codes of a first pass and the codes
+    refined in a second, the frames kept meanwhile in a temporary file). ``adapt``: Adam steps fitting
     the decoder to this video once its tokens are chosen (0 = off;
     :func:`neuralcodec.finetune.fit_adaptation`, ``adapt_progress(1)`` per step); the change is
     written as an ADAPT record before the first segment (a version 1.3 stream, 1.4 when it changes a decoder variant: spec §8c) when
@@ -177,17 +180,26 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
                                 decoder=False),
                  f"encoding {meta.width}x{meta.height} frames")
     asrc = AudioSource(video) if audio and isinstance(video, (str, Path)) else None
+    spool = None
     try:
-        if not opts.adapt:
-            return _compress(model, it, meta, header, fo, progress, asrc, bitrate, backend,
-                             opts.rdo, opts.refine)
+        if not opts.adapt:  # the codes are refined for the decoder that will decode them
+            return _compress(refine_model(model) if opts.refine else model, it, meta, header, fo,
+                             progress, asrc, bitrate, backend, opts.rdo, opts.refine)
         sampler = FrameSampler(header.segment_frames, meta.frames, meta.width, meta.height,
                                model.cfg.temporal_factor)
+        if opts.refine:  # the update is fitted to the encoder's codes of a first pass; the
+            # codes are then refined through the adapted decoder, the one that decodes them
+            spool = FrameSpool(meta.width, meta.height, meta.frames)
+            it = spool.wrap(it)
         buf = io.BytesIO()  # the stream without its ADAPT record (its size: the compressed video)
-        res = _compress(model, sampler.wrap(it), meta, header, buf, progress, asrc, bitrate,
-                        backend, opts.rdo, opts.refine)
+        res = _compress(model, sampler.wrap(it), meta, header, buf, None if spool else progress,
+                        None if spool else asrc, bitrate, backend, opts.rdo, 0)
         ad, summary = fit_adaptation(model, buf.getvalue(), sampler.samples(), opts.adapt,
                                      adapt_progress)
+        if spool is not None:
+            buf = io.BytesIO()
+            res = _compress(refine_model(model, ad), spool.replay(), meta, res.header, buf,
+                            progress, asrc, bitrate, backend, opts.rdo, opts.refine)
         if ad is None:
             fo.write(buf.getvalue())
             return dataclasses.replace(res, adaptation=summary)
@@ -202,6 +214,8 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
     finally:
         if asrc is not None:
             asrc.close()
+        if spool is not None:
+            spool.close()
 
 
 def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progress: Progress,
@@ -268,19 +282,26 @@ def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progr
                         tuple(asrc.warnings) if asrc is not None else ())
 
 
-def insert_adaptation(stream: bytes, payload: bytes, fo: BinaryIO) -> int:
-    """Write ``stream`` (a complete ``.mgv``) to ``fo`` as a version 1.3 stream (1.4 for an
-    ADAPT record of method 2) with an ADAPT record of ``payload`` before its first SEGMENT,
-    every other record as it was (the INDEX re-made for the new offsets) → bytes written."""
+def insert_adaptation(stream: bytes, payloads: Union[bytes, Sequence[bytes]], fo: BinaryIO) -> int:
+    """Write ``stream`` (a complete ``.mgv``) to ``fo`` as a version 1.3 stream (1.4 when a record
+    is of method 2) with ADAPT records of ``payloads`` (one payload, or several whose segment
+    ranges do not overlap, in that order) before its first SEGMENT, every other record as it
+    was (the INDEX re-made for the new offsets) → bytes written."""
+    if isinstance(payloads, (bytes, bytearray)):
+        payloads = [bytes(payloads)]
+    ranges = sorted(ADAPT_HEAD.unpack_from(p)[4:6] for p in payloads)
+    if any(a + n > b for (a, n), (b, _) in zip(ranges, ranges[1:])):
+        raise RecordError(f"ADAPT records whose segment ranges overlap: {ranges}")
     reader = ct.Reader(io.BytesIO(stream))
     segment_bits = reader.version[1] >= ct.MINOR_SEGMENT_BITS
     writer = ct.Writer(fo, reader.header, segment_bits=segment_bits, adapt=True,
-                       adapt_variant=payload[:1] == bytes([METHOD_VARIANT]))
+                       adapt_variant=any(p[:1] == bytes([METHOD_VARIANT]) for p in payloads))
     pending = True
     for rec in reader.records():
         if rec.type == ct.REC_SEGMENT:
             if pending:
-                writer.write_adapt(payload)
+                for p in payloads:
+                    writer.write_adapt(p)
                 pending = False
             writer.write_segment(ct.Segment.parse(rec.payload))
         elif rec.type not in (ct.REC_INDEX, ct.REC_END):

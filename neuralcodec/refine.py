@@ -10,7 +10,9 @@ compression"; Yang et al. 2020, "Improving inference for neural image compressio
 ``steps`` Adam steps on the unbounded channel values z (:meth:`PlaneQuantizer.unbounded`,
 :meth:`LFQ.unbounded`) to lower the MSE between the decoded frames and the input frames, with
 the codes truncated to the ``bits`` that will be stored and the gradient passed straight
-through the quantizer (as in training). The decoder runs as it will when decoding, chunk by
+through the quantizer (as in training). The decoder is the one ``mgv decode`` runs
+(:func:`refine_model`: the model's default decoder variant where its registry names one), and
+it runs as it will when decoding, chunk by
 chunk with its causal state carried over (the chunks of :func:`neuralcodec.chunks.latent_chunks`,
 which decoding uses too): each chunk is refined given the refined chunks before it, so memory
 depends on the frame size, not on the segment's length.
@@ -27,15 +29,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .adapt import adapted_model
 from .chunks import (Progress, decoder_step, encode_segment, frames_to_tensor, latent_chunks,
                      model_device)
 from .configs import DEFAULT_REFINE, REFINE_LR, REFINE_MAX_PIXELS
 from .errors import InputError
 from .layers import StreamingModule, streaming
 from .model import inference_dtype, mask_bits
+from .weights import DECODER_AUTO, decoder_variant
 
 __all__ = ["DEFAULT_REFINE", "MAX_REFINE", "REFINE_LR", "REFINE_MAX_PIXELS", "check_refine_size",
-           "encode_refined", "refine_latents"]
+           "encode_refined", "refine_latents", "refine_model"]
 
 MAX_REFINE = 1000  # most steps an encode may ask for (a typo guard: 1000 steps take hours)
 
@@ -105,6 +109,25 @@ def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, b
             if progress:
                 progress(f1 - f0)
     return q.latents(torch.cat(out, dim=2)).float()
+
+
+def refine_model(model, ad=None, decoder: str = DECODER_AUTO):
+    """The model whose decoder refinement optimises the codes for: ``model`` with the decoder
+    ``decoder`` chooses (:func:`~neuralcodec.weights.decoder_variant`; default ``auto``, the one
+    ``mgv decode`` runs on segments no ADAPT record covers), changed by the
+    :class:`~neuralcodec.adapt.Adaptation` ``ad`` when given (as the stream's decode changes
+    it), cast to ``model``'s device and floating type, sharing its encoder and quantizer;
+    ``model`` itself when that is its own decoder and no ``ad``. Codes refined through another decoder than the one that decodes them keep little
+    of their gain (v6: +0.74 dB through its own decoder, +0.22 dB of it decoded by its fast
+    variant, benchmarks/results/presets.md)."""
+    light = decoder_variant(model, decoder)
+    if ad is not None:
+        light = adapted_model(light if light is not None else model, ad)
+    if light is None:
+        return model
+    p = next(model.parameters())
+    light.decoder.to(device=p.device, dtype=p.dtype)
+    return light.train(model.training)
 
 
 def check_refine_size(width: int, height: int, steps: int) -> None:

@@ -45,7 +45,7 @@ from .tokenfile import (FORMAT, FORMAT_VERSION, FileLayout, TokensFile, check_sp
                         parse_metadata, parse_split, split_tokens)
 from .quantizer import indices_to_codes
 from .rdo import select_codes
-from .refine import encode_refined
+from .refine import encode_refined, refine_model
 from .video_io import VideoMeta
 from .weights import ModelSource
 
@@ -234,7 +234,7 @@ def tokenize(model: torch.nn.Module, video: VideoInput, options: Optional[Encode
     header = stream_header(model, meta, opts)
     opts.check_frame_size(meta.width, meta.height)
     refine, rdo = opts.refine, opts.rdo
-    model.eval()
+    model = (refine_model(model) if refine else model).eval()  # as mgv encode refines
     segs: List[np.ndarray] = []
     total = 0
     while True:

@@ -255,3 +255,40 @@ def frames_of(source) -> Iterator[np.ndarray]:
     for i in range(source.shape[0]):
         yield source[i]
 
+
+
+class FrameSpool:
+    """Frames kept for a second pass, on disk (an unnamed temporary file, gone when closed):
+    :meth:`wrap` passes ``H×W×3`` uint8 frames through and appends their bytes, :meth:`replay`
+    yields them again in order. ``frames`` × ``width`` × ``height`` (when known) is checked
+    against the free space first → :class:`ResourceError`."""
+
+    def __init__(self, width: int, height: int, frames: Optional[int]) -> None:
+        import shutil
+        import tempfile
+
+        from .errors import ResourceError
+        need = (frames or 0) * width * height * 3
+        free = shutil.disk_usage(tempfile.gettempdir()).free
+        if need > free:
+            raise ResourceError(f"keeping {frames} frames for a second pass needs {need >> 20} MiB "
+                                f"in {tempfile.gettempdir()} ({free >> 20} MiB free; set TMPDIR)")
+        self.file = tempfile.TemporaryFile()
+        self.shape: Optional[Tuple[int, ...]] = None
+        self.count = 0
+
+    def wrap(self, it: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for f in it:
+            self.shape = self.shape or f.shape
+            self.file.write(np.ascontiguousarray(f).tobytes())
+            self.count += 1
+            yield f
+
+    def replay(self) -> Iterator[np.ndarray]:
+        self.file.seek(0)
+        size = int(np.prod(self.shape or (0,)))
+        for _ in range(self.count):
+            yield np.frombuffer(self.file.read(size), np.uint8).reshape(self.shape)
+
+    def close(self) -> None:
+        self.file.close()

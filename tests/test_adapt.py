@@ -341,3 +341,77 @@ def test_short_last_window_is_cropped_and_drawn_as_its_frames_say(model, monkeyp
         assert target.shape[-2:] == (2 * sf, 2 * sf)
     picks = [fit.pick() for _ in range(3000)]
     assert 0.07 < picks.count(1) / len(picks) < 0.14  # 2 / 19 of the frames
+
+
+def test_several_updates_each_decode_their_segments(model, video, streams):
+    """insert_adaptation writes several ADAPT records (ranges not overlapping): each segment
+    decodes with the update that covers it, the others with the base decoder."""
+    import dataclasses
+    plain, data, _ = streams
+    ad = adapt.Adaptation.parse(records(data)[0].payload, ct.Reader(io.BytesIO(data)).header)
+    first = dataclasses.replace(ad, first_segment=0, segments=1)
+    last = dataclasses.replace(ad, first_segment=2, segments=1,
+                               tensors=tuple(dataclasses.replace(t, values=-t.values) for t in ad.tensors))
+    buf = io.BytesIO()
+    size = codec.insert_adaptation(plain, [first.to_payload(), last.to_payload()], buf)
+    both = buf.getvalue()
+    assert size == len(both) and [r.type for r in records(both)][:3] == [ct.REC_ADAPT] * 2 + [ct.REC_SEGMENT]
+    _, got = codec.decompress(both, model=model)
+    _, base = codec.decompress(plain, model=model)
+    frames = {}
+    for a in (first, last):
+        ref = adapt.adapted_model(model, a)
+        ref.name, ref.sha256 = model.name, model.sha256
+        frames[a.first_segment] = codec.decompress(plain, model=ref)[1]
+    assert np.array_equal(got[:9], frames[0][:9]) and not np.array_equal(got[:9], base[:9])
+    assert np.array_equal(got[9:18], base[9:18])
+    assert np.array_equal(got[18:], frames[2][18:]) and not np.array_equal(got[18:], base[18:])
+    out = io.BytesIO()
+    with pytest.raises(RecordError, match="overlap"):
+        codec.insert_adaptation(plain, [last.to_payload(), dataclasses.replace(first, segments=3).to_payload()],
+                                out)
+    assert out.getvalue() == b""  # refused before a byte is written
+
+
+def test_refinement_after_adaptation_goes_through_the_adapted_decoder(model, video, monkeypatch):
+    """--adapt with --refine: the update is fitted to the encoder's codes (a first pass), then the
+    codes are refined through the adapted decoder (a second pass over the kept frames); a
+    one-shot frame iterator codes as the array does."""
+    from neuralcodec import refine
+    from neuralcodec.video_io import VideoMeta
+    monkeypatch.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
+    buf = io.BytesIO()
+    res = codec.compress_to_file(model, video, buf, segment_frames=9, adapt=20, refine=2)
+    data = buf.getvalue()
+    assert res.adaptation["kept"] and res.bytes_written == len(data)
+    recs = records(data)
+    ad = adapt.Adaptation.parse(recs[0].payload, ct.Reader(io.BytesIO(data)).header)
+    # the update is the one fitted to the encoder's own codes (the encode without --refine)
+    assert recs[0].payload == records(codec.compress(model, video, segment_frames=9, adapt=20))[0].payload
+    through = codec.compress(refine.refine_model(model, ad), video, segment_frames=9, refine=2)
+    assert [r.payload for r in recs[1:] if r.type == ct.REC_SEGMENT] == \
+        [r.payload for r in records(through) if r.type == ct.REC_SEGMENT]
+    own = codec.compress(model, video, segment_frames=9, refine=2)  # through the base decoder
+    assert [r.payload for r in records(own) if r.type == ct.REC_SEGMENT] != \
+        [r.payload for r in recs if r.type == ct.REC_SEGMENT]
+    meta = VideoMeta(video.shape[2], video.shape[1], 25, None, "rgb24")
+    once = io.BytesIO()
+    codec.compress_to_file(model, (meta, iter(list(video))), once, segment_frames=9, adapt=20, refine=2)
+    assert once.getvalue() == data
+
+
+def test_frame_spool_refuses_when_the_disk_cannot_hold_the_frames(monkeypatch):
+    import collections
+    import shutil
+
+    from neuralcodec.errors import ResourceError
+    from neuralcodec.video_io import FrameSpool
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 6, 0, 10 ** 6))
+    with pytest.raises(ResourceError, match="second pass"):
+        FrameSpool(640, 360, 100)
+    spool = FrameSpool(16, 8, 2)  # 768 bytes fit
+    frames = [np.full((8, 16, 3), i, np.uint8) for i in range(2)]
+    assert [f.tobytes() for f in spool.wrap(iter(frames))] == [f.tobytes() for f in frames]
+    assert [f.tobytes() for f in spool.replay()] == [f.tobytes() for f in frames]
+    spool.close()

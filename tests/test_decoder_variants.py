@@ -276,3 +276,25 @@ def test_adapting_the_default_variant_writes_a_method_2_record(reg, video, monke
     # a reader that holds no such variant decodes every segment as if the record were absent
     monkeypatch.setattr(adapt, "decoder_variant", lambda model, choice="auto", models_dir=None: None)
     assert np.array_equal(frames(data), frames(plain, decoder="full"))
+
+
+def test_refinement_optimises_the_codes_for_the_default_variant(reg, video, monkeypatch):
+    """--refine chooses the codes through the decoder `mgv decode` runs: with a registered
+    default variant, encoding with the model refines exactly as encoding with the variant's
+    model (same encoder), not as through the model's own decoder; tokens refine the same way."""
+    from neuralcodec import refine
+    d, base, fast = reg
+
+    def pick(model, choice="auto", models_dir=None):
+        return weights.decoder_variant(model, choice, d)
+
+    monkeypatch.setattr(refine, "decoder_variant", pick)
+    got = codec.compress(base, video, segment_frames=9, refine=3)
+    assert refine.refine_model(base).decoder is not base.decoder
+    assert got == codec.compress(fast, video, segment_frames=9, refine=3)
+    assert tk.tokenize(base, video, segment_frames=9, refine=3).segments[0].tobytes() == \
+        tk.tokenize(fast, video, segment_frames=9, refine=3).segments[0].tobytes()
+    monkeypatch.setattr(refine, "decoder_variant", lambda model, choice="auto", models_dir=None: None)
+    assert refine.refine_model(base) is base
+    own = codec.compress(base, video, segment_frames=9, refine=3)
+    assert own != got  # the two decoders prefer other codes

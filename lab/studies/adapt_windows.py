@@ -13,12 +13,15 @@ frames, bytes counted. A variant is NAME:STEPS[,STEPS…] (snapshots): ``first�
 first window of each segment only, ``fast…`` adapts v6's fast decoder variant (else v6's own),
 ``…+last`` adds the last level's convolution weights at lr 1e-3 (``…+lastup``: and its
 upsampling's), ``…-hi`` doubles the learning rate, ``…-whole`` trains on whole frames (no crop), ``…-cos`` decays the learning rate (cosine)
-over the last snapshot's steps. Results: lab/notes/adapt_windows.md.
+over the last snapshot's steps, ``…-gN`` fits one update per group of N consecutive segments (an
+ADAPT record each, ranges not overlapping; STEPS per group, one snapshot). Results: lab/notes/adapt_windows.md.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
+import re
 import json
 import time
 from pathlib import Path
@@ -81,6 +84,33 @@ def main() -> None:
                       "encode_s": time.perf_counter() - t0}
         save()
     print(key, r["plain"], flush=True)
+    def fit_groups(name, n, steps, samples, groups):
+        segs = sorted({k[0] for k, _ in samples})
+        payloads, secs, rows = [], 0.0, []
+        for g0 in range(0, len(segs), n):
+            mine = segs[g0:g0 + n]
+            fit = finetune.Fitting(model, stream, [(k, f) for k, f in samples if k[0] in mine],
+                                   groups=groups, decoder="fast" if name.startswith("fast") else "full",
+                                   total=steps if "-cos" in name else None)
+            t1 = time.perf_counter()
+            fit.train(steps)
+            secs += time.perf_counter() - t1
+            ad, summ = fit.decide()
+            ad = dataclasses.replace(ad, first_segment=mine[0], segments=mine[-1] - mine[0] + 1)
+            payloads.append(ad.to_payload())
+            rows.append({k: summ[k] for k in ("gain_db", "candidate", "update_bytes")})
+            print(name, "group", mine, rows[-1], flush=True)
+        o = io.BytesIO()
+        codec.insert_adaptation(stream, payloads, o)
+        data = o.getvalue()
+        size, psnr = len(data), measure(data, "auto")
+        row = {"train_s": secs, "bytes": size, "bpp": 8 * size / (t * h * w), "psnr": psnr,
+               "windows": len(samples), "groups": rows,
+               "update_bytes": sum(x["update_bytes"] for x in rows)}
+        r["variants"].setdefault(name, {})[str(steps)] = row
+        save()
+        print(name, steps, row, "gain", row["psnr"] - r["plain"]["psnr_full"], flush=True)
+
     for spec in a.variants:
         name, snaps = spec.split(":")
         snaps = [int(x) for x in snaps.split(",")]
@@ -96,6 +126,10 @@ def main() -> None:
             groups.append((last_level_weights(net, "+lastup" in name), 1e-3))
         # -whole: train on whole frames (no crop: a step costs frames × frame pixels)
         finetune.STEP_PIXELS = 10 ** 12 if "-whole" in name else step_pixels
+        per = re.search(r"-g(\d+)", name)
+        if per:  # one update per group of segments, trained and sent on its own
+            fit_groups(name, int(per.group(1)), snaps[-1], samples, groups)
+            continue
         fit = finetune.Fitting(model, stream, samples, groups=groups,
                                decoder="fast" if name.startswith("fast") else "full",
                                total=snaps[-1] if "-cos" in name else None)
