@@ -11,8 +11,8 @@ compression"; Yang et al. 2020, "Improving inference for neural image compressio
 :meth:`LFQ.unbounded`) to lower the MSE between the decoded frames and the input frames, with
 the codes truncated to the ``bits`` that will be stored and the gradient passed straight
 through the quantizer (as in training). The decoder is the one ``mgv decode`` runs
-(:func:`refine_model`: the model's default decoder variant where its registry names one), and
-it runs as it will when decoding, chunk by
+(:func:`refine_model`: the model's default decoder variant where its registry names one,
+adapted when the stream carries an update), and it runs as it will when decoding, chunk by
 chunk with its causal state carried over (the chunks of :func:`neuralcodec.chunks.latent_chunks`,
 which decoding uses too): each chunk is refined given the refined chunks before it, so memory
 depends on the frame size, not on the segment's length.
@@ -117,9 +117,9 @@ def refine_model(model, ad=None, decoder: str = DECODER_AUTO):
     ``mgv decode`` runs on segments no ADAPT record covers), changed by the
     :class:`~neuralcodec.adapt.Adaptation` ``ad`` when given (as the stream's decode changes
     it), cast to ``model``'s device and floating type, sharing its encoder and quantizer;
-    ``model`` itself when that is its own decoder and no ``ad``. Codes refined through another decoder than the one that decodes them keep little
-    of their gain (v6: +0.74 dB through its own decoder, +0.22 dB of it decoded by its fast
-    variant, benchmarks/results/presets.md)."""
+    ``model`` itself when that is its own decoder and no ``ad``. Codes refined through another
+    decoder than the one that decodes them keep little of their gain (v6, presets of 2026-12-07:
+    +0.74 dB through its own decoder, +0.22 dB of it as its fast variant decodes them)."""
     light = decoder_variant(model, decoder)
     if ad is not None:
         light = adapted_model(light if light is not None else model, ad)

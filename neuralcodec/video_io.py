@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, ResourceError
 
 DEFAULT_FPS = Fraction(25)  # rate assumed for inputs that carry none (raw elementary streams)
 # demuxers without timestamps: their average rate is FFmpeg's guess, the codec's rate is better
@@ -256,7 +258,6 @@ def frames_of(source) -> Iterator[np.ndarray]:
         yield source[i]
 
 
-
 class FrameSpool:
     """Frames kept for a second pass, on disk (an unnamed temporary file, gone when closed):
     :meth:`wrap` passes ``H×W×3`` uint8 frames through and appends their bytes, :meth:`replay`
@@ -264,10 +265,6 @@ class FrameSpool:
     against the free space first → :class:`ResourceError`."""
 
     def __init__(self, width: int, height: int, frames: Optional[int]) -> None:
-        import shutil
-        import tempfile
-
-        from .errors import ResourceError
         need = (frames or 0) * width * height * 3
         free = shutil.disk_usage(tempfile.gettempdir()).free
         if need > free:
@@ -280,7 +277,11 @@ class FrameSpool:
     def wrap(self, it: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         for f in it:
             self.shape = self.shape or f.shape
-            self.file.write(np.ascontiguousarray(f).tobytes())
+            try:
+                self.file.write(np.ascontiguousarray(f).tobytes())
+            except OSError as e:  # e.g. the disk filled up (a count the input did not declare)
+                raise ResourceError(f"keeping frames for a second pass in {tempfile.gettempdir()}: "
+                                    f"{e.strerror or e}") from None
             self.count += 1
             yield f
 

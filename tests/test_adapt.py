@@ -415,3 +415,12 @@ def test_frame_spool_refuses_when_the_disk_cannot_hold_the_frames(monkeypatch):
     assert [f.tobytes() for f in spool.wrap(iter(frames))] == [f.tobytes() for f in frames]
     assert [f.tobytes() for f in spool.replay()] == [f.tobytes() for f in frames]
     spool.close()
+
+    class Full:
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    spool = FrameSpool(16, 8, None)
+    spool.file = Full()
+    with pytest.raises(ResourceError, match="No space left"):
+        list(spool.wrap(iter(frames)))
