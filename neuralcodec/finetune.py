@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from . import container as ct
 from .configs import DECODER_AUTO, DECODER_FULL
 from .adapt import MAX_EXP, MAX_VMAX, MIN_EXP, Adaptation, TensorUpdate, tensor_names
-from .chunks import decoder_step
+from .chunks import decoder_step, frames_to_tensor
 from .layers import FrameGroupNorm, streaming
 from .model import inference_dtype
 from .payload import decode_codes
@@ -171,7 +171,7 @@ def _target(frames: List[np.ndarray], y0: int, x0: int, ch: int, cw: int, s: int
     ph, pw = ch * s - x.shape[1], cw * s - x.shape[2]
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-    return torch.from_numpy(x).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    return frames_to_tensor(list(x), "cpu")
 
 
 def _mse(model, codes: torch.Tensor, context: int, target: torch.Tensor, auto: bool) -> torch.Tensor:
@@ -291,7 +291,7 @@ class Fitting:
                 m = min(out.shape[2], len(fr) - f)
                 if a < ctx or m <= 0:
                     continue
-                x = torch.from_numpy(np.stack(fr[f:f + m])).permute(3, 0, 1, 2).float() / 127.5 - 1
+                x = frames_to_tensor(fr[f:f + m], "cpu")[0]
                 sse += float((out[0, :, :m, :h, :w].float().clamp(-1, 1) - x).pow(2).sum())
                 count, f = count + x.numel(), f + m
         return sse / max(1, count)
