@@ -35,6 +35,13 @@ DEFAULT_RDO = 2.0
 # 0.1 → 23.65 @ 0.01158, 0.2 → 23.65 @ 0.01276 (no refinement: 23.04 @ 0.01020).
 DEFAULT_REFINE = 0
 REFINE_LR = 0.05
+# The refinement's rate term (neuralcodec.refine): its weight against the MSE, and the cap (in
+# squared quantization steps) of a token's pull toward the previous latent frame's codes. Chosen
+# on the validation clips (lab/notes/refine_rate.md; 2026-12-07, λ 2, 20 steps): at 18 bits
+# 1e-3 stores 13–18% fewer bytes than no term for 0.02–0.29 dB, +0.07 dB above the curve of
+# refinement without it on both clips; 3e-3 loses more for no fewer bytes.
+REFINE_RATE = 1e-3
+REFINE_RATE_CAP = 4.0
 # Largest frame (pixels) refinement accepts: the backward pass through one decoder chunk of
 # 4 frames peaks at 7 GB at 1280×720 and 14 GB at 1920×1080 (float32 model, bf16 autocast).
 REFINE_MAX_PIXELS = 1920 * 1088

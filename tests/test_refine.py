@@ -11,6 +11,7 @@ from neuralcodec import container as ct
 from neuralcodec.cli import main
 from neuralcodec.errors import InputError
 from neuralcodec.quantizer import sign_quantize
+from neuralcodec.configs import REFINE_RATE
 from neuralcodec.refine import refine_latents
 
 from test_cli import make_video, one_error_line, refused  # noqa: E402
@@ -123,3 +124,33 @@ def test_latent_chunks_are_the_decoders_schedule():
     assert list(latent_chunks(6, 4)) == [(0, 1), (1, 4), (5, 1)]
     assert list(latent_chunks(1, 4)) == [(0, 1)]
     assert list(latent_chunks(5, 1)) == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]
+
+
+def changed_tokens(latents: torch.Tensor, bits: int) -> int:
+    """Tokens of latent frames t >= 1 whose first ``bits`` bits differ from frame t − 1's."""
+    s = sign_quantize(latents[:, :bits])
+    return int((s[:, :, 1:] != s[:, :, :-1]).any(1).sum())
+
+
+def test_the_rate_term_makes_refined_codes_repeat(models):
+    """refine_latents(rate=μ): the pull toward the previous latent frame's codes lowers the
+    number of tokens that change from frame to frame (what the context coder pays for), across
+    the decoder's chunks (6 latent frames: chunks of 1, then 4, then 1)."""
+    v = moving_clip(t=21)
+    x = torch.from_numpy(v).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    for model in models:
+        bits = model.cfg.bits
+        lat = model.encode_latents(model.pad_video(x))
+        assert lat.shape[2] == 6
+        torch.manual_seed(0)
+        free = refine_latents(model, list(v), lat, bits, 8, rate=0.0)
+        pulled = refine_latents(model, list(v), lat, bits, 8, rate=1.0)
+        n_free, n_pulled = changed_tokens(free, bits), changed_tokens(pulled, bits)
+        assert n_pulled < 0.8 * n_free, (model.name, n_free, n_pulled)
+        # the term only counts t >= 1 of the segment: frame 0 (intra) is refined as without it
+        assert torch.equal(sign_quantize(free[:, :, :1]), sign_quantize(pulled[:, :, :1]))
+        # the encoder's refinement (no rate given) runs with the configured term
+        torch.manual_seed(0)
+        shipped = refine_latents(model, list(v), lat, bits, 8)
+        assert torch.equal(shipped, refine_latents(model, list(v), lat, bits, 8, rate=REFINE_RATE))
+        assert not torch.equal(shipped, free)
