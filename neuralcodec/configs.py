@@ -42,6 +42,8 @@ REFINE_LR = 0.05
 # refinement without it on both clips; 3e-3 loses more for no fewer bytes.
 REFINE_RATE = 1e-3
 REFINE_RATE_CAP = 4.0
+# Weight of the MS-SSIM term of the refinement's distortion (neuralcodec.losses.distortion).
+REFINE_MSSSIM = 0.0
 # Largest frame (pixels) refinement accepts: the backward pass through one decoder chunk of
 # 4 frames peaks at 7 GB at 1280×720 and 14 GB at 1920×1080 (float32 model, bf16 autocast).
 REFINE_MAX_PIXELS = 1920 * 1088

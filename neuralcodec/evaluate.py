@@ -22,6 +22,7 @@ import numpy as np
 
 from . import codec
 from .errors import InputError
+from .losses import msssim_window
 from .options import EncodeOptions
 
 PSNR_CAP = 100.0  # dB reported for a frame (or plane, or clip) without error
@@ -52,14 +53,6 @@ def psnr(ref: np.ndarray, dec: np.ndarray, peak: float = 255.0) -> float:
     """PSNR in dB of two clips of equal shape (e.g. ``T×H×W×3`` uint8 RGB), the squared error
     pooled over every sample (not a mean of per-frame PSNRs), capped at :data:`PSNR_CAP`."""
     return float(psnr_from_mse(frame_mse(ref, dec).mean(), peak))
-
-
-def msssim_window(height: int, width: int) -> Optional[int]:
-    """The largest odd Gaussian window ≤ 11 that 5-scale MS-SSIM allows for this size, or None."""
-    for win in (11, 9, 7, 5, 3):
-        if min(height, width) > (win - 1) * 2 ** 4:
-            return win
-    return None
 
 
 def ms_ssim_rgb(ref_rgb: np.ndarray, dec_rgb: np.ndarray, batch: int = 8) -> Dict[str, float]:

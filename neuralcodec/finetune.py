@@ -33,18 +33,19 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import container as ct
 from .configs import DECODER_AUTO, DECODER_FULL
 from .adapt import MAX_EXP, MAX_VMAX, MIN_EXP, Adaptation, TensorUpdate, tensor_names
 from .chunks import decoder_step, frames_to_tensor
 from .layers import FrameGroupNorm, streaming
+from .losses import distortion
 from .model import inference_dtype
 from .payload import decode_codes
 from .weights import decoder_variant, load_model, model_identity, registry
 
 ADAPT_LR = 1e-2  # Adam learning rate (the study's choice for biases, norms and AdaGN)
+ADAPT_MSSSIM = 0.1  # weight of the MS-SSIM term of the training loss (losses.distortion; 0 = MSE only)
 LR_FLOOR = 0.1  # with a decay (Fitting's total), the learning rate ends at this fraction
 MAX_ADAPT = 10000  # most steps --adapt accepts
 WINDOW_LATENTS = 5  # latent frames of a training window (17 or 20 frames of the shipped model)
@@ -174,8 +175,10 @@ def _target(frames: List[np.ndarray], y0: int, x0: int, ch: int, cw: int, s: int
     return frames_to_tensor(list(x), "cpu")
 
 
-def _mse(model, codes: torch.Tensor, context: int, target: torch.Tensor, auto: bool) -> torch.Tensor:
-    """A training step's MSE (in [-1, 1] units) against ``target`` of the decoder's output for
+def _loss(model, codes: torch.Tensor, context: int, target: torch.Tensor, auto: bool,
+          msssim: float) -> torch.Tensor:
+    """A training step's loss (:func:`~neuralcodec.losses.distortion` with weight ``msssim``:
+    MSE in [-1, 1] units, plus the MS-SSIM term) against ``target`` of the decoder's output for
     ``codes`` (``1×K×t×h×w``: the stored bits, the rest 0) after its first ``context`` latent
     frames, which only fill the causal state (no gradient, output dropped; float32, the
     inference path whose state the step reads); the step under bfloat16 autocast where the CPU
@@ -188,7 +191,7 @@ def _mse(model, codes: torch.Tensor, context: int, target: torch.Tensor, auto: b
         with torch.autocast("cpu", torch.bfloat16, enabled=auto):
             out = dec(q(codes[:, :, context:]))
     t = min(out.shape[2], target.shape[2])  # the window may end with its segment
-    return F.mse_loss(out[:, :, :t].float(), target[:, :, :t])
+    return distortion(out[:, :, :t], target[:, :, :t], msssim)
 
 
 Groups = Sequence[Tuple[Sequence[str], float]]  # (decoder tensor names, Adam learning rate)
@@ -203,12 +206,14 @@ class Fitting:
     (:func:`~neuralcodec.weights.decoder_variant`'s choice; default ``auto``, the one ``mgv
     decode`` runs on plain segments: a registered default variant is changed by a record of
     method 2, the model's own decoder by one of method 0). ``total``: the steps the learning
-    rate decays over (cosine, to :data:`LR_FLOOR` of its start); None keeps it constant."""
+    rate decays over (cosine, to :data:`LR_FLOOR` of its start); None keeps it constant.
+    ``msssim``: the weight of the loss's MS-SSIM term (:func:`~neuralcodec.losses.distortion`)."""
 
     def __init__(self, model: torch.nn.Module, stream: bytes, samples, seed: int = 0,
                  groups: Optional[Groups] = None, decoder: str = DECODER_AUTO,
-                 total: Optional[int] = None) -> None:
+                 total: Optional[int] = None, msssim: float = ADAPT_MSSSIM) -> None:
         self.stream = stream
+        self.msssim = msssim
         self.header = ct.Reader(io.BytesIO(stream)).header
         fm = self.fm = _float_model(model)
         variant = decoder_variant(fm, decoder)
@@ -310,7 +315,7 @@ class Fitting:
                     g["lr"] = g["lr0"] * (LR_FLOOR + (1 - LR_FLOOR) * f)
             c, n, t = self.window(self.pick())
             self.opt.zero_grad(set_to_none=True)
-            _mse(self.fm, c, n, t, self.auto).backward()
+            _loss(self.fm, c, n, t, self.auto, self.msssim).backward()
             if all(torch.isfinite(p.grad).all() for p in self.train_params if p.grad is not None):
                 self.opt.step()
             self.steps += 1
@@ -364,12 +369,14 @@ class Fitting:
 
 def fit_adaptation(model: torch.nn.Module, stream: bytes, samples, steps: int,
                    progress: Optional[Callable[[int], None]] = None, seed: int = 0,
-                   decoder: str = DECODER_AUTO) -> Tuple[Optional[Adaptation], dict]:
+                   decoder: str = DECODER_AUTO,
+                   msssim: float = ADAPT_MSSSIM) -> Tuple[Optional[Adaptation], dict]:
     """Adapt ``model``'s decoder to the sampled windows of ``stream`` (the ``.mgv`` bytes just
     encoded; ``samples``: :meth:`FrameSampler.samples`) with ``steps`` Adam steps → (the ADAPT
     record's adaptation for every segment, or None when it does not pay, and a summary: gain in
-    dB on the held-out windows, update bytes, the decision; ``decoder``: as :class:`Fitting`).
+    dB on the held-out windows, update bytes, the decision; ``decoder``, ``msssim``: as
+    :class:`Fitting`).
     The learning rate decays over the ``steps`` (cosine, :data:`LR_FLOOR`)."""
-    fit = Fitting(model, stream, samples, seed, decoder=decoder, total=steps)
+    fit = Fitting(model, stream, samples, seed, decoder=decoder, total=steps, msssim=msssim)
     fit.train(steps, progress)
     return fit.decide()

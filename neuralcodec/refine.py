@@ -32,14 +32,14 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .adapt import adapted_model
 from .chunks import (Progress, decoder_step, encode_segment, frames_to_tensor, latent_chunks,
                      model_device)
-from .configs import DEFAULT_REFINE, REFINE_LR, REFINE_MAX_PIXELS, REFINE_RATE, REFINE_RATE_CAP
+from .configs import DEFAULT_REFINE, REFINE_LR, REFINE_MAX_PIXELS, REFINE_MSSSIM, REFINE_RATE, REFINE_RATE_CAP
 from .errors import InputError
 from .layers import StreamingModule, streaming
+from .losses import distortion
 from .model import inference_dtype, mask_bits
 from .quantizer import sign_quantize
 from .weights import DECODER_AUTO, decoder_variant
@@ -91,7 +91,8 @@ def _repeat_cost(q, z: torch.Tensor, prev: Optional[torch.Tensor], bits: int,
 
 def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, bits: int,
                    steps: int, lr: float = REFINE_LR, progress: Progress = None,
-                   rate: float = REFINE_RATE, rate_cap: float = REFINE_RATE_CAP) -> torch.Tensor:
+                   rate: float = REFINE_RATE, rate_cap: float = REFINE_RATE_CAP,
+                   msssim: float = REFINE_MSSSIM) -> torch.Tensor:
     """Refine one segment's per-bit latents through the decoder (module docstring).
 
     ``frames``: the segment's T frames, ``H×W×3`` uint8 RGB (T at most ``1 + f·(t − 1)``;
@@ -99,7 +100,8 @@ def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, b
     latents ``1×K×t×h×w`` float32 (:func:`neuralcodec.chunks.encode_segment`); ``bits``: the
     bits per token that will be stored; ``steps``: Adam steps per chunk (0 → ``latents``
     unchanged); ``progress``: called with the number of frames of each chunk when it is done;
-    ``rate``, ``rate_cap``: the rate term's weight and cap (module docstring; rate 0: none).
+    ``rate``, ``rate_cap``: the rate term's weight and cap (module docstring; rate 0: none);
+    ``msssim``: the weight of the MS-SSIM term of the distortion (:func:`~neuralcodec.losses.distortion`).
     → refined per-bit latents, same shape, float32 on the latents' device. The model's weights
     are not changed; a float32 model on a CPU with native bfloat16 runs the steps under
     bfloat16 autocast (twice as fast; the gradient is only a search direction)."""
@@ -127,7 +129,7 @@ def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, b
                 _restore(before)
                 with torch.enable_grad(), torch.autocast(dev.type, torch.bfloat16, enabled=auto):
                     rec = model.decoder(_codes(model, z, bits))
-                    loss = F.mse_loss(rec[:, :, :f1 - f0].float(), target)
+                    loss = distortion(rec[:, :, :f1 - f0], target, msssim)
                     if rate > 0:
                         loss = loss + rate * _repeat_cost(q, z, prev, bits, rate_cap)
                     z.grad, = torch.autograd.grad(loss, [z])

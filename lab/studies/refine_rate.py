@@ -38,13 +38,13 @@ def measure(frames, data):
 class Replay:
     """refine_latents with rate weight ``mu``, computed once per segment and replayed."""
 
-    def __init__(self, fn, mu):
-        self.fn, self.mu, self.cache, self.calls = fn, mu, [], 0
+    def __init__(self, fn, mu, msssim=0.0):
+        self.fn, self.mu, self.msssim, self.cache, self.calls = fn, mu, msssim, [], 0
 
     def __call__(self, *args, **kw):
         i, self.calls = self.calls, self.calls + 1
         if i == len(self.cache):
-            self.cache.append(self.fn(*args, rate=self.mu, **kw))
+            self.cache.append(self.fn(*args, rate=self.mu, msssim=self.msssim, **kw))
         return self.cache[i]
 
 
@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--refine", type=int, default=20)
     ap.add_argument("--variants", nargs="+", default=["0:2", "0:4", "0:8"])
     ap.add_argument("--out", default="runs/refine_rate.jsonl")
+    ap.add_argument("--adapt-msssim", type=float, default=0.0, help="MS-SSIM weight of the fit")
+    ap.add_argument("--refine-msssim", type=float, nargs="+", default=[0.0],
+                    help="MS-SSIM weights of the refinement (each a variant)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     model = for_inference(load_model("mgv-default-v6"), "cpu")
@@ -86,16 +89,22 @@ def main() -> None:
         ad, payload = None, None
         if a.adapt:
             t0 = time.perf_counter()
-            ad, summ = finetune.fit_adaptation(model, buf.getvalue(), sampler.samples(), a.adapt)
+            ad, summ = finetune.fit_adaptation(model, buf.getvalue(), sampler.samples(), a.adapt,
+                                               msssim=a.adapt_msssim)
             print("fit", time.perf_counter() - t0, {k: summ.get(k) for k in ("gain_db", "update_bytes", "kept")}, flush=True)
             payload = ad.to_payload() if ad is not None else None
+            if payload is not None:
+                o = io.BytesIO()
+                codec.insert_adaptation(buf.getvalue(), payload, o)
+                emit({"variant": "adapted", "adapt_msssim": a.adapt_msssim,
+                      "rdo": 2.0, "stream": measure(frames, o.getvalue())})
         rmodel = refine.refine_model(model, ad)
         # compress_to_file refines through refine_model(rmodel): rmodel's decoder itself, not
         # the registry's default variant of it (that is the unadapted fast decoder)
         variant = refine.decoder_variant
         refine.decoder_variant = lambda m, choice="auto", models_dir=None: None
-        for mu in sorted({m for m, _ in variants}):
-            cached = Replay(orig, mu)
+        for mu, ms in [(m, s) for m in sorted({m for m, _ in variants}) for s in a.refine_msssim]:
+            cached = Replay(orig, mu, ms)
             for lam in [l for m, l in variants if m == mu]:
                 cached.calls = 0  # replay from the first segment
                 refine.refine_latents = cached
@@ -110,6 +119,7 @@ def main() -> None:
                     codec.insert_adaptation(data, payload, o)
                     data = o.getvalue()
                 emit({"variant": f"refine rate {mu:g}", "rate": mu, "rdo": lam, "encode_s": secs,
+                      "refine_msssim": ms, "adapt_msssim": a.adapt_msssim,
                       "stream": measure(frames, data)})
         refine.decoder_variant = variant
 
