@@ -10,7 +10,10 @@ Adam lr 1e-2 on whole decoded segments, each tensor's change quantized with a st
 rms (Δ = 2^round(log2 rms): ≈ 2.2 bits a number, ≤ 0.1 dB lost). The windows all along each
 segment, the decoder adapted (the one ``mgv decode`` runs by default: for v6 its ``fast``
 variant, 2.8× cheaper per step than v6's own decoder) and the cosine decay of the learning rate
-were chosen on a 300-frame validation clip (``lab/studies/adapt_windows.py``).
+were chosen on a 300-frame validation clip (``lab/studies/adapt_windows.py``), and the loss,
+MSE + :data:`ADAPT_MSSSIM` · (1 − MS-SSIM) (:func:`~neuralcodec.losses.distortion`), on the same
+clip (``lab/notes/refine_rate.md``: with refinement after it, +0.33 dB and +0.015 MS-SSIM over an
+MSE-only update, for twice the time per step).
 
 The encoder keeps the frames of training windows spread over the whole video
 (:class:`FrameSampler`, bounded memory): each segment's latent frames cut into windows of

@@ -424,3 +424,27 @@ def test_frame_spool_refuses_when_the_disk_cannot_hold_the_frames(monkeypatch):
     spool.file = Full()
     with pytest.raises(ResourceError, match="No space left"):
         list(spool.wrap(iter(frames)))
+
+
+def test_adaptation_trains_on_mse_plus_msssim(model, monkeypatch):
+    """The encoder's fit minimises losses.distortion with ADAPT_MSSSIM (> 0) on crops large
+    enough for the MS-SSIM term, and the term changes what it learns."""
+    from neuralcodec.losses import msssim_window
+    rng = np.random.default_rng(5)
+    x = np.repeat(np.repeat((rng.random((9, 28, 32, 3)) * 255).astype(np.uint8), 4, 1), 4, 2)
+    seen = []
+    real = finetune.distortion
+    monkeypatch.setattr(finetune, "distortion",
+                        lambda r, t, w: seen.append((w, tuple(r.shape))) or real(r, t, w))
+    codec.compress_to_file(model, x, io.BytesIO(), segment_frames=9, adapt=2)
+    assert len(seen) == 2 and finetune.ADAPT_MSSSIM > 0
+    assert all(w == finetune.ADAPT_MSSSIM and msssim_window(*s[3:]) for w, s in seen), seen
+    plain = codec.compress(model, x, segment_frames=9)
+    s = finetune.FrameSampler(9, len(x), x.shape[2], x.shape[1], model.cfg.temporal_factor)
+    list(s.wrap(iter(x)))
+    learned = []
+    for w in (0.0, finetune.ADAPT_MSSSIM):
+        fit = finetune.Fitting(model, plain, s.samples(), decoder="full", msssim=w)
+        fit.train(2)
+        learned.append(torch.cat([p.detach().flatten() for p in fit.train_params]))
+    assert not torch.equal(*learned)
