@@ -36,7 +36,8 @@ import torch
 from .adapt import adapted_model
 from .chunks import (Progress, decoder_step, encode_segment, frames_to_tensor, latent_chunks,
                      model_device)
-from .configs import DEFAULT_REFINE, REFINE_LR, REFINE_MAX_PIXELS, REFINE_MSSSIM, REFINE_RATE, REFINE_RATE_CAP
+from .configs import (DEFAULT_REFINE, REFINE_LR, REFINE_MAX_PIXELS, REFINE_MSSSIM, REFINE_RATE,
+                      REFINE_RATE_CAP)
 from .errors import InputError
 from .layers import StreamingModule, streaming
 from .losses import distortion
