@@ -70,6 +70,11 @@ def _codes(model, z: torch.Tensor, bits: int) -> torch.Tensor:
     return mask_bits(model.quantizer(z).codes, bits).to(model.dtype)
 
 
+def _stored_values(q, lat: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-bit latents ``1×K×…`` → the channel values ``1×C×…`` their first ``bits`` signs decode to."""
+    return q.values(sign_quantize(lat[:, :bits]))
+
+
 def _repeat_cost(q, z: torch.Tensor, prev: Optional[torch.Tensor], bits: int,
                  cap: float) -> torch.Tensor:
     """The refinement's rate term for one chunk: per token of latent frames t >= 1 (of the
@@ -82,7 +87,7 @@ def _repeat_cost(q, z: torch.Tensor, prev: Optional[torch.Tensor], bits: int,
     lat = q.latents(z)
     v = q.targets(lat)
     with torch.no_grad():
-        vals = q.values(sign_quantize(lat[:, :bits].detach())).to(v.dtype)
+        vals = _stored_values(q, lat.detach(), bits).to(v.dtype)
     ref = vals[:, :, :-1] if prev is None else torch.cat([prev.to(v.dtype), vals[:, :, :-1]], 2)
     cur = v[:, :, 1:] if prev is None else v
     if cur.shape[2] == 0:
@@ -141,7 +146,7 @@ def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, b
                 model.decoder(_codes(model, z, bits))
             out.append(z)
             with torch.no_grad():
-                prev = q.values(sign_quantize(q.latents(z[:, :, -1:])[:, :bits]))
+                prev = _stored_values(q, q.latents(z[:, :, -1:]), bits)
             if progress:
                 progress(f1 - f0)
     return q.latents(torch.cat(out, dim=2)).float()
