@@ -154,3 +154,27 @@ def test_the_rate_term_makes_refined_codes_repeat(models):
         shipped = refine_latents(model, list(v), lat, bits, 8)
         assert torch.equal(shipped, refine_latents(model, list(v), lat, bits, 8, rate=REFINE_RATE))
         assert not torch.equal(shipped, free)
+
+
+
+def test_refinement_keeps_the_best_codes_it_visited(models):
+    """A step can land on worse codes (at few bits, or with a step too long): each chunk keeps
+    the lowest-loss codes its steps visited, the encoder's included, judged on the output
+    clamped as decoding clamps it, so refinement never decodes worse than the encoder's codes
+    (keeping the last step's, one of these settings decoded 1% worse than the encoder's)."""
+    v = moving_clip(t=13)
+    x = torch.from_numpy(v).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    for model in models:
+        lat = model.encode_latents(model.pad_video(x))
+        for bits in (2, model.cfg.bits):
+            def err(latents):
+                rec = model.decode(sign_quantize(latents), bits)[:, :, :13, :32, :48]
+                return float((rec - x).square().mean())
+            start = err(lat)
+            for lr, steps in ((0.5, 1), (50.0, 1), (50.0, 4)):
+                torch.manual_seed(0)
+                got = err(refine_latents(model, list(v), lat, bits, steps, lr=lr, rate=0.0))
+                assert got <= start * 1.001, (model.name, bits, lr, steps, got, start)
+        # a sane step size still moves the codes (the best is not always the start)
+        tuned = refine_latents(model, list(v), lat, model.cfg.bits, 8, rate=0.0)
+        assert err(tuned) < 0.98 * start
