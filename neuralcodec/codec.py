@@ -37,7 +37,7 @@ from .adapt import ADAPT_HEAD, METHOD_VARIANT, stream_decoders
 from .audio import AudioSink, AudioSource, write_audio
 from .chunks import Progress, chunk_frames
 from .errors import InputError, MGVError, RecordError, ResourceError
-from .finetune import FrameSampler, fit_adaptation
+from .finetune import FrameSampler, fit_adaptations, segment_groups
 from .model import PRECISIONS
 from .options import ENTROPY_MODES, EncodeOptions
 from .payload import RATE_TOLERANCE, SEGMENT_OVERHEAD, STREAM_TAIL, encode_payload, rate_payload
@@ -131,6 +131,19 @@ def stream_header(model: torch.nn.Module, meta: VideoMeta,
     return header
 
 
+def adapt_steps(model: torch.nn.Module, meta: VideoMeta, options: EncodeOptions,
+                frames: Optional[int]) -> Optional[int]:
+    """The training steps an encode of ``frames`` frames (None: not known) of ``meta`` takes
+    under ``options`` (checked): ``adapt`` per update, one update per group of
+    :func:`~neuralcodec.finetune.segment_groups` → steps, None when the count is not known."""
+    if not options.adapt:
+        return 0
+    if frames is None:
+        return None
+    seg = stream_header(model, meta, options).segment_frames
+    return options.adapt * len(segment_groups(-(-frames // seg)))
+
+
 def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
                      options: Optional[EncodeOptions] = None, *, progress: Progress = None,
                      fps: Optional[Fraction] = None, audio: bool = True,
@@ -159,9 +172,11 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
     adapted one — the update is fitted to the encoder's codes of a first pass and the codes
     refined in a second, the frames kept meanwhile in a temporary file). ``adapt``: Adam steps fitting
     the decoder to this video once its tokens are chosen (0 = off;
-    :func:`neuralcodec.finetune.fit_adaptation`, ``adapt_progress(1)`` per step); the change is
-    written as an ADAPT record before the first segment (a version 1.3 stream, 1.4 when it changes a decoder variant: spec §8c) when
-    its measured gain pays for its bytes, and :attr:`EncodeResult.adaptation` says what happened.
+    :func:`neuralcodec.finetune.fit_adaptations`: one update per group of at most
+    :data:`~neuralcodec.finetune.ADAPT_SEGMENTS` consecutive segments, ``adapt`` steps each,
+    ``adapt_progress(1)`` per step); each update is written as an ADAPT record before the first
+    segment (a version 1.3 stream, 1.4 when it changes a decoder variant: spec §8c) when its
+    measured gain pays for its bytes, and :attr:`EncodeResult.adaptation` says what happened.
 
     Rate control: ``bitrate`` (bits per second) or ``bpp`` (bits per pixel) is a target for
     the stream without its audio. Each segment then stores the most bits per token (up to
@@ -194,16 +209,21 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
         buf = io.BytesIO()  # the stream without its ADAPT record (its size: the compressed video)
         res = _compress(model, sampler.wrap(it), meta, header, buf, None if spool else progress,
                         None if spool else asrc, bitrate, backend, opts.rdo, 0)
-        ad, summary = fit_adaptation(model, buf.getvalue(), sampler.samples(), opts.adapt,
-                                     adapt_progress)
+        ads, summary = fit_adaptations(model, buf.getvalue(), sampler.samples(), opts.adapt,
+                                       adapt_progress)
         if spool is not None:
+            nets = {id(ad): refine_model(model, ad) for ad in ads}
+            plain = refine_model(model)
+
+            def net(i: int):  # segment i is refined through the decoder that decodes it
+                return next((nets[id(ad)] for ad in ads if ad.covers(i)), plain)
             buf = io.BytesIO()
-            res = _compress(refine_model(model, ad), spool.replay(), meta, res.header, buf,
+            res = _compress(net, spool.replay(), meta, res.header, buf,
                             progress, asrc, bitrate, backend, opts.rdo, opts.refine)
-        if ad is None:
+        if not ads:
             fo.write(buf.getvalue())
             return dataclasses.replace(res, adaptation=summary)
-        size = insert_adaptation(buf.getvalue(), ad.to_payload(), fo)
+        size = insert_adaptation(buf.getvalue(), [ad.to_payload() for ad in ads], fo)
         return dataclasses.replace(res, bytes_written=size,
                                    video_bytes=res.video_bytes + size - res.bytes_written,
                                    adaptation=summary)
@@ -221,6 +241,9 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
 def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progress: Progress,
               asrc: Optional[AudioSource], bitrate: Optional[float],
               backend: Optional[str], rdo: float, refine: int) -> EncodeResult:
+    """Encode the frames of ``it`` into ``fo`` with ``model`` — a model, or a function giving
+    the model of segment i (the same encoder, the decoder the segment is refined through)."""
+    net = model if callable(model) and not isinstance(model, torch.nn.Module) else lambda i: model
     bits, seg = header.bits, header.segment_frames
     writer = ct.Writer(fo, header, segment_bits=bitrate is not None)
     video_bytes = writer.pos + STREAM_TAIL  # header, INDEX head and END; segments add theirs
@@ -229,8 +252,8 @@ def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progr
     h, w = header.latent_hw
     total = n_ctx = index = 0
     chosen: List[int] = []
-    model.eval()
     while True:
+        model = net(index).eval()
         n, latents = encode_refined(model, it, meta, seg, bits, refine, progress)
         if n == 0:
             break

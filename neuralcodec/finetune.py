@@ -60,6 +60,9 @@ SAMPLE_BYTES = 256 << 20  # … within this many bytes of frames (at least one w
 # doubling of the stream's bytes it costs: about the model's own slope at its default rate (1.6 dB
 # per doubling at 12 bits, 0.5 at 18: the v6 card), so that the point lands above the plain curve.
 DB_PER_DOUBLING = 1.5
+# One update per group of at most this many consecutive segments (about 8 s at the default
+# segment length), each trained for the steps asked: a video's scenes get their own decoder.
+ADAPT_SEGMENTS = 4
 HOLD_OUT = 4  # with 8 or more sampled windows, every 4th only measures the gain
 # The updates the encoder weighs (label, quantization step in rms of each tensor's change, which
 # tensors): it sends the one whose gain beats DB_PER_DOUBLING by the most, if any does.
@@ -210,14 +213,25 @@ class Fitting:
     decode`` runs on plain segments: a registered default variant is changed by a record of
     method 2, the model's own decoder by one of method 0). ``total``: the steps the learning
     rate decays over (cosine, to :data:`LR_FLOOR` of its start); None keeps it constant.
-    ``msssim``: the weight of the loss's MS-SSIM term (:func:`~neuralcodec.losses.distortion`)."""
+    ``msssim``: the weight of the loss's MS-SSIM term (:func:`~neuralcodec.losses.distortion`).
+    ``segments``: (first, count), the segments the update is for (its windows only, weighed
+    against those segments' bytes); None: every segment, against the whole stream."""
 
     def __init__(self, model: torch.nn.Module, stream: bytes, samples, seed: int = 0,
                  groups: Optional[Groups] = None, decoder: str = DECODER_AUTO,
-                 total: Optional[int] = None, msssim: float = ADAPT_MSSSIM) -> None:
+                 total: Optional[int] = None, msssim: float = ADAPT_MSSSIM,
+                 segments: Optional[Tuple[int, int]] = None) -> None:
         self.stream = stream
         self.msssim = msssim
-        self.header = ct.Reader(io.BytesIO(stream)).header
+        reader = ct.Reader(io.BytesIO(stream))
+        self.header = reader.header
+        self.range = segments or (0, self.header.segment_count)
+        first, count = self.range
+        samples = [((seg, j), fr) for (seg, j), fr in samples if first <= seg < first + count]
+        # the bytes the update's rate is weighed against: the stream's, or its segments' records
+        self.share = len(stream) if segments is None else sum(
+            ct.RECORD_HEAD.size + len(sg.data) + ct.CRC.size for sg in reader.segments()
+            if first <= sg.index < first + count)
         fm = self.fm = _float_model(model)
         variant = decoder_variant(fm, decoder)
         if variant is not None:
@@ -334,6 +348,7 @@ class Fitting:
         order = [n for n in tensor_names(self.fm) if sha is None or n.startswith("decoder.")]
         trained = [p.detach().clone() for p in self.train_params]
         summary = {"steps": self.steps, "decoder": self.fm.variant or DECODER_FULL,
+                   "segments": list(self.range),
                    "windows_sampled": len(self.data),
                    "windows_held_out": len(self.held), "mse_before": self.before, "kept": False}
         best = None
@@ -351,12 +366,12 @@ class Fitting:
                 if not tensors:
                     continue
                 tensors.sort(key=lambda t: t.index)
-                ad = Adaptation(self.header.model_sha256, 0, self.header.segment_count,
+                ad = Adaptation(self.header.model_sha256, *self.range,
                                 tuple(tensors), None if sha is None else bytes.fromhex(sha)[:16])
                 size = len(ad.to_payload()) + ct.RECORD_HEAD.size + ct.CRC.size
                 after = self.loss_on(self.evals)
                 gain = 10 * math.log10(self.before / after) if after > 0 else 0.0
-                need = DB_PER_DOUBLING * math.log2(1 + size / len(self.stream))
+                need = DB_PER_DOUBLING * math.log2(1 + size / max(1, self.share))
                 row = {"candidate": label, "gain_db": gain, "update_bytes": size, "needed_db": need,
                        "numbers": ad.numbers}
                 summary.setdefault("candidates", []).append(row)
@@ -372,14 +387,46 @@ class Fitting:
 
 def fit_adaptation(model: torch.nn.Module, stream: bytes, samples, steps: int,
                    progress: Optional[Callable[[int], None]] = None, seed: int = 0,
-                   decoder: str = DECODER_AUTO,
-                   msssim: float = ADAPT_MSSSIM) -> Tuple[Optional[Adaptation], dict]:
+                   decoder: str = DECODER_AUTO, msssim: float = ADAPT_MSSSIM,
+                   segments: Optional[Tuple[int, int]] = None) -> Tuple[Optional[Adaptation], dict]:
     """Adapt ``model``'s decoder to the sampled windows of ``stream`` (the ``.mgv`` bytes just
     encoded; ``samples``: :meth:`FrameSampler.samples`) with ``steps`` Adam steps → (the ADAPT
     record's adaptation for every segment, or None when it does not pay, and a summary: gain in
-    dB on the held-out windows, update bytes, the decision; ``decoder``, ``msssim``: as
-    :class:`Fitting`).
+    dB on the held-out windows, update bytes, the decision; ``decoder``, ``msssim``,
+    ``segments``: as :class:`Fitting`).
     The learning rate decays over the ``steps`` (cosine, :data:`LR_FLOOR`)."""
-    fit = Fitting(model, stream, samples, seed, decoder=decoder, total=steps, msssim=msssim)
+    fit = Fitting(model, stream, samples, seed, decoder=decoder, total=steps, msssim=msssim,
+                  segments=segments)
     fit.train(steps, progress)
     return fit.decide()
+
+
+def segment_groups(count: int, per: Optional[int] = None) -> List[Tuple[int, int]]:
+    """The (first, count) ranges of the updates of a stream of ``count`` segments: as few
+    consecutive groups of at most ``per`` (default :data:`ADAPT_SEGMENTS`) segments as cover
+    it, of sizes differing by at most 1, the larger first."""
+    n = max(1, -(-count // (per or ADAPT_SEGMENTS)))
+    cuts = [-(-i * count // n) for i in range(n + 1)]
+    return [(a, b - a) for a, b in zip(cuts, cuts[1:])]
+
+
+def fit_adaptations(model: torch.nn.Module, stream: bytes, samples, steps: int,
+                    progress: Optional[Callable[[int], None]] = None,
+                    per: Optional[int] = None) -> Tuple[List[Adaptation], dict]:
+    """:func:`fit_adaptation` for each group of :func:`segment_groups` (``per`` segments at
+    most; ``steps`` steps each,
+    the update weighed against its segments' bytes) → (the updates that pay, in segment order;
+    a summary: that of the one group, or, for several, their totals and ``groups``, the
+    summary of each)."""
+    header = ct.Reader(io.BytesIO(stream)).header
+    ranges = segment_groups(header.segment_count, per)
+    got = [fit_adaptation(model, stream, samples, steps, progress,
+                          segments=None if len(ranges) == 1 else r) for r in ranges]
+    ads = [ad for ad, _ in got if ad is not None]
+    if len(got) == 1:
+        return ads, got[0][1]
+    rows = [row for _, row in got]
+    sent = [row for row in rows if row["kept"]]
+    return ads, {"steps": steps, "decoder": rows[0]["decoder"], "kept": bool(sent),
+                 "update_bytes": sum(row.get("update_bytes", 0) for row in sent),
+                 "groups": rows}

@@ -448,3 +448,40 @@ def test_adaptation_trains_on_mse_plus_msssim(model, monkeypatch):
         fit.train(2)
         learned.append(torch.cat([p.detach().flatten() for p in fit.train_params]))
     assert not torch.equal(*learned)
+
+
+def test_one_update_per_group_of_segments(model, video, monkeypatch):
+    """With groups of at most ADAPT_SEGMENTS segments the encoder fits one update per group
+    (its own windows, weighed against its own segments' bytes; the steps asked for each), writes
+    an ADAPT record for each, and refines each segment through the decoder its record adapts."""
+    from neuralcodec import refine
+    from neuralcodec.video_io import VideoMeta
+    assert finetune.segment_groups(7, 4) == [(0, 4), (4, 3)]
+    assert finetune.segment_groups(3, 4) == [(0, 3)] and finetune.segment_groups(9, 4) == [(0, 3), (3, 3), (6, 3)]
+    monkeypatch.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
+    monkeypatch.setattr(finetune, "ADAPT_SEGMENTS", 2)
+    ticks = []
+    buf = io.BytesIO()
+    res = codec.compress_to_file(model, video, buf, segment_frames=9, adapt=12, refine=2,
+                                 adapt_progress=ticks.append)
+    data = buf.getvalue()
+    meta = VideoMeta(video.shape[2], video.shape[1], 25, None, "rgb24")
+    opts = EncodeOptions.of(None, segment_frames=9, adapt=12).checked(model)
+    assert len(ticks) == 24 == codec.adapt_steps(model, meta, opts, len(video))
+    assert codec.adapt_steps(model, meta, opts, None) is None
+    groups = res.adaptation["groups"]
+    assert [g["segments"] for g in groups] == [[0, 2], [2, 1]] and all(g["kept"] for g in groups)
+    assert res.adaptation["update_bytes"] == sum(g["update_bytes"] for g in groups)
+    recs = records(data)
+    header = ct.Reader(io.BytesIO(data)).header
+    ads = [adapt.Adaptation.parse(r.payload, header) for r in recs[:2]]
+    assert [(a.first_segment, a.segments) for a in ads] == [(0, 2), (2, 1)]
+    assert ads[0].tensors != ads[1].tensors
+    segs = [r.payload for r in recs if r.type == ct.REC_SEGMENT]
+    for a in ads:  # each segment refined through its own group's adapted decoder
+        through = [r.payload for r in records(codec.compress(refine.refine_model(model, a), video,
+                                                             segment_frames=9, refine=2))
+                   if r.type == ct.REC_SEGMENT]
+        for i in range(a.first_segment, a.first_segment + a.segments):
+            assert segs[i] == through[i]
+    # (each segment decodes with the record covering it: test_several_updates_each_decode_their_segments)

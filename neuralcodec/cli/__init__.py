@@ -150,7 +150,8 @@ def _encode(input: Path, output: Path, model_name, device, precision, force, qui
     opts.check_frame_size(meta.width, meta.height)
     t0 = time.perf_counter()
     total = meta.frames if meta.frames is not None or video is not input else vio.count_frames(input)
-    steps = progress(opts.adapt, quiet, "adapt", "step") if opts.adapt else contextlib.nullcontext()
+    steps = (progress(codec.adapt_steps(model, meta, opts, total), quiet, "adapt", "step")
+             if opts.adapt else contextlib.nullcontext())
     with atomic_output(output, force) as tmp, progress(total, quiet, "encode") as bar, steps as abar:
         with open(tmp, "wb") as fo:
             res = codec.compress_to_file(model, video, fo, opts, progress=bar.update,
@@ -167,10 +168,12 @@ def _encode(input: Path, output: Path, model_name, device, precision, force, qui
                f"{8 * res.bytes_written / 1000 / float(h.frames / h.fps):.1f} kbps, "
                f"{h.bits}/{h.model_bits} bits, {res.context_segments}/{res.segments} segments "
                f"entropy coded, {dt:.2f} s ({h.frames / dt:.2f} fps)")
-    if res.adaptation is not None:
-        a = res.adaptation
+    groups = [] if res.adaptation is None else res.adaptation.get("groups", [res.adaptation])
+    for a in groups:
         where = "held-out" if a.get("windows_held_out") else "training"
-        click.echo(f"adaptation of the {a.get('decoder', 'full')} decoder: {a['steps']} steps, "
+        first, count = a.get("segments", (0, res.segments))
+        span = f" for segments {first}..{first + count - 1}" if len(groups) > 1 else ""
+        click.echo(f"adaptation of the {a.get('decoder', 'full')} decoder{span}: {a['steps']} steps, "
                    f"{a.get('gain_db', 0):+.2f} dB on {where} frames for {a.get('update_bytes', 0)} bytes: "
                    + ("sent" if a["kept"]
                       else f"not sent ({a.get('why') or 'needed %+.2f dB' % a['needed_db']})"))
