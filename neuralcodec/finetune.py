@@ -420,13 +420,25 @@ def fit_adaptations(model: torch.nn.Module, stream: bytes, samples, steps: int,
     summary of each)."""
     header = ct.Reader(io.BytesIO(stream)).header
     ranges = segment_groups(header.segment_count, per)
-    got = [fit_adaptation(model, stream, samples, steps, progress,
-                          segments=None if len(ranges) == 1 else r) for r in ranges]
+    if len(ranges) == 1:
+        ad, row = fit_adaptation(model, stream, samples, steps, progress)
+        return [ad] if ad is not None else [], row
+    got = []
+    for first, count in ranges:
+        mine = [s for s in samples if first <= s[0][0] < first + count]
+        if mine:
+            got.append(fit_adaptation(model, stream, mine, steps, progress, segments=(first, count)))
+        else:  # the sampler kept no window there (large frames: few windows in its memory)
+            got.append((None, {"steps": 0, "segments": [first, count], "kept": False,
+                               "why": "no frames of these segments kept"}))
+            if progress:
+                progress(steps)
     ads = [ad for ad, _ in got if ad is not None]
-    if len(got) == 1:
-        return ads, got[0][1]
     rows = [row for _, row in got]
     sent = [row for row in rows if row["kept"]]
-    return ads, {"steps": steps, "decoder": rows[0]["decoder"], "kept": bool(sent),
+    decoder = next((row["decoder"] for row in rows if "decoder" in row), DECODER_AUTO)
+    for row in rows:
+        row.setdefault("decoder", decoder)
+    return ads, {"steps": steps, "decoder": decoder, "kept": bool(sent),
                  "update_bytes": sum(row.get("update_bytes", 0) for row in sent),
                  "groups": rows}

@@ -485,3 +485,23 @@ def test_one_update_per_group_of_segments(model, video, monkeypatch):
         for i in range(a.first_segment, a.first_segment + a.segments):
             assert segs[i] == through[i]
     # (each segment decodes with the record covering it: test_several_updates_each_decode_their_segments)
+
+
+def test_a_group_without_kept_frames_gets_no_update(model, video, monkeypatch):
+    """Large frames leave the sampler room for few windows: a group of segments none of whose
+    frames were kept is left without an update (said so), the others are fitted as usual."""
+    monkeypatch.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
+    monkeypatch.setattr(finetune, "ADAPT_SEGMENTS", 1)
+    monkeypatch.setattr(finetune, "SAMPLE_WINDOWS", 1)  # one window: segment 0's first
+    ticks = []
+    buf = io.BytesIO()
+    res = codec.compress_to_file(model, video, buf, segment_frames=9, adapt=5,
+                                 adapt_progress=ticks.append)
+    groups = res.adaptation["groups"]
+    assert [g["kept"] for g in groups] == [True, False, False]
+    assert all("no frames" in g["why"] for g in groups[1:]) and sum(ticks) == 15
+    recs = records(buf.getvalue())
+    header = ct.Reader(io.BytesIO(buf.getvalue())).header
+    assert [r.type for r in recs[:2]] == [ct.REC_ADAPT, ct.REC_SEGMENT]
+    ad = adapt.Adaptation.parse(recs[0].payload, header)
+    assert (ad.first_segment, ad.segments) == (0, 1)
