@@ -45,6 +45,7 @@ from .layers import FrameGroupNorm, streaming
 from .losses import distortion
 from .model import inference_dtype
 from .payload import decode_codes
+from .tokenfile import MAX_ADAPT_RECORDS
 from .weights import decoder_variant, load_model, model_identity, registry
 
 ADAPT_LR = 1e-2  # Adam learning rate (the study's choice for biases, norms and AdaGN)
@@ -404,8 +405,10 @@ def fit_adaptation(model: torch.nn.Module, stream: bytes, samples, steps: int,
 def segment_groups(count: int, per: Optional[int] = None) -> List[Tuple[int, int]]:
     """The (first, count) ranges of the updates of a stream of ``count`` segments: as few
     consecutive groups of at most ``per`` (default :data:`ADAPT_SEGMENTS`) segments as cover
-    it, of sizes differing by at most 1, the larger first."""
-    n = max(1, -(-count // (per or ADAPT_SEGMENTS)))
+    it, of sizes differing by at most 1, the larger first — and at most
+    :data:`~neuralcodec.tokenfile.MAX_ADAPT_RECORDS` groups (the records a tokens file carries;
+    longer streams get larger groups)."""
+    n = min(MAX_ADAPT_RECORDS, max(1, -(-count // (per or ADAPT_SEGMENTS))))
     cuts = [-(-i * count // n) for i in range(n + 1)]
     return [(a, b - a) for a, b in zip(cuts, cuts[1:])]
 

@@ -458,6 +458,9 @@ def test_one_update_per_group_of_segments(model, video, monkeypatch):
     from neuralcodec.video_io import VideoMeta
     assert finetune.segment_groups(7, 4) == [(0, 4), (4, 3)]
     assert finetune.segment_groups(3, 4) == [(0, 3)] and finetune.segment_groups(9, 4) == [(0, 3), (3, 3), (6, 3)]
+    from neuralcodec.tokenfile import MAX_ADAPT_RECORDS  # a long stream: larger groups, ≤ 16
+    long = finetune.segment_groups(1000, 4)
+    assert len(long) == MAX_ADAPT_RECORDS and sum(n for _, n in long) == 1000
     monkeypatch.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
     monkeypatch.setattr(finetune, "ADAPT_SEGMENTS", 2)
     ticks = []
