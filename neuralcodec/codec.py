@@ -140,8 +140,8 @@ def adapt_steps(model: torch.nn.Module, meta: VideoMeta, options: EncodeOptions,
         return 0
     if frames is None:
         return None
-    seg = stream_header(model, meta, options).segment_frames
-    return options.adapt * len(segment_groups(-(-frames // seg)))
+    header = stream_header(model, dataclasses.replace(meta, frames=frames), options)
+    return options.adapt * len(segment_groups(header.segment_count))
 
 
 def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
