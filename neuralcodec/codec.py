@@ -37,7 +37,8 @@ from .adapt import ADAPT_HEAD, METHOD_VARIANT, stream_decoders
 from .audio import AudioSink, AudioSource, write_audio
 from .chunks import Progress, chunk_frames
 from .errors import InputError, MGVError, RecordError, ResourceError
-from .finetune import FrameSampler, fit_adaptations, segment_groups
+from .finetune import fit_adaptations, segment_groups
+from .sampling import FrameSampler
 from .model import PRECISIONS
 from .options import ENTROPY_MODES, EncodeOptions
 from .payload import RATE_TOLERANCE, SEGMENT_OVERHEAD, STREAM_TAIL, encode_payload, rate_payload
@@ -165,8 +166,8 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
     default: Triton on CUDA, PyTorch elsewhere). ``rdo``: λ of the encoder's choice to repeat
     a token of the previous latent frame where that costs little (0 = plain quantization;
     :func:`neuralcodec.rdo.select_codes`). ``refine``: Adam steps per decoder chunk that
-    optimise the codes through the decoder before the RDO (0 = off; about 3 decoder passes
-    each: :func:`neuralcodec.refine.refine_latents`); with rate control they refine for
+    optimise the codes through the decoder, each step judging the codes the RDO will store
+    (0 = off; about 3 decoder passes each: :func:`neuralcodec.refine.refine_latents`); with rate control they refine for
     ``bits`` and the rate control truncates the refined codes; they are refined through the
     decoder that decodes them (:func:`neuralcodec.refine.refine_model`: with ``adapt``, the
     adapted one — the update is fitted to the encoder's codes of a first pass and the codes
@@ -254,7 +255,7 @@ def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progr
     chosen: List[int] = []
     while True:
         model = net(index).eval()
-        n, latents = encode_refined(model, it, meta, seg, bits, refine, progress)
+        n, latents = encode_refined(model, it, meta, seg, bits, refine, progress, rdo)
         if n == 0:
             break
         if total + n > ct.MAX_FRAMES:

@@ -37,10 +37,11 @@ DEFAULT_REFINE = 0
 REFINE_LR = 0.05
 # The refinement's rate term (neuralcodec.refine): its weight against the MSE, and the cap (in
 # squared quantization steps) of a token's pull toward the previous latent frame's codes. Chosen
-# on the validation clips (lab/notes/refine_rate.md; 2026-12-07, λ 2, 20 steps): at 18 bits
-# 1e-3 stores 13–18% fewer bytes than no term for 0.02–0.29 dB, +0.07 dB above the curve of
-# refinement without it on both clips; 3e-3 loses more for no fewer bytes.
-REFINE_RATE = 1e-3
+# on the validation clips (lab/notes/refine_rate.md): 1e-3 while the RDO ran after refinement
+# (2026-12-07, 18 bits: 13–18% fewer bytes than no term for 0.02–0.29 dB); 2e-3 since each step
+# judges the codes the RDO stores (session 24, 65 frames of car and juggle at 6 and 18 bits: of
+# 1e-3, 2e-3 and 3e-3 the one at or above the earlier refinement's curve on all four points).
+REFINE_RATE = 2e-3
 REFINE_RATE_CAP = 4.0
 # Weight of the MS-SSIM term of the refinement's distortion (neuralcodec.losses.distortion).
 REFINE_MSSSIM = 0.0

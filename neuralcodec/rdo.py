@@ -27,6 +27,8 @@ its points lie on the convex hull of all (bits, λ) points at 6, 12 and 18 bits;
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -35,24 +37,31 @@ from .quantizer import sign_quantize
 
 
 def select_codes(latents: torch.Tensor, quantizer: nn.Module, bits: int,
-                 lam: float = DEFAULT_LAMBDA) -> torch.Tensor:
+                 lam: float = DEFAULT_LAMBDA, prev: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-bit latents of one segment ``1×K×t×h×w`` (float, :meth:`Tokenizer.encode_latents`)
     → the codes to store, ``1×bits×t×h×w`` in {-1, +1} (same dtype and device): the signs of
     the first ``bits`` latents, except that a token of latent frame t >= 1 repeats the code of
     frame t − 1 when that adds at most ``lam`` to its squared error in quantization steps
     (module docstring).
-    ``quantizer``: the model's (``model.quantizer``)."""
+    ``quantizer``: the model's (``model.quantizer``); ``prev``: the codes chosen for the latent
+    frame before ``latents``' first one, ``1×bits×1×h×w``, when ``latents`` continue a segment
+    (its first frame may then repeat them too: the decisions of a segment taken a part at a
+    time are those of the whole); None: ``latents`` start a segment."""
     codes = sign_quantize(latents[:, :bits])
-    if lam <= 0 or codes.shape[2] < 2:
+    if lam <= 0 or (codes.shape[2] < 2 and prev is None):
         return codes
     scale = 1.0 / quantizer.steps(bits).to(latents.device).view(1, -1, 1, 1, 1)
     target = quantizer.targets(latents).float() * scale  # 1×C×t×h×w, in steps
     vals = quantizer.values(codes).float() * scale
     err_new = (target - vals).square().sum(1)  # 1×t×h×w
     out = codes.clone()
-    for t in range(1, codes.shape[2]):
-        err_prev = (target[:, :, t] - vals[:, :, t - 1]).square().sum(1)  # 1×h×w
-        repeat = (err_prev - err_new[:, t] <= lam).unsqueeze(1)
-        out[:, :, t] = torch.where(repeat, out[:, :, t - 1], codes[:, :, t])
-        vals[:, :, t] = torch.where(repeat, vals[:, :, t - 1], vals[:, :, t])
+    last = None if prev is None else (prev[:, :, 0].to(codes.dtype),
+                                      (quantizer.values(prev).float() * scale)[:, :, 0])
+    for t in range(codes.shape[2]):
+        if last is not None:
+            err_prev = (target[:, :, t] - last[1]).square().sum(1)  # 1×h×w
+            repeat = (err_prev - err_new[:, t] <= lam).unsqueeze(1)
+            out[:, :, t] = torch.where(repeat, last[0], codes[:, :, t])
+            vals[:, :, t] = torch.where(repeat, last[1], vals[:, :, t])
+        last = out[:, :, t], vals[:, :, t]
     return out

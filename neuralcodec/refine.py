@@ -24,9 +24,13 @@ depends on the frame size, not on the segment's length. Each chunk keeps the bes
 steps visited, not the last (at few bits a step can land on worse codes: on one clip at 6 bits
 the last step's codes decoded 0.07 dB below the encoder's).
 
+Each step decodes the codes that will be stored: the RDO's choice (:mod:`neuralcodec.rdo`, the
+same λ, made in frame order on the current values given the codes already chosen), not the
+plain signs — refinement that ignores the RDO run after it finds codes the RDO then replaces by
+the previous frame's (validation, 6 bits: 1.2 dB of car's refinement gain undone that way).
 It only changes which codes the encoder writes: the format is unchanged and any decoder reads
-the result (spec §7, "Encoder freedom"). The RDO (:mod:`neuralcodec.rdo`) then runs on the
-refined latents. It costs about 3 decoder passes per step (forward and backward).
+the result (spec §7, "Encoder freedom"). It costs about 3 decoder passes per step (forward and
+backward).
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ from .errors import InputError
 from .layers import StreamingModule, streaming
 from .losses import distortion
 from .model import inference_dtype, mask_bits
-from .quantizer import sign_quantize
+from .rdo import select_codes
 from .weights import DECODER_AUTO, decoder_variant
 
 __all__ = ["DEFAULT_REFINE", "MAX_REFINE", "REFINE_LR", "REFINE_MAX_PIXELS", "check_refine_size",
@@ -66,32 +70,42 @@ def _restore(state: Dict[torch.nn.Module, dict]) -> None:
             setattr(m, k, v)
 
 
-def _codes(model, z: torch.Tensor, bits: int) -> torch.Tensor:
-    """Unbounded values ``1×C×n×h×w`` → the decoder's input ``1×K×n×h×w`` (model dtype): the
-    codes of the first ``bits`` bits, the rest 0, straight-through gradient to ``z``."""
-    return mask_bits(model.quantizer(z).codes, bits).to(model.dtype)
+def _stored(q, z: torch.Tensor, bits: int, lam: float,
+            prev: Optional[torch.Tensor]) -> torch.Tensor:
+    """Unbounded values ``1×C×n×h×w`` → the codes that will be stored for them,
+    ``1×bits×n×h×w`` in {-1, +1}, no gradient: the RDO's choice with ``lam`` given ``prev``,
+    the codes chosen for the latent frame before (:func:`~neuralcodec.rdo.select_codes`)."""
+    with torch.no_grad():
+        return select_codes(q.latents(z.detach()), q, bits, lam, prev)
 
 
-def _stored_values(q, lat: torch.Tensor, bits: int) -> torch.Tensor:
-    """Per-bit latents ``1×K×…`` → the channel values ``1×C×…`` their first ``bits`` signs decode to."""
-    return q.values(sign_quantize(lat[:, :bits]))
+def _codes(model, z: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """The decoder's input ``1×K×n×h×w`` (model dtype) for stored codes ``1×b×n×h×w``: their
+    values as the decoder reads them (bits >= b 0), with the quantizer's straight-through
+    gradient to ``z`` for each of the b bits (also where the RDO repeats a code: the gradient
+    says which way the token's code should move, and may end the repeat)."""
+    q = model.quantizer
+    plain = mask_bits(q(z).codes, stored.shape[1])
+    dec = q.decoder_codes(stored).to(plain.dtype)
+    dec = torch.nn.functional.pad(dec, (0, 0, 0, 0, 0, 0, 0, plain.shape[1] - dec.shape[1]))
+    return (dec + (plain - plain.detach())).to(model.dtype)
 
 
-def _repeat_cost(q, z: torch.Tensor, prev: Optional[torch.Tensor], bits: int,
+def _repeat_cost(q, z: torch.Tensor, prev: Optional[torch.Tensor], stored: torch.Tensor,
                  cap: float) -> torch.Tensor:
     """The refinement's rate term for one chunk: per token of latent frames t >= 1 (of the
-    segment), its squared distance in quantization steps from the value the codes of frame t − 1
-    decode to (the RDO's measure, :mod:`neuralcodec.rdo`), capped at ``cap`` so that a token
-    that truly changed feels no pull; mean over the chunk's tokens. ``z``: ``1×C×n×h×w``
-    unbounded values (with gradient); ``prev``: ``1×C×1×h×w`` values of the codes chosen for
-    the latent frame before the chunk, None at the segment's start."""
-    step = q.steps(bits).to(z.device).view(1, -1, 1, 1, 1)
-    lat = q.latents(z)
-    v = q.targets(lat)
-    with torch.no_grad():
-        vals = _stored_values(q, lat.detach(), bits).to(v.dtype)
-    ref = vals[:, :, :-1] if prev is None else torch.cat([prev.to(v.dtype), vals[:, :, :-1]], 2)
-    cur = v[:, :, 1:] if prev is None else v
+    segment), its squared distance in quantization steps from the value the codes stored for
+    frame t − 1 decode to (the RDO's measure, :mod:`neuralcodec.rdo`), capped at ``cap`` so
+    that a token that truly changed feels no pull; mean over the chunk's tokens. ``z``:
+    ``1×C×n×h×w`` unbounded values (with gradient); ``prev``: ``1×b×1×h×w`` codes chosen for
+    the latent frame before the chunk, None at the segment's start; ``stored``: the chunk's
+    codes ``1×b×n×h×w`` (:func:`_stored`)."""
+    step = q.steps(stored.shape[1]).to(z.device).view(1, -1, 1, 1, 1)
+    v = q.targets(q.latents(z))
+    vals = q.values(stored).to(v.dtype)
+    if prev is not None:
+        vals = torch.cat([q.values(prev).to(v.dtype), vals], 2)
+    ref, cur = vals[:, :, :-1], (v[:, :, 1:] if prev is None else v)
     if cur.shape[2] == 0:
         return z.new_zeros(())
     return ((cur - ref) / step).square().sum(1).clamp(max=cap).sum() / v[:, 0].numel()
@@ -100,7 +114,7 @@ def _repeat_cost(q, z: torch.Tensor, prev: Optional[torch.Tensor], bits: int,
 def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, bits: int,
                    steps: int, lr: float = REFINE_LR, progress: Progress = None,
                    rate: float = REFINE_RATE, rate_cap: float = REFINE_RATE_CAP,
-                   msssim: float = REFINE_MSSSIM) -> torch.Tensor:
+                   msssim: float = REFINE_MSSSIM, rdo: float = 0.0) -> torch.Tensor:
     """Refine one segment's per-bit latents through the decoder (module docstring).
 
     ``frames``: the segment's T frames, ``H×W×3`` uint8 RGB (T at most ``1 + f·(t − 1)``;
@@ -112,7 +126,10 @@ def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, b
     clamps it, so no chunk ends worse than it began); ``progress``: called with the number of
     frames of each chunk when it is done;
     ``rate``, ``rate_cap``: the rate term's weight and cap (module docstring; rate 0: none);
-    ``msssim``: the weight of the MS-SSIM term of the distortion (:func:`~neuralcodec.losses.distortion`).
+    ``msssim``: the weight of the MS-SSIM term of the distortion (:func:`~neuralcodec.losses.distortion`);
+    ``rdo``: the λ of the RDO that will choose the stored codes (each step decodes its choice;
+    0: the plain signs). ``select_codes(result, model.quantizer, bits, rdo)`` gives the codes
+    the kept loss was measured on.
     → refined per-bit latents, same shape, float32 on the latents' device. The model's weights
     are not changed; a float32 model on a CPU with native bfloat16 runs the steps under
     bfloat16 autocast (twice as fast; the gradient is only a search direction)."""
@@ -127,7 +144,7 @@ def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, b
     z_all = q.unbounded(latents.float())
     auto = model.dtype == torch.float32 and inference_dtype(dev) == torch.bfloat16
     out = []
-    prev = None  # values of the codes of the latent frame before the chunk (rate term)
+    prev = None  # the codes stored for the latent frame before the chunk (RDO, rate term)
     with streaming(model.decoder):
         for t0, n in latent_chunks(t_all, step):
             f0 = 0 if t0 == 0 else 1 + tf * (t0 - 1)
@@ -140,11 +157,12 @@ def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, b
             def objective() -> torch.Tensor:  # this chunk's loss for the current z
                 _restore(before)
                 with torch.autocast(dev.type, torch.bfloat16, enabled=auto):
-                    rec = model.decoder(_codes(model, z, bits))
+                    stored = _stored(q, z, bits, rdo, prev)
+                    rec = model.decoder(_codes(model, z, stored))
                     # clamped as decoding clamps: judged by what will be decoded
                     loss = distortion(rec[:, :, :f1 - f0].clamp(-1, 1), target, msssim)
                     if rate > 0:
-                        loss = loss + rate * _repeat_cost(q, z, prev, bits, rate_cap)
+                        loss = loss + rate * _repeat_cost(q, z, prev, stored, rate_cap)
                 return loss
 
             best, best_z = float("inf"), None
@@ -161,10 +179,10 @@ def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, b
             z = best_z
             _restore(before)
             with torch.no_grad():  # carry the state of the codes actually chosen
-                model.decoder(_codes(model, z, bits))
+                stored = _stored(q, z, bits, rdo, prev)
+                model.decoder(_codes(model, z, stored))
             out.append(z)
-            with torch.no_grad():
-                prev = _stored_values(q, q.latents(z[:, :, -1:]), bits)
+            prev = stored[:, :, -1:]
             if progress:
                 progress(f1 - f0)
     return q.latents(torch.cat(out, dim=2)).float()
@@ -198,10 +216,11 @@ def check_refine_size(width: int, height: int, steps: int) -> None:
 
 
 def encode_refined(model, it: Iterator[np.ndarray], meta, seg_frames: int, bits: int, steps: int,
-                   progress: Progress = None) -> Tuple[int, Optional[torch.Tensor]]:
+                   progress: Progress = None, rdo: float = 0.0) -> Tuple[int, Optional[torch.Tensor]]:
     """:func:`neuralcodec.chunks.encode_segment` followed by :func:`refine_latents` at
     ``bits`` with ``steps`` (0: encode_segment alone) → (frames read, per-bit latents
-    ``1×K×t×h×w``) or (0, None) at the end. With refinement the segment's frames are kept
+    ``1×K×t×h×w``) or (0, None) at the end; ``rdo``: the λ that will choose the stored codes
+    (:func:`refine_latents`). With refinement the segment's frames are kept
     until it is refined and ``progress`` counts refined frames (the slow part). The callers
     check the frame size once, before the first segment (:func:`check_refine_size`)."""
     if steps <= 0:
@@ -218,4 +237,4 @@ def encode_refined(model, it: Iterator[np.ndarray], meta, seg_frames: int, bits:
     n, latents = encode_segment(model, tap(), meta, seg_frames)
     if n == 0:
         return 0, None
-    return n, refine_latents(model, kept[:n], latents, bits, steps, progress=progress)
+    return n, refine_latents(model, kept[:n], latents, bits, steps, progress=progress, rdo=rdo)

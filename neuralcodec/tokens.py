@@ -239,7 +239,7 @@ def tokenize(model: torch.nn.Module, video: VideoInput, options: Optional[Encode
     total = 0
     while True:
         n, latents = encode_refined(model, it, meta, header.segment_frames, header.bits, refine,
-                                    progress)
+                                    progress, rdo)
         if n == 0:
             break
         codes = select_codes(latents, model.quantizer, header.bits, rdo)

@@ -55,6 +55,14 @@ def test_select_codes_follows_the_repeat_rule(quantizer, bits):
                for c in (plain, select_codes(latents, quantizer, bits, 0.1),
                          select_codes(latents, quantizer, bits, 1.0))]
     assert changed[0] > changed[1] > changed[2]
+    # a segment decided a part at a time (refinement's chunks), each part given the codes
+    # chosen for the frame before it, gets the whole segment's decisions
+    for lam in (0.1, 1.0):
+        whole = select_codes(latents, quantizer, bits, lam)
+        parts = [select_codes(latents[:, :, :2], quantizer, bits, lam)]
+        parts.append(select_codes(latents[:, :, 2:5], quantizer, bits, lam, parts[-1][:, :, -1:]))
+        parts.append(select_codes(latents[:, :, 5:], quantizer, bits, lam, parts[-1][:, :, -1:]))
+        assert torch.equal(torch.cat(parts, 2), whole)
 
 
 def test_plane_values_are_the_cell_midpoints():

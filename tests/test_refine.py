@@ -12,6 +12,7 @@ from neuralcodec.cli import main
 from neuralcodec.errors import InputError
 from neuralcodec.quantizer import sign_quantize
 from neuralcodec.configs import REFINE_RATE
+from neuralcodec.rdo import select_codes
 from neuralcodec.refine import refine_latents
 
 from test_cli import make_video, one_error_line, refused  # noqa: E402
@@ -178,3 +179,38 @@ def test_refinement_keeps_the_best_codes_it_visited(models):
         # a sane step size still moves the codes (the best is not always the start)
         tuned = refine_latents(model, list(v), lat, model.cfg.bits, 8, rate=0.0)
         assert err(tuned) < 0.98 * start
+
+
+def test_refinement_judges_the_codes_the_rdo_stores(models):
+    """refine_latents(rdo=λ): every step decodes the codes the RDO will store (repeats of the
+    previous latent frame's codes included, across the decoder's chunks), and the codes whose
+    decoder state it carries from chunk to chunk are exactly those
+    ``select_codes(result, λ)`` stores (judging the plain signs, as before, it carried codes
+    the stream never holds wherever the RDO repeats one)."""
+    v = moving_clip(t=21)  # 6 latent frames: chunks of 1, then 4, then 1
+    x = torch.from_numpy(v).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    lam, steps = 4.0, 3
+    for model in models:
+        q, k = model.quantizer, model.cfg.bits
+        lat = model.encode_latents(model.pad_video(x))
+        for bits in (2, k):
+            seen = []
+            hook = model.decoder.register_forward_pre_hook(
+                lambda m, args: seen.append(args[0].detach().float().clone()))
+            try:
+                got = refine_latents(model, list(v), lat, bits, steps, rate=0.0, rdo=lam)
+            finally:
+                hook.remove()
+            stored = select_codes(got, q, bits, lam)
+            assert not torch.equal(stored, sign_quantize(got[:, :bits]))  # the RDO repeats some
+            want = q.decoder_codes(stored).float()
+            want = torch.cat([want, want.new_zeros((1, k - bits) + want.shape[2:])], 1)
+            carried = torch.cat(seen[steps + 1::steps + 2], 2)  # the last call of each chunk
+            assert len(seen) == 3 * (steps + 2) and torch.equal(carried, want), (model.name, bits)
+
+        def err(latents):
+            codes = select_codes(latents, q, k, lam)
+            rec = model.decode(codes, k)[:, :, :21, :32, :48].clamp(-1, 1)
+            return float((rec - x).square().mean())
+        tuned = refine_latents(model, list(v), lat, k, 8, rate=0.0, rdo=lam)
+        assert err(tuned) < 0.98 * err(lat)

@@ -10,10 +10,10 @@ variant's λ without refinement), the update fitted to the plain codes when ``--
 (``finetune.fit_adaptation``, as ``mgv encode --adapt`` does), then each variant μ:λ refines
 through the (adapted) decoder that decodes the stream (``refine.refine_model``) with rate weight
 μ, RDO λ, the update inserted. Every byte counted; PSNR-RGB / MS-SSIM over the frames used.
-A refinement is computed once per μ and reused for every λ (the RDO runs after it).
+Since session 24 the refinement judges the codes the RDO will store (``refine_latents(rdo=λ)``),
+so each (μ, λ) refines anew (until then one refinement per μ served every λ).
 """
 import argparse
-import functools
 import io
 import json
 import os
@@ -36,7 +36,8 @@ def measure(frames, data):
 
 
 class Replay:
-    """refine_latents with rate weight ``mu``, computed once per segment and replayed."""
+    """refine_latents with rate weight ``mu``, computed once per segment and replayed (a
+    stream's segments are refined once however often the encode asks)."""
 
     def __init__(self, fn, mu, msssim=0.0):
         self.fn, self.mu, self.msssim, self.cache, self.calls = fn, mu, msssim, [], 0
@@ -104,10 +105,8 @@ def main() -> None:
         variant = refine.decoder_variant
         refine.decoder_variant = lambda m, choice="auto", models_dir=None: None
         for mu, ms in [(m, s) for m in sorted({m for m, _ in variants}) for s in a.refine_msssim]:
-            cached = Replay(orig, mu, ms)
             for lam in [l for m, l in variants if m == mu]:
-                cached.calls = 0  # replay from the first segment
-                refine.refine_latents = cached
+                refine.refine_latents = Replay(orig, mu, ms)  # refined for this λ too
                 t0 = time.perf_counter()
                 b = io.BytesIO()
                 codec.compress_to_file(rmodel, frames, b, bits=bits, refine=a.refine, rdo=lam)
