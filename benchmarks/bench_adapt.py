@@ -111,7 +111,9 @@ def report(res: dict, out: Path) -> None:
                 (f"segments {g['segments'][0]}–{sum(g['segments']) - 1} " if len(groups) > 1 else "")
                 + f"{'sent' if g['kept'] else 'not sent'}: {g.get('candidate', '')} "
                 f"{g.get('update_bytes', 0)} B, {g.get('gain_db', 0):+.2f} dB measured"
-                f" (needed {g.get('needed_db', 0):+.2f})" for g in groups)
+                f" (needed {g.get('needed_db', 0):+.2f}"
+                + (f" at {g['slope_db']:.2f} dB per doubling" if "slope_db" in g else "") + ")"
+                for g in groups)
             ms = "" if p["ms_ssim"] is None else f"{p['ms_ssim']:.4f}"
             lines.append(f"| {p['bits']} | {p['adapt']} | {p.get('refine', 0)} | {p['bytes']} | {p['bpp']:.4f} | "
                          f"{p['psnr_rgb']:.2f} | {ms} | {p['encode_s']:.1f} | {p['decode_s']:.1f} | {upd} |")

@@ -1,7 +1,8 @@
 """Encoder side of decoder adaptation (``mgv encode --adapt N``, the slow presets): fit the
 decoder's biases, normalisation affines and AdaGN projections to the video being coded, tokens
 fixed, and code the change as an ADAPT record (:mod:`neuralcodec.adapt`, spec §8c) — kept only
-when its measured gain pays for its bytes.
+when its measured gain pays for its bytes at the video's own rate–distortion slope
+(:meth:`Fitting.own_slope`: the point then lands above the plain stream's curve).
 
 Chosen by the study ``benchmarks/adapt_study.py`` (validation clips cut from
 ``../shared/data/train``, never eval/): that set (34k numbers in the shipped model) gave the
@@ -32,7 +33,7 @@ from __future__ import annotations
 import copy
 import io
 import math
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -44,7 +45,8 @@ from .chunks import decoder_step, frames_to_tensor
 from .layers import FrameGroupNorm, streaming
 from .losses import distortion
 from .model import inference_dtype
-from .payload import decode_codes
+from .payload import decode_codes, encode_payload
+from .sampling import WINDOW_LATENTS, window_frames
 from .tokenfile import MAX_ADAPT_RECORDS
 from .weights import decoder_variant, load_model, model_identity, registry
 
@@ -52,14 +54,12 @@ ADAPT_LR = 1e-2  # Adam learning rate (the study's choice for biases, norms and 
 ADAPT_MSSSIM = 0.1  # weight of the MS-SSIM term of the training loss (losses.distortion; 0 = MSE only)
 LR_FLOOR = 0.1  # with a decay (Fitting's total), the learning rate ends at this fraction
 MAX_ADAPT = 10000  # most steps --adapt accepts
-WINDOW_LATENTS = 5  # latent frames of a training window (17 or 20 frames of the shipped model)
 CONTEXT_LATENTS = 2  # latent frames decoded without gradient before a window inside a segment
 STEP_PIXELS = 17 * 224 * 224  # pixels × frames a training step decodes (crop bound)
-SAMPLE_WINDOWS = 256  # training windows whose frames the encoder keeps …
-SAMPLE_BYTES = 256 << 20  # … within this many bytes of frames (at least one window)
-# The update is kept when its gain (dB, on the held-out windows) is at least this many dB per
-# doubling of the stream's bytes it costs: about the model's own slope at its default rate (1.6 dB
-# per doubling at 12 bits, 0.5 at 18: the v6 card), so that the point lands above the plain curve.
+# The update is kept when its gain (dB, on the held-out windows) is at least the video's own
+# slope (Fitting.own_slope) times the doublings of its segments' bytes it costs, so that the point
+# lands above the plain curve; where that slope cannot be measured, this many dB per doubling
+# (about the model's own at its default rate: 1.6 at 12 bits, 0.5 at 18, the v6 card).
 DB_PER_DOUBLING = 1.5
 # One update per group of at most this many consecutive segments (about 8 s at the default
 # segment length), each trained for the steps asked: a video's scenes get their own decoder.
@@ -88,46 +88,6 @@ def adapt_names(model: torch.nn.Module) -> List[str]:
             if mod.bias is not None:
                 names.append(pre + "bias")
     return sorted(set(names))
-
-
-def window_frames(j: int, tf: int) -> Tuple[int, int]:
-    """Frames (first, end) of a segment that the latent frames ``j … j+WINDOW_LATENTS-1``
-    decode to: latent 0 → frame 0, latent i ≥ 1 → frames ``tf·(i−1)+1 … tf·i``."""
-    first = 0 if j == 0 else 1 + tf * (j - 1)
-    return first, 1 + tf * (j + WINDOW_LATENTS - 1)
-
-
-class FrameSampler:
-    """Wraps a frame iterator and keeps the frames of up to :data:`SAMPLE_WINDOWS` training
-    windows within :data:`SAMPLE_BYTES`: each segment's latent frames cut into windows of
-    :data:`WINDOW_LATENTS` (starting at latent 0, W, 2W, …), the kept ones spread evenly over
-    a stream of ``frames`` frames (the first windows when the count is unknown)."""
-
-    def __init__(self, seg_frames: int, frames: Optional[int], width: int, height: int,
-                 temporal_factor: int) -> None:
-        tf = self.tf = temporal_factor
-        self.seg_frames = seg_frames
-        per = tf * WINDOW_LATENTS * width * height * 3
-        n = max(1, min(SAMPLE_WINDOWS, SAMPLE_BYTES // per))
-        lengths = ([min(seg_frames, frames - f) for f in range(0, frames, seg_frames)] if frames
-                   else [seg_frames] * n)
-        every = [(i, j) for i, length in enumerate(lengths)
-                 for j in range(0, 1 + -(-(length - 1) // tf), WINDOW_LATENTS)]
-        pick = sorted(set(int(i) for i in np.linspace(0, len(every) - 1, min(n, len(every))).round()))
-        self.kept = {every[i]: [] for i in pick}
-
-    def wrap(self, it: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-        for k, f in enumerate(it):
-            seg, pos = divmod(k, self.seg_frames)
-            latent = 0 if pos == 0 else 1 + (pos - 1) // self.tf
-            key = (seg, latent // WINDOW_LATENTS * WINDOW_LATENTS)
-            if key in self.kept:
-                self.kept[key].append(f)
-            yield f
-
-    def samples(self) -> List[Tuple[Tuple[int, int], List[np.ndarray]]]:
-        """((segment, first latent frame), its frames ``H×W×3`` uint8) of every kept window."""
-        return [(key, fr) for key, fr in self.kept.items() if fr]
 
 
 def _float_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -162,6 +122,11 @@ def _segment_codes(stream: bytes, ends: dict, k: int) -> dict:
             out[seg.index] = torch.zeros((1, k) + c.shape[2:], dtype=torch.int8)
             out[seg.index][:, :b] = c
     return out
+
+
+def _record(data: bytes) -> int:
+    """Bytes of a record with this payload in the stream (head, payload, CRC)."""
+    return ct.RECORD_HEAD.size + len(data) + ct.CRC.size
 
 
 def _window(rng: np.random.Generator, h: int, w: int, s: int, frames: int) -> Tuple[int, int, int, int]:
@@ -229,10 +194,9 @@ class Fitting:
         self.range = segments or (0, self.header.segment_count)
         first, count = self.range
         samples = [((seg, j), fr) for (seg, j), fr in samples if first <= seg < first + count]
+        segs = [sg for sg in reader.segments() if first <= sg.index < first + count]
         # the bytes the update's rate is weighed against: the stream's, or its segments' records
-        self.share = len(stream) if segments is None else sum(
-            ct.RECORD_HEAD.size + len(sg.data) + ct.CRC.size for sg in reader.segments()
-            if first <= sg.index < first + count)
+        self.share = len(stream) if segments is None else sum(_record(sg.data) for sg in segs)
         fm = self.fm = _float_model(model)
         variant = decoder_variant(fm, decoder)
         if variant is not None:
@@ -264,7 +228,26 @@ class Fitting:
         self.fit = [j for j in range(n) if j not in self.held]
         self.evals = self.held or self.fit
         self.before = self.loss_on(self.evals)
+        self.slope = self.own_slope(segs)
         self.steps = 0
+
+    def own_slope(self, segs: Sequence[ct.Segment]) -> float:
+        """This video's own rate–distortion slope just below the stream's rate, in dB per
+        doubling of bytes: the held-out windows' PSNR and the segments' bytes as stored vs with
+        the last quarter of the header's bits dropped (as rate control drops them; entropy coded
+        again). An update pays when its point lands above the plain stream's curve, whose slope
+        above the rate is at most this one where the curve is concave (the models' curves are:
+        their slope falls as the bits grow). :data:`DB_PER_DOUBLING` where nothing is dropped
+        or it does not cost quality."""
+        hdr = self.header
+        low = hdr.bits - max(1, hdr.bits // 4)
+        full = sum(_record(sg.data) for sg in segs)
+        less = sum(_record(encode_payload(decode_codes(sg, b)[:, :low], hdr.entropy)[1])
+                   for sg in segs for b in [sg.stored_bits(hdr)])
+        worse = self.loss_on(self.evals, low) if low >= 1 else 0.0
+        if low < 1 or less >= full or worse <= self.before:
+            return DB_PER_DOUBLING
+        return 10 * math.log10(worse / self.before) / math.log2(full / less)
 
     def latents(self, idx: int):
         """Sampled window ``idx`` → (its frames, its first latent frame j, the codes
@@ -297,12 +280,14 @@ class Fitting:
             if len(fr) >= self.nominal(j) or self.rng.random() < len(fr) / self.nominal(j):
                 return idx
 
-    def measure(self, idx: int) -> float:
-        """MSE (in [-1, 1] units) of sampled window ``idx`` on whole frames, as the stream's
-        decode makes them: float32, its context first, in the decoder's chunks
+    def measure(self, idx: int, bits: Optional[int] = None) -> float:
+        """MSE (in [-1, 1] units) of sampled window ``idx`` on whole frames (its codes' first
+        ``bits`` bits only when given), as the stream's decode makes them: float32, its context first, in the decoder's chunks
         (:func:`~neuralcodec.chunks.decoder_step`: bounded memory at any frame size). Crops
         would not do: the decoder's group norms take their statistics over the whole frame."""
         fr, _, lat, ctx = self.latents(idx)
+        if bits is not None:
+            lat = torch.cat([lat[:, :bits], torch.zeros_like(lat[:, bits:])], 1)  # dropped: 0
         h, w = fr[0].shape[:2]
         step = decoder_step(w, h, self.fm.cfg.temporal_factor)
         cuts = sorted(set(range(0, ctx, step)) | set(range(ctx, lat.shape[2], step)) | {lat.shape[2]})
@@ -319,9 +304,9 @@ class Fitting:
                 count, f = count + x.numel(), f + m
         return sse / max(1, count)
 
-    def loss_on(self, windows: Sequence[int]) -> float:
+    def loss_on(self, windows: Sequence[int], bits: Optional[int] = None) -> float:
         """Mean of :meth:`measure` over the sampled windows ``windows``."""
-        return float(np.mean([self.measure(i) for i in windows]))
+        return float(np.mean([self.measure(i, bits) for i in windows]))
 
     def train(self, steps: int, progress: Optional[Callable[[int], None]] = None) -> None:
         """``steps`` Adam steps, each on a random crop of a random training window (:meth:`pick`)."""
@@ -351,7 +336,8 @@ class Fitting:
         summary = {"steps": self.steps, "decoder": self.fm.variant or DECODER_FULL,
                    "segments": list(self.range),
                    "windows_sampled": len(self.data),
-                   "windows_held_out": len(self.held), "mse_before": self.before, "kept": False}
+                   "windows_held_out": len(self.held), "mse_before": self.before,
+                   "slope_db": self.slope, "kept": False}
         best = None
         with torch.no_grad():
             for label, q, keep in CANDIDATES:
@@ -369,10 +355,10 @@ class Fitting:
                 tensors.sort(key=lambda t: t.index)
                 ad = Adaptation(self.header.model_sha256, *self.range,
                                 tuple(tensors), None if sha is None else bytes.fromhex(sha)[:16])
-                size = len(ad.to_payload()) + ct.RECORD_HEAD.size + ct.CRC.size
+                size = _record(ad.to_payload())
                 after = self.loss_on(self.evals)
                 gain = 10 * math.log10(self.before / after) if after > 0 else 0.0
-                need = DB_PER_DOUBLING * math.log2(1 + size / max(1, self.share))
+                need = self.slope * math.log2(1 + size / max(1, self.share))
                 row = {"candidate": label, "gain_db": gain, "update_bytes": size, "needed_db": need,
                        "numbers": ad.numbers}
                 summary.setdefault("candidates", []).append(row)

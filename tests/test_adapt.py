@@ -4,6 +4,7 @@ back to the base decoder; an update that does not pay leaves the stream as it wa
 from __future__ import annotations
 
 import io
+import math
 import json
 import struct
 import zlib
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuralcodec import adapt, codec, finetune, streaminfo
+from neuralcodec import adapt, codec, finetune, sampling, streaminfo
 from neuralcodec import container as ct
 from neuralcodec import tokens as tk
 from neuralcodec.configs import TINY
@@ -39,7 +40,7 @@ def streams(model, video):
     """(plain stream, adapted stream, the encode's summary) — the update always kept."""
     plain = codec.compress(model, video, segment_frames=9)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
+        mp.setattr(finetune.Fitting, "own_slope", lambda self, segs: float("-inf"))
         buf = io.BytesIO()
         res = codec.compress_to_file(model, video, buf, segment_frames=9, adapt=30)
     return plain, buf.getvalue(), res
@@ -103,7 +104,7 @@ def test_adapted_weights_are_w_plus_v_times_step(model, streams):
 def test_update_that_does_not_pay_leaves_the_stream_unchanged(model, video, streams):
     plain = streams[0]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(finetune, "DB_PER_DOUBLING", float("inf"))
+        mp.setattr(finetune.Fitting, "own_slope", lambda self, segs: float("inf"))
         buf = io.BytesIO()
         res = codec.compress_to_file(model, video, buf, segment_frames=9, adapt=5)
     assert not res.adaptation["kept"] and buf.getvalue() == plain
@@ -210,7 +211,7 @@ def test_cli_encode_adapt_info_decode(runner, tmp_path, monkeypatch):
     from test_cli import make_video, one_error_line
     src = make_video(tmp_path / "in.mkv")
     mgv = tmp_path / "a.mgv"
-    monkeypatch.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
+    monkeypatch.setattr(finetune.Fitting, "own_slope", lambda self, segs: float("-inf"))
     r = runner.invoke(cli.main, ["encode", str(src), "-o", str(mgv), "--adapt", "3",
                                  "--segment-frames", "5", "-q"])
     assert r.exit_code == 0, r.output
@@ -243,7 +244,7 @@ def test_tokens_file_refuses_to_write_an_update_it_cannot_carry(streams, tmp_pat
 def test_sampler_keeps_windows_over_whole_segments():
     """Training windows tile every segment's latent frames (not only each segment's first
     frames), spread over the stream within the byte budget."""
-    s = finetune.FrameSampler(seg_frames=45, frames=100, width=8, height=8, temporal_factor=4)
+    s = sampling.FrameSampler(seg_frames=45, frames=100, width=8, height=8, temporal_factor=4)
     frames = [np.full((8, 8, 3), k, np.uint8) for k in range(100)]
     assert list(s.wrap(iter(frames))) == frames
     got = {key: [int(f[0, 0, 0]) for f in fr] for key, fr in s.samples()}
@@ -252,13 +253,13 @@ def test_sampler_keeps_windows_over_whole_segments():
     assert got[(0, 0)] == list(range(17)) and got[(0, 5)] == list(range(17, 37))
     assert got[(1, 10)] == list(range(45 + 37, 90)) and got[(2, 0)] == list(range(90, 100))
     # a segment of 19 frames has 6 latent frames (the last one holds 2 frames): 2 windows
-    s = finetune.FrameSampler(seg_frames=45, frames=19, width=8, height=8, temporal_factor=4)
+    s = sampling.FrameSampler(seg_frames=45, frames=19, width=8, height=8, temporal_factor=4)
     assert sorted(k for k, _ in s.kept.items()) == [(0, 0), (0, 5)]
     assert [len(f) for _, f in (list(s.wrap(iter(frames[:19]))), s.samples())[1]] == [17, 2]
     per = 4 * finetune.WINDOW_LATENTS * 8 * 8 * 3
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(finetune, "SAMPLE_BYTES", 3 * per)
-        s = finetune.FrameSampler(45, 100, 8, 8, 4)
+        mp.setattr(sampling, "SAMPLE_BYTES", 3 * per)
+        s = sampling.FrameSampler(45, 100, 8, 8, 4)
     assert sorted(s.kept) == [(0, 0), (1, 0), (2, 0)]  # 3 of 7, first and last included
 
 
@@ -271,7 +272,7 @@ def test_window_inside_a_segment_decodes_as_the_stream(model, monkeypatch):
     x = np.repeat(np.repeat(x, 4, 1), 4, 2)
     data = codec.compress(model, x, segment_frames=41)
     _, rec = codec.decompress(data, model=model)
-    s = finetune.FrameSampler(41, 41, 48, 32, model.cfg.temporal_factor)
+    s = sampling.FrameSampler(41, 41, 48, 32, model.cfg.temporal_factor)
     list(s.wrap(iter(x)))
     monkeypatch.setattr(finetune, "CONTEXT_LATENTS", 100)
     monkeypatch.setattr(finetune, "STEP_PIXELS", 10 ** 9)  # whole frames
@@ -285,7 +286,7 @@ def test_window_inside_a_segment_decodes_as_the_stream(model, monkeypatch):
             with finetune.streaming(dec):
                 dec(codes[:, :, :context]) if context else None
                 out = dec(codes[:, :, context:])
-        a, _ = finetune.window_frames(j, model.cfg.temporal_factor)
+        a, _ = sampling.window_frames(j, model.cfg.temporal_factor)
         got = ((out[0, :, :len(fr)].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0).numpy()
         assert np.abs(got - rec[a:a + len(fr)].astype(np.float64)).max() <= 1, (seg, j)
         # the encoder's measurement: whole frames, in the decoder's chunks, as the stream decodes
@@ -296,7 +297,7 @@ def test_window_inside_a_segment_decodes_as_the_stream(model, monkeypatch):
 def test_learning_rate_decays_over_the_total(model, streams, video):
     """With ``total`` the learning rate falls from its start (cosine) to LR_FLOOR of it and stays."""
     plain = streams[0]
-    s = finetune.FrameSampler(9, len(video), video.shape[2], video.shape[1], model.cfg.temporal_factor)
+    s = sampling.FrameSampler(9, len(video), video.shape[2], video.shape[1], model.cfg.temporal_factor)
     list(s.wrap(iter(video)))
     fit = finetune.Fitting(model, plain, s.samples(), decoder="full", total=4)
     lrs = []
@@ -313,7 +314,7 @@ def test_learning_rate_decays_over_the_total(model, streams, video):
 def test_windows_the_stream_does_not_hold_are_left_out(model, streams, video):
     """Samples keyed for longer segments than the stream's (a caller's mistake) are dropped, not
     decoded as empty windows."""
-    s = finetune.FrameSampler(45, len(video), video.shape[2], video.shape[1], model.cfg.temporal_factor)
+    s = sampling.FrameSampler(45, len(video), video.shape[2], video.shape[1], model.cfg.temporal_factor)
     list(s.wrap(iter(video)))
     assert any(j >= 5 for (_, j), _ in s.samples())
     fit = finetune.Fitting(model, streams[0], s.samples(), decoder="full")  # segments of 9 frames
@@ -330,7 +331,7 @@ def test_short_last_window_is_cropped_and_drawn_as_its_frames_say(model, monkeyp
     x = (rng.random((19, 8, 12, 3)) * 255).astype(np.uint8)
     x = np.repeat(np.repeat(x, 4, 1), 4, 2)
     data = codec.compress(model, x, segment_frames=45)
-    s = finetune.FrameSampler(45, 19, 48, 32, model.cfg.temporal_factor)
+    s = sampling.FrameSampler(45, 19, 48, 32, model.cfg.temporal_factor)
     list(s.wrap(iter(x)))
     sf = model.cfg.spatial_factor
     monkeypatch.setattr(finetune, "STEP_PIXELS", 20 * (2 * sf) ** 2)  # whole windows: 2×2 tokens
@@ -379,7 +380,7 @@ def test_refinement_after_adaptation_goes_through_the_adapted_decoder(model, vid
     one-shot frame iterator codes as the array does."""
     from neuralcodec import refine
     from neuralcodec.video_io import VideoMeta
-    monkeypatch.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
+    monkeypatch.setattr(finetune.Fitting, "own_slope", lambda self, segs: float("-inf"))
     buf = io.BytesIO()
     res = codec.compress_to_file(model, video, buf, segment_frames=9, adapt=20, refine=2)
     data = buf.getvalue()
@@ -440,7 +441,7 @@ def test_adaptation_trains_on_mse_plus_msssim(model, monkeypatch):
     assert len(seen) == 2 and finetune.ADAPT_MSSSIM > 0
     assert all(w == finetune.ADAPT_MSSSIM and msssim_window(*s[3:]) for w, s in seen), seen
     plain = codec.compress(model, x, segment_frames=9)
-    s = finetune.FrameSampler(9, len(x), x.shape[2], x.shape[1], model.cfg.temporal_factor)
+    s = sampling.FrameSampler(9, len(x), x.shape[2], x.shape[1], model.cfg.temporal_factor)
     list(s.wrap(iter(x)))
     learned = []
     for w in (0.0, finetune.ADAPT_MSSSIM):
@@ -461,7 +462,7 @@ def test_one_update_per_group_of_segments(model, video, monkeypatch):
     from neuralcodec.tokenfile import MAX_ADAPT_RECORDS  # a long stream: larger groups, ≤ 16
     long = finetune.segment_groups(1000, 4)
     assert len(long) == MAX_ADAPT_RECORDS and sum(n for _, n in long) == 1000
-    monkeypatch.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
+    monkeypatch.setattr(finetune.Fitting, "own_slope", lambda self, segs: float("-inf"))
     monkeypatch.setattr(finetune, "ADAPT_SEGMENTS", 2)
     ticks = []
     buf = io.BytesIO()
@@ -493,9 +494,9 @@ def test_one_update_per_group_of_segments(model, video, monkeypatch):
 def test_a_group_without_kept_frames_gets_no_update(model, video, monkeypatch):
     """Large frames leave the sampler room for few windows: a group of segments none of whose
     frames were kept is left without an update (said so), the others are fitted as usual."""
-    monkeypatch.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
+    monkeypatch.setattr(finetune.Fitting, "own_slope", lambda self, segs: float("-inf"))
     monkeypatch.setattr(finetune, "ADAPT_SEGMENTS", 1)
-    monkeypatch.setattr(finetune, "SAMPLE_WINDOWS", 1)  # one window: segment 0's first
+    monkeypatch.setattr(sampling, "SAMPLE_WINDOWS", 1)  # one window: segment 0's first
     ticks = []
     buf = io.BytesIO()
     res = codec.compress_to_file(model, video, buf, segment_frames=9, adapt=5,
@@ -508,3 +509,38 @@ def test_a_group_without_kept_frames_gets_no_update(model, video, monkeypatch):
     assert [r.type for r in recs[:2]] == [ct.REC_ADAPT, ct.REC_SEGMENT]
     ad = adapt.Adaptation.parse(recs[0].payload, header)
     assert (ad.first_segment, ad.segments) == (0, 1)
+
+
+def test_the_update_is_weighed_against_the_videos_own_slope(model, video):
+    """Fitting.own_slope: the held-out windows' PSNR and the segments' bytes with the last
+    quarter of the bits dropped vs as stored, in dB per doubling — with plain quantization
+    (RDO 0) exactly what a stream encoded with those fewer bits holds (the shipped model on a
+    smooth clip at 18 bits, where fewer bits cost quality; where they do not — the random tiny
+    model — DB_PER_DOUBLING); an update is kept when its gain beats that slope times the
+    doublings of the bytes it adds."""
+    from neuralcodec.weights import load_model
+    from test_refine import moving_clip
+
+    def seg_bytes(data):
+        return sum(ct.RECORD_HEAD.size + len(sg.data) + ct.CRC.size
+                   for sg in ct.Reader(io.BytesIO(data)).segments())
+
+    def fittings(net, clip, seg, k):
+        s = sampling.FrameSampler(seg, len(clip), clip.shape[2], clip.shape[1],
+                                  net.cfg.temporal_factor)
+        list(s.wrap(iter(clip)))
+        streams = [codec.compress(net, clip, segment_frames=seg, rdo=0, bits=b)
+                   for b in (k, k - max(1, k // 4))]
+        return streams, [finetune.Fitting(net, d, s.samples(), decoder="full") for d in streams]
+
+    (full, less), (fit, ref) = fittings(load_model(), moving_clip(t=34, h=64, w=64), 17, 18)
+    assert ref.evals == fit.evals and seg_bytes(less) < seg_bytes(full)
+    want = 10 * math.log10(ref.before / fit.before) / math.log2(seg_bytes(full) / seg_bytes(less))
+    assert want > 0 and fit.slope == pytest.approx(want, rel=1e-6)
+    _, (tiny, tiny_less) = fittings(model, video, 9, model.cfg.bits)
+    assert tiny_less.before <= tiny.before and tiny.slope == finetune.DB_PER_DOUBLING
+    tiny.train(3)
+    ad, row = tiny.decide()
+    assert row["slope_db"] == tiny.slope
+    assert row["needed_db"] == pytest.approx(tiny.slope * math.log2(1 + row["update_bytes"] / tiny.share))
+    assert row["kept"] == (row["gain_db"] >= row["needed_db"]) == (ad is not None)

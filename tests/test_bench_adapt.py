@@ -14,7 +14,7 @@ def test_points_and_summary(make_tiny, tmp_path):
     model = make_tiny(0.05)
     v = clip(t=9)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))  # always send the update
+        mp.setattr(finetune.Fitting, "own_slope", lambda self, segs: float("-inf"))  # always send the update
         pts = [B.point(model, v, b, a, decoder=model) for b in (2, 4) for a in (0, 5)]
     plain = codec.compress(model, v, bits=4)
     assert pts[2]["bytes"] == len(plain) and pts[2]["adaptation"] is None

@@ -120,7 +120,7 @@ def test_decode_runs_the_chosen_decoder(reg, video):
 
 def test_adapted_segments_use_the_adapted_full_decoder(reg, video, monkeypatch):
     d, base, fast = reg
-    monkeypatch.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
+    monkeypatch.setattr(finetune.Fitting, "own_slope", lambda self, segs: float("-inf"))
     buf = io.BytesIO()
     codec.compress_to_file(base, video, buf, segment_frames=9, adapt=20)
     data = buf.getvalue()
@@ -235,7 +235,7 @@ def test_adapting_the_default_variant_writes_a_method_2_record(reg, video, monke
     that is the variant, sent as an ADAPT record of method 2 (a 1.4 stream) that names its file;
     auto and --decoder fast decode with it adapted, --decoder full ignores it, tokens carry it."""
     d, base, fast = reg
-    monkeypatch.setattr(finetune, "DB_PER_DOUBLING", float("-inf"))
+    monkeypatch.setattr(finetune.Fitting, "own_slope", lambda self, segs: float("-inf"))
 
     def pick(model, choice="auto", models_dir=None):
         return weights.decoder_variant(model, choice, d)

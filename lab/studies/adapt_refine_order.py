@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from neuralcodec import codec, finetune, refine, adapt
+from neuralcodec import codec, finetune, refine, adapt, sampling
 from neuralcodec.evaluate import frame_mse, psnr_from_mse, ms_ssim_rgb
 from neuralcodec.model import for_inference
 from neuralcodec.options import EncodeOptions
@@ -34,7 +34,7 @@ def main() -> None:
     t, h, w, _ = frames.shape
     meta, _ = codec.open_video(frames)
     hdr = codec.stream_header(model, meta, EncodeOptions.of(None, bits=bits).checked(model))
-    sampler = finetune.FrameSampler(hdr.segment_frames, t, w, h, model.cfg.temporal_factor)
+    sampler = sampling.FrameSampler(hdr.segment_frames, t, w, h, model.cfg.temporal_factor)
     buf = io.BytesIO()
     t0 = time.perf_counter()
     codec.compress_to_file(model, (meta, sampler.wrap(iter(frames))), buf, bits=bits)

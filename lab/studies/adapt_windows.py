@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 
-from neuralcodec import codec, finetune
+from neuralcodec import codec, finetune, sampling
 from neuralcodec.evaluate import frame_mse, psnr_from_mse
 from neuralcodec.model import for_inference
 from neuralcodec.options import EncodeOptions
@@ -56,14 +56,14 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     res = json.loads(out.read_text()) if out.exists() else {}
-    finetune.DB_PER_DOUBLING = float("-inf")  # measure every update
+    finetune.Fitting.own_slope = lambda self, segs: float("-inf")  # measure every update
     step_pixels = finetune.STEP_PIXELS
     model = for_inference(load_model("mgv-default-v6"), "cpu")
     frames = read_rgb(a.clip)
     t, h, w, _ = frames.shape
     meta, _ = codec.open_video(frames)
     hdr = codec.stream_header(model, meta, EncodeOptions.of(None, bits=a.bits).checked(model))
-    sampler = finetune.FrameSampler(hdr.segment_frames, t, w, h, model.cfg.temporal_factor)
+    sampler = sampling.FrameSampler(hdr.segment_frames, t, w, h, model.cfg.temporal_factor)
     buf = io.BytesIO()
     t0 = time.perf_counter()
     codec.compress_to_file(model, (meta, sampler.wrap(iter(frames))), buf, bits=a.bits)

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from neuralcodec import codec, finetune, refine
+from neuralcodec import codec, finetune, refine, sampling
 from neuralcodec.evaluate import frame_mse, ms_ssim_rgb, psnr_from_mse
 from neuralcodec.model import for_inference
 from neuralcodec.options import EncodeOptions
@@ -79,7 +79,7 @@ def main() -> None:
         t, h, w, _ = frames.shape
         meta, _ = codec.open_video(frames)
         hdr = codec.stream_header(model, meta, EncodeOptions.of(None, bits=bits).checked(model))
-        sampler = finetune.FrameSampler(hdr.segment_frames, t, w, h, model.cfg.temporal_factor)
+        sampler = sampling.FrameSampler(hdr.segment_frames, t, w, h, model.cfg.temporal_factor)
         buf = io.BytesIO()
         codec.compress_to_file(model, (meta, sampler.wrap(iter(frames))), buf, bits=bits)
         emit({"variant": "plain", "rdo": 2.0, "stream": measure(frames, buf.getvalue())})

@@ -176,13 +176,19 @@ def _encode(input: Path, output: Path, model_name, device, precision, force, qui
         click.echo(f"adaptation of the {a.get('decoder', 'full')} decoder{span}: {a['steps']} steps, "
                    f"{a.get('gain_db', 0):+.2f} dB on {where} frames for {a.get('update_bytes', 0)} bytes: "
                    + ("sent" if a["kept"]
-                      else f"not sent ({a.get('why') or 'needed %+.2f dB' % a['needed_db']})"))
+                      else f"not sent ({a.get('why') or _needed(a)})"))
     if opts.bitrate is not None or opts.bpp is not None:
         bits_used = res.segment_bits
         click.echo(f"rate control: video {res.video_kbps:.1f} kbps, bits per token per segment "
                    f"{min(bits_used)}..{max(bits_used)} (mean {sum(bits_used) / len(bits_used):.2f})")
         if res.rate_note:
             warn(res.rate_note)
+
+
+def _needed(a: dict) -> str:
+    """Why an update was not sent: the gain it needed, at this video's own slope."""
+    slope = f" at this video's {a['slope_db']:.2f} dB per doubling" if "slope_db" in a else ""
+    return f"needed {a['needed_db']:+.2f} dB{slope}"
 
 
 @main.command()
