@@ -37,8 +37,8 @@ from .adapt import ADAPT_HEAD, METHOD_VARIANT, stream_decoders
 from .audio import AudioSink, AudioSource, write_audio
 from .chunks import Progress, chunk_frames
 from .errors import InputError, MGVError, RecordError, ResourceError
-from .finetune import fit_adaptations, segment_groups
-from .sampling import FrameSampler
+from .finetune import fit_adaptations
+from .sampling import FrameSampler, segment_groups
 from .model import PRECISIONS
 from .options import ENTROPY_MODES, EncodeOptions
 from .payload import RATE_TOLERANCE, SEGMENT_OVERHEAD, STREAM_TAIL, encode_payload, rate_payload
@@ -136,7 +136,7 @@ def adapt_steps(model: torch.nn.Module, meta: VideoMeta, options: EncodeOptions,
                 frames: Optional[int]) -> Optional[int]:
     """The training steps an encode of ``frames`` frames (None: not known) of ``meta`` takes
     under ``options`` (checked): ``adapt`` per update, one update per group of
-    :func:`~neuralcodec.finetune.segment_groups` → steps, None when the count is not known."""
+    :func:`~neuralcodec.sampling.segment_groups` → steps, None when the count is not known."""
     if not options.adapt:
         return 0
     if frames is None:
@@ -174,7 +174,7 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
     refined in a second, the frames kept meanwhile in a temporary file). ``adapt``: Adam steps fitting
     the decoder to this video once its tokens are chosen (0 = off;
     :func:`neuralcodec.finetune.fit_adaptations`: one update per group of at most
-    :data:`~neuralcodec.finetune.ADAPT_SEGMENTS` consecutive segments, ``adapt`` steps each,
+    :data:`~neuralcodec.sampling.ADAPT_SEGMENTS` consecutive segments, ``adapt`` steps each,
     ``adapt_progress(1)`` per step); each update is written as an ADAPT record before the first
     segment (a version 1.3 stream, 1.4 when it changes a decoder variant: spec §8c) when its
     measured gain pays for its bytes, and :attr:`EncodeResult.adaptation` says what happened.

@@ -16,38 +16,36 @@ MSE + :data:`ADAPT_MSSSIM` · (1 − MS-SSIM) (:func:`~neuralcodec.losses.distor
 clip (``lab/notes/refine_rate.md``: with refinement after it, +0.33 dB and +0.015 MS-SSIM over an
 MSE-only update, for twice the time per step).
 
-The encoder keeps the frames of training windows spread over the whole video
-(:class:`FrameSampler`, bounded memory): each segment's latent frames cut into windows of
-:data:`WINDOW_LATENTS`. It decodes their codes from the stream it has just written (what the
-decoder will see) and trains on them with a random spatial crop bounded by
-:data:`STEP_PIXELS`, so that a step costs the same at any frame size (a segment's short last
-window too), each window drawn in proportion to its frames; the gain it judges the update by is
-measured on whole frames of the held-out windows, decoded as the stream's decode does (the
-decoder's group norms see whole frames there, not crops). A window that starts
-inside a segment first decodes the :data:`CONTEXT_LATENTS` latent frames before it without a
-gradient, to fill the causal decoder's state as the stream's decode would (up to what came
-before them).
+The encoder keeps windows of :data:`WINDOW_LATENTS` latent frames all along the video
+(:mod:`neuralcodec.sampling`), decodes their codes from the stream it has just written and trains
+on random crops bounded by :data:`STEP_PIXELS` (a step costs the same at any frame size), each
+window drawn in proportion to its frames; the gain is measured on whole frames of held-out
+windows, decoded as the stream's decode does (group norms see whole frames). A window inside a
+segment first decodes the :data:`CONTEXT_LATENTS` latent frames before it without a gradient
+(the causal decoder's state, as the stream's decode fills it).
 """
 from __future__ import annotations
 
 import copy
 import io
 import math
+from fractions import Fraction
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from . import container as ct
-from .configs import DECODER_AUTO, DECODER_FULL
+from .configs import DECODER_AUTO, DECODER_FULL, DEFAULT_RDO
 from .adapt import MAX_EXP, MAX_VMAX, MIN_EXP, Adaptation, TensorUpdate, tensor_names
-from .chunks import decoder_step, frames_to_tensor
+from .chunks import decoder_step, encode_segment, frames_to_tensor
 from .layers import FrameGroupNorm, streaming
 from .losses import distortion
 from .model import inference_dtype
 from .payload import decode_codes, encode_payload
-from .sampling import WINDOW_LATENTS, window_frames
-from .tokenfile import MAX_ADAPT_RECORDS
+from .rdo import select_codes
+from .sampling import WINDOW_LATENTS, segment_groups, window_frames
+from .video_io import VideoMeta
 from .weights import decoder_variant, load_model, model_identity, registry
 
 ADAPT_LR = 1e-2  # Adam learning rate (the study's choice for biases, norms and AdaGN)
@@ -56,17 +54,13 @@ LR_FLOOR = 0.1  # with a decay (Fitting's total), the learning rate ends at this
 MAX_ADAPT = 10000  # most steps --adapt accepts
 CONTEXT_LATENTS = 2  # latent frames decoded without gradient before a window inside a segment
 STEP_PIXELS = 17 * 224 * 224  # pixels × frames a training step decodes (crop bound)
-# The update is kept when its gain (dB, on the held-out windows) is at least the video's own
-# slope (Fitting.own_slope) times the doublings of its segments' bytes it costs, so that the point
-# lands above the plain curve; where that slope cannot be measured, this many dB per doubling
-# (about the model's own at its default rate: 1.6 at 12 bits, 0.5 at 18, the v6 card).
+# An update is kept when its gain (dB, held-out windows) is at least the video's own slope
+# (Fitting.own_slope) times the doublings of its segments' bytes it costs; where that slope cannot
+# be measured, this many dB per doubling (v6's own slope is 1.6 at 12 bits, 0.5 at 18: its card).
 DB_PER_DOUBLING = 1.5
-# One update per group of at most this many consecutive segments (about 8 s at the default
-# segment length), each trained for the steps asked: a video's scenes get their own decoder.
-ADAPT_SEGMENTS = 4
 HOLD_OUT = 4  # with 8 or more sampled windows, every 4th only measures the gain
 # The updates the encoder weighs (label, quantization step in rms of each tensor's change, which
-# tensors): it sends the one whose gain beats DB_PER_DOUBLING by the most, if any does.
+# tensors): it sends the one whose gain beats what it needs (Fitting.own_slope) by the most, if any.
 CANDIDATES = (
     ("all", 1.0, lambda name: True),
     ("all/coarse", 2.0, lambda name: True),
@@ -232,13 +226,15 @@ class Fitting:
         self.steps = 0
 
     def own_slope(self, segs: Sequence[ct.Segment]) -> float:
-        """This video's own rate–distortion slope just below the stream's rate, in dB per
-        doubling of bytes: the held-out windows' PSNR and the segments' bytes as stored vs with
-        the last quarter of the header's bits dropped (as rate control drops them; entropy coded
-        again). An update pays when its point lands above the plain stream's curve, whose slope
-        above the rate is at most this one where the curve is concave (the models' curves are:
-        their slope falls as the bits grow). :data:`DB_PER_DOUBLING` where nothing is dropped
-        or it does not cost quality."""
+        """This video's rate–distortion slope at the stream's rate (dB per doubling of bytes):
+        what an update must beat for its point to land above the plain curve. Above the rate
+        (:meth:`slope_above`) where the model has more bits, else below it: held-out windows'
+        PSNR and the segments' bytes with the last quarter of the bits dropped (as rate control
+        drops them), a bound on a concave curve; :data:`DB_PER_DOUBLING` where neither is
+        measurable."""
+        above = self.slope_above()
+        if above is not None:
+            return above
         hdr = self.header
         low = hdr.bits - max(1, hdr.bits // 4)
         full = sum(_record(sg.data) for sg in segs)
@@ -248,6 +244,30 @@ class Fitting:
         if low < 1 or less >= full or worse <= self.before:
             return DB_PER_DOUBLING
         return 10 * math.log10(worse / self.before) / math.log2(full / less)
+
+    def slope_above(self) -> Optional[float]:
+        """dB per doubling of bytes from the stream's bits to one bit plane more (at most K: the
+        next point of a 6/12/18/24 ladder for v6), on the held-out windows encoded afresh (the
+        stream lacks the codes of more bits): each alone, codes by the default RDO, entropy coded
+        and decoded by the stream's decoder. None at K bits or where more bits gain nothing."""
+        hdr, fm = self.header, self.fm
+        up = min(fm.cfg.bits, hdr.bits + fm.cfg.bits // fm.cfg.planes)  # one plane more
+        if up <= hdr.bits:
+            return None
+        meta = VideoMeta(hdr.width, hdr.height, Fraction(1), None, "rgb24")
+        size, sse = {hdr.bits: 0, up: 0}, {hdr.bits: 0.0, up: 0.0}
+        with torch.no_grad():
+            for i in self.evals:
+                fr = self.data[i][1]
+                lat = encode_segment(fm, iter(fr), meta, len(fr))[1].float()
+                for b in size:
+                    codes = select_codes(lat, fm.quantizer, b, DEFAULT_RDO)
+                    size[b] += len(encode_payload(codes, hdr.entropy)[1])
+                    full = torch.cat([codes, torch.zeros_like(lat[:, b:])], 1)
+                    sse[b] += self.decoded_mse(fr, full, 0)
+        if size[up] <= size[hdr.bits] or sse[up] >= sse[hdr.bits]:
+            return None
+        return 10 * math.log10(sse[hdr.bits] / sse[up]) / math.log2(size[up] / size[hdr.bits])
 
     def latents(self, idx: int):
         """Sampled window ``idx`` → (its frames, its first latent frame j, the codes
@@ -288,6 +308,11 @@ class Fitting:
         fr, _, lat, ctx = self.latents(idx)
         if bits is not None:
             lat = torch.cat([lat[:, :bits], torch.zeros_like(lat[:, bits:])], 1)  # dropped: 0
+        return self.decoded_mse(fr, lat, ctx)
+
+    def decoded_mse(self, fr: List[np.ndarray], lat: torch.Tensor, ctx: int) -> float:
+        """MSE of frames ``fr`` decoded from codes ``lat`` ``1×K×t×h×w`` (stored bits ±1, the
+        rest 0) after ``ctx`` context latent frames, as :meth:`measure` says."""
         h, w = fr[0].shape[:2]
         step = decoder_step(w, h, self.fm.cfg.temporal_factor)
         cuts = sorted(set(range(0, ctx, step)) | set(range(ctx, lat.shape[2], step)) | {lat.shape[2]})
@@ -386,17 +411,6 @@ def fit_adaptation(model: torch.nn.Module, stream: bytes, samples, steps: int,
                   segments=segments)
     fit.train(steps, progress)
     return fit.decide()
-
-
-def segment_groups(count: int, per: Optional[int] = None) -> List[Tuple[int, int]]:
-    """The (first, count) ranges of the updates of a stream of ``count`` segments: as few
-    consecutive groups of at most ``per`` (default :data:`ADAPT_SEGMENTS`) segments as cover
-    it, of sizes differing by at most 1, the larger first — and at most
-    :data:`~neuralcodec.tokenfile.MAX_ADAPT_RECORDS` groups (the records a tokens file carries;
-    longer streams get larger groups)."""
-    n = min(MAX_ADAPT_RECORDS, max(1, -(-count // (per or ADAPT_SEGMENTS))))
-    cuts = [-(-i * count // n) for i in range(n + 1)]
-    return [(a, b - a) for a, b in zip(cuts, cuts[1:])]
 
 
 def fit_adaptations(model: torch.nn.Module, stream: bytes, samples, steps: int,

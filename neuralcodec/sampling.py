@@ -1,15 +1,20 @@
-"""The frames the encoder keeps for decoder adaptation (:mod:`neuralcodec.finetune`): training
-windows spread over the whole video, in bounded memory, taken from the frames as they stream
-past the encoder (one pass over the input)."""
+"""What decoder adaptation (:mod:`neuralcodec.finetune`) works on: the segments each update
+covers, and the frames the encoder keeps — training windows spread over the whole video, in
+bounded memory, taken from the frames as they stream past the encoder (one pass over the input)."""
 from __future__ import annotations
 
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from .tokenfile import MAX_ADAPT_RECORDS
+
 WINDOW_LATENTS = 5  # latent frames of a training window (17 or 20 frames of the shipped model)
 SAMPLE_WINDOWS = 256  # training windows whose frames the encoder keeps …
 SAMPLE_BYTES = 256 << 20  # … within this many bytes of frames (at least one window)
+# One update per group of at most this many consecutive segments (about 8 s at the default
+# segment length), each trained for the steps asked: a video's scenes get their own decoder.
+ADAPT_SEGMENTS = 4
 
 
 def window_frames(j: int, tf: int) -> Tuple[int, int]:
@@ -50,3 +55,14 @@ class FrameSampler:
     def samples(self) -> List[Tuple[Tuple[int, int], List[np.ndarray]]]:
         """((segment, first latent frame), its frames ``H×W×3`` uint8) of every kept window."""
         return [(key, fr) for key, fr in self.kept.items() if fr]
+
+
+def segment_groups(count: int, per: Optional[int] = None) -> List[Tuple[int, int]]:
+    """The (first, count) ranges of the updates of a stream of ``count`` segments: as few
+    consecutive groups of at most ``per`` (default :data:`ADAPT_SEGMENTS`) segments as cover
+    it, of sizes differing by at most 1, the larger first — and at most
+    :data:`~neuralcodec.tokenfile.MAX_ADAPT_RECORDS` groups (the records a tokens file carries;
+    longer streams get larger groups)."""
+    n = min(MAX_ADAPT_RECORDS, max(1, -(-count // (per or ADAPT_SEGMENTS))))
+    cuts = [-(-i * count // n) for i in range(n + 1)]
+    return [(a, b - a) for a, b in zip(cuts, cuts[1:])]

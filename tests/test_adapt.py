@@ -457,13 +457,13 @@ def test_one_update_per_group_of_segments(model, video, monkeypatch):
     an ADAPT record for each, and refines each segment through the decoder its record adapts."""
     from neuralcodec import refine
     from neuralcodec.video_io import VideoMeta
-    assert finetune.segment_groups(7, 4) == [(0, 4), (4, 3)]
-    assert finetune.segment_groups(3, 4) == [(0, 3)] and finetune.segment_groups(9, 4) == [(0, 3), (3, 3), (6, 3)]
+    assert sampling.segment_groups(7, 4) == [(0, 4), (4, 3)]
+    assert sampling.segment_groups(3, 4) == [(0, 3)] and sampling.segment_groups(9, 4) == [(0, 3), (3, 3), (6, 3)]
     from neuralcodec.tokenfile import MAX_ADAPT_RECORDS  # a long stream: larger groups, ≤ 16
-    long = finetune.segment_groups(1000, 4)
+    long = sampling.segment_groups(1000, 4)
     assert len(long) == MAX_ADAPT_RECORDS and sum(n for _, n in long) == 1000
     monkeypatch.setattr(finetune.Fitting, "own_slope", lambda self, segs: float("-inf"))
-    monkeypatch.setattr(finetune, "ADAPT_SEGMENTS", 2)
+    monkeypatch.setattr(sampling, "ADAPT_SEGMENTS", 2)
     ticks = []
     buf = io.BytesIO()
     res = codec.compress_to_file(model, video, buf, segment_frames=9, adapt=12, refine=2,
@@ -495,7 +495,7 @@ def test_a_group_without_kept_frames_gets_no_update(model, video, monkeypatch):
     """Large frames leave the sampler room for few windows: a group of segments none of whose
     frames were kept is left without an update (said so), the others are fitted as usual."""
     monkeypatch.setattr(finetune.Fitting, "own_slope", lambda self, segs: float("-inf"))
-    monkeypatch.setattr(finetune, "ADAPT_SEGMENTS", 1)
+    monkeypatch.setattr(sampling, "ADAPT_SEGMENTS", 1)
     monkeypatch.setattr(sampling, "SAMPLE_WINDOWS", 1)  # one window: segment 0's first
     ticks = []
     buf = io.BytesIO()
@@ -512,11 +512,13 @@ def test_a_group_without_kept_frames_gets_no_update(model, video, monkeypatch):
 
 
 def test_the_update_is_weighed_against_the_videos_own_slope(model, video):
-    """Fitting.own_slope: the held-out windows' PSNR and the segments' bytes with the last
-    quarter of the bits dropped vs as stored, in dB per doubling — with plain quantization
+    """Fitting.own_slope: above the rate where more bits gain (each held-out window encoded
+    alone at the stream's bits and one bit plane more), else below it — the held-out windows' PSNR
+    and the segments' bytes with the last quarter of the bits dropped vs as stored, in dB per
+    doubling — with plain quantization
     (RDO 0) exactly what a stream encoded with those fewer bits holds (the shipped model on a
-    smooth clip at 18 bits, where fewer bits cost quality; where they do not — the random tiny
-    model — DB_PER_DOUBLING); an update is kept when its gain beats that slope times the
+    smooth clip at 18 bits, where more bits gain nothing here but fewer cost quality; where they
+    do not — the random tiny model — DB_PER_DOUBLING); an update is kept when its gain beats that slope times the
     doublings of the bytes it adds."""
     from neuralcodec.weights import load_model
     from test_refine import moving_clip
@@ -537,6 +539,18 @@ def test_the_update_is_weighed_against_the_videos_own_slope(model, video):
     assert ref.evals == fit.evals and seg_bytes(less) < seg_bytes(full)
     want = 10 * math.log10(ref.before / fit.before) / math.log2(seg_bytes(full) / seg_bytes(less))
     assert want > 0 and fit.slope == pytest.approx(want, rel=1e-6)
+    # where the model has more bits and they gain: the slope above the rate, each held-out
+    # window encoded alone at the stream's bits and a plane more (as mgv encode would)
+    (full12, _), (f12, _) = fittings(load_model(), moving_clip(t=34, h=64, w=64), 17, 12)
+    size, err = {12: 0, 18: 0}, {12: 0.0, 18: 0.0}
+    for b in size:
+        for i in f12.evals:
+            fr = np.stack(f12.data[i][1])
+            d = codec.compress(load_model(), fr, bits=b, segment_frames=len(fr))
+            size[b] += sum(len(sg.data) for sg in ct.Reader(io.BytesIO(d)).segments())
+            err[b] += mse(codec.decompress(d, decoder="full")[1], fr) / 127.5 ** 2
+    want = 10 * math.log10(err[12] / err[18]) / math.log2(size[18] / size[12])
+    assert want > 0 and f12.slope == pytest.approx(want, rel=0.02), (f12.slope, want)
     _, (tiny, tiny_less) = fittings(model, video, 9, model.cfg.bits)
     assert tiny_less.before <= tiny.before and tiny.slope == finetune.DB_PER_DOUBLING
     tiny.train(3)
