@@ -230,6 +230,12 @@ def test_cli_encode_adapt_info_decode(runner, tmp_path, monkeypatch):
     r = runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "c.mgv"), "--preset",
                                  "veryslow", "--refine", "0", "--bpp", "0.5", "-q"])
     assert r.exit_code == 0 and "adaptation" not in r.stdout, r.output
+    # an update that does not pay: the line says what it needed, at the video's slope
+    monkeypatch.setattr(finetune.Fitting, "own_slope", lambda self, segs: 1e9)
+    r = runner.invoke(cli.main, ["encode", str(src), "-o", str(tmp_path / "n.mgv"), "--adapt", "3",
+                                 "--segment-frames", "5", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "not sent (needed +" in r.stdout and "at this video's 1000000000.00 dB per doubling)" in r.stdout
 
 
 def test_tokens_file_refuses_to_write_an_update_it_cannot_carry(streams, tmp_path):
