@@ -255,7 +255,7 @@ class Fitting:
         if up <= hdr.bits:
             return None
         meta = VideoMeta(hdr.width, hdr.height, Fraction(1), None, "rgb24")
-        size, sse = {hdr.bits: 0, up: 0}, {hdr.bits: 0.0, up: 0.0}
+        size, mse = {hdr.bits: 0, up: 0}, {hdr.bits: 0.0, up: 0.0}  # Σ over the windows
         with torch.no_grad():
             for i in self.evals:
                 fr = self.data[i][1]
@@ -264,10 +264,10 @@ class Fitting:
                     codes = select_codes(lat, fm.quantizer, b, DEFAULT_RDO)
                     size[b] += len(encode_payload(codes, hdr.entropy)[1])
                     full = torch.cat([codes, torch.zeros_like(lat[:, b:])], 1)
-                    sse[b] += self.decoded_mse(fr, full, 0)
-        if size[up] <= size[hdr.bits] or sse[up] >= sse[hdr.bits]:
+                    mse[b] += self.decoded_mse(fr, full, 0)
+        if size[up] <= size[hdr.bits] or mse[up] >= mse[hdr.bits]:
             return None
-        return 10 * math.log10(sse[hdr.bits] / sse[up]) / math.log2(size[up] / size[hdr.bits])
+        return 10 * math.log10(mse[hdr.bits] / mse[up]) / math.log2(size[up] / size[hdr.bits])
 
     def latents(self, idx: int):
         """Sampled window ``idx`` → (its frames, its first latent frame j, the codes
