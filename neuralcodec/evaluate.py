@@ -22,7 +22,7 @@ import numpy as np
 
 from . import codec
 from .errors import InputError
-from .losses import msssim_window
+from .losses import ms_ssim_frames, msssim_window
 from .options import EncodeOptions
 
 PSNR_CAP = 100.0  # dB reported for a frame (or plane, or clip) without error
@@ -61,7 +61,6 @@ def ms_ssim_rgb(ref_rgb: np.ndarray, dec_rgb: np.ndarray, batch: int = 8) -> Dic
     frames are too small for 5 scales. The standard 11-tap window is used when the short side
     is > 160; smaller frames use the largest window that fits."""
     import torch
-    from pytorch_msssim import ms_ssim
 
     if ref_rgb.shape != dec_rgb.shape:
         raise InputError(f"shape mismatch: {ref_rgb.shape} vs {dec_rgb.shape}")
@@ -73,7 +72,7 @@ def ms_ssim_rgb(ref_rgb: np.ndarray, dec_rgb: np.ndarray, batch: int = 8) -> Dic
         for i in range(0, ref_rgb.shape[0], batch):
             a = torch.from_numpy(ref_rgb[i:i + batch]).permute(0, 3, 1, 2).float()
             b = torch.from_numpy(dec_rgb[i:i + batch]).permute(0, 3, 1, 2).float()
-            vals.append(ms_ssim(a, b, data_range=255.0, size_average=False, win_size=win))
+            vals.append(ms_ssim_frames(a, b, 255.0, win, mean=False))
     m = float(torch.cat(vals).mean().clamp(0.0, 1.0))
     db = PSNR_CAP if m >= 1.0 else min(PSNR_CAP, -10.0 * math.log10(1.0 - m))
     return {"ms_ssim": m, "ms_ssim_db": db, "ms_ssim_win": win}

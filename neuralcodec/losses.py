@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["distortion", "msssim_window"]
+__all__ = ["distortion", "msssim_window", "ms_ssim_frames"]
 
 
 def msssim_window(height: int, width: int) -> Optional[int]:
@@ -19,6 +19,18 @@ def msssim_window(height: int, width: int) -> Optional[int]:
         if min(height, width) > (win - 1) * 2 ** 4:
             return win
     return None
+
+
+def ms_ssim_frames(a: torch.Tensor, b: torch.Tensor, data_range: float, win: int,
+                   mean: bool = True) -> torch.Tensor:
+    """MS-SSIM (pytorch-msssim: 5 scales, Gaussian window ``win``, σ 1.5) of frames ``a``, ``b``
+    ``N×3×H×W`` in [0, ``data_range``] → the mean over the N frames (``mean``) or ``N``. The
+    inputs go in channels-last: oneDNN's depthwise 1-D Gaussian filters are 4–6× faster on them
+    than on contiguous NCHW (forward and backward; the same values and gradients)."""
+    from pytorch_msssim import ms_ssim
+    cl = torch.channels_last
+    return ms_ssim(a.contiguous(memory_format=cl), b.contiguous(memory_format=cl),
+                   data_range=data_range, size_average=mean, win_size=win)
 
 
 def distortion(rec: torch.Tensor, target: torch.Tensor, msssim: float = 0.0) -> torch.Tensor:
@@ -31,8 +43,7 @@ def distortion(rec: torch.Tensor, target: torch.Tensor, msssim: float = 0.0) -> 
     win = msssim_window(rec.shape[3], rec.shape[4]) if msssim > 0 else None
     if win is None:
         return loss
-    from pytorch_msssim import ms_ssim
     with torch.autocast(rec.device.type, enabled=False):
         a = ((rec[0].transpose(0, 1) + 1) / 2).clamp(0, 1)
         b = ((target[0].transpose(0, 1).float() + 1) / 2)
-        return loss + msssim * (1 - ms_ssim(a, b, data_range=1.0, win_size=win))
+        return loss + msssim * (1 - ms_ssim_frames(a, b, 1.0, win))
