@@ -211,7 +211,7 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
         res = _compress(model, sampler.wrap(it), meta, header, buf, None if spool else progress,
                         None if spool else asrc, bitrate, backend, opts.rdo, 0)
         ads, summary = fit_adaptations(model, buf.getvalue(), sampler.samples(), opts.adapt,
-                                       adapt_progress)
+                                       adapt_progress, rdo=opts.rdo)
         if spool is not None:
             nets = {id(ad): refine_model(model, ad) for ad in ads}
             plain = refine_model(model)

@@ -175,14 +175,14 @@ class Fitting:
     rate decays over (cosine, to :data:`LR_FLOOR` of its start); None keeps it constant.
     ``msssim``: the weight of the loss's MS-SSIM term (:func:`~neuralcodec.losses.distortion`).
     ``segments``: (first, count), the segments the update is for (its windows only, weighed
-    against those segments' bytes); None: every segment, against the whole stream."""
+    against those segments' bytes); None: every segment, against the whole stream. ``rdo``:
+    the λ the stream's codes were chosen with (:meth:`slope_above` encodes with it)."""
 
     def __init__(self, model: torch.nn.Module, stream: bytes, samples, seed: int = 0,
                  groups: Optional[Groups] = None, decoder: str = DECODER_AUTO,
                  total: Optional[int] = None, msssim: float = ADAPT_MSSSIM,
-                 segments: Optional[Tuple[int, int]] = None) -> None:
-        self.stream = stream
-        self.msssim = msssim
+                 segments: Optional[Tuple[int, int]] = None, rdo: float = DEFAULT_RDO) -> None:
+        self.stream, self.msssim, self.rdo = stream, msssim, rdo
         reader = ct.Reader(io.BytesIO(stream))
         self.header = reader.header
         self.range = segments or (0, self.header.segment_count)
@@ -248,7 +248,7 @@ class Fitting:
     def slope_above(self) -> Optional[float]:
         """dB per doubling of bytes from the stream's bits to one bit plane more (at most K: the
         next point of a 6/12/18/24 ladder for v6), on the held-out windows encoded afresh (the
-        stream lacks the codes of more bits): each alone, codes by the default RDO, entropy coded
+        stream lacks the codes of more bits): each alone, codes by the stream's RDO, entropy coded
         and decoded by the stream's decoder. None at K bits or where more bits gain nothing."""
         hdr, fm = self.header, self.fm
         up = min(fm.cfg.bits, hdr.bits + fm.cfg.bits // fm.cfg.planes)  # one plane more
@@ -261,7 +261,7 @@ class Fitting:
                 fr = self.data[i][1]
                 lat = encode_segment(fm, iter(fr), meta, len(fr))[1].float()
                 for b in size:
-                    codes = select_codes(lat, fm.quantizer, b, DEFAULT_RDO)
+                    codes = select_codes(lat, fm.quantizer, b, self.rdo)
                     size[b] += len(encode_payload(codes, hdr.entropy)[1])
                     full = torch.cat([codes, torch.zeros_like(lat[:, b:])], 1)
                     mse[b] += self.decoded_mse(fr, full, 0)
@@ -400,37 +400,39 @@ class Fitting:
 def fit_adaptation(model: torch.nn.Module, stream: bytes, samples, steps: int,
                    progress: Optional[Callable[[int], None]] = None, seed: int = 0,
                    decoder: str = DECODER_AUTO, msssim: float = ADAPT_MSSSIM,
-                   segments: Optional[Tuple[int, int]] = None) -> Tuple[Optional[Adaptation], dict]:
+                   segments: Optional[Tuple[int, int]] = None,
+                   rdo: float = DEFAULT_RDO) -> Tuple[Optional[Adaptation], dict]:
     """Adapt ``model``'s decoder to the sampled windows of ``stream`` (the ``.mgv`` bytes just
     encoded; ``samples``: :meth:`FrameSampler.samples`) with ``steps`` Adam steps → (the ADAPT
     record's adaptation for every segment, or None when it does not pay, and a summary: gain in
     dB on the held-out windows, update bytes, the decision; ``decoder``, ``msssim``,
-    ``segments``: as :class:`Fitting`).
+    ``segments``, ``rdo``: as :class:`Fitting`).
     The learning rate decays over the ``steps`` (cosine, :data:`LR_FLOOR`)."""
     fit = Fitting(model, stream, samples, seed, decoder=decoder, total=steps, msssim=msssim,
-                  segments=segments)
+                  segments=segments, rdo=rdo)
     fit.train(steps, progress)
     return fit.decide()
 
 
 def fit_adaptations(model: torch.nn.Module, stream: bytes, samples, steps: int,
                     progress: Optional[Callable[[int], None]] = None,
-                    per: Optional[int] = None) -> Tuple[List[Adaptation], dict]:
+                    per: Optional[int] = None, rdo: float = DEFAULT_RDO) -> Tuple[List[Adaptation], dict]:
     """:func:`fit_adaptation` for each group of :func:`segment_groups` (``per`` segments at
-    most; ``steps`` steps each,
-    the update weighed against its segments' bytes) → (the updates that pay, in segment order;
+    most; ``steps`` steps each, the update weighed against its segments' bytes; ``rdo``: the
+    stream's λ) → (the updates that pay, in segment order;
     a summary: that of the one group, or, for several, their totals and ``groups``, the
     summary of each)."""
     header = ct.Reader(io.BytesIO(stream)).header
     ranges = segment_groups(header.segment_count, per)
     if len(ranges) == 1:
-        ad, row = fit_adaptation(model, stream, samples, steps, progress)
+        ad, row = fit_adaptation(model, stream, samples, steps, progress, rdo=rdo)
         return [ad] if ad is not None else [], row
     got = []
     for first, count in ranges:
         mine = [s for s in samples if first <= s[0][0] < first + count]
         if mine:
-            got.append(fit_adaptation(model, stream, mine, steps, progress, segments=(first, count)))
+            got.append(fit_adaptation(model, stream, mine, steps, progress, segments=(first, count),
+                                      rdo=rdo))
         else:  # the sampler kept no window there (large frames: few windows in its memory)
             got.append((None, {"steps": 0, "segments": [first, count], "kept": False,
                                "why": "no frames of these segments kept"}))

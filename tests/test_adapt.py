@@ -564,3 +564,18 @@ def test_the_update_is_weighed_against_the_videos_own_slope(model, video):
     assert row["slope_db"] == tiny.slope
     assert row["needed_db"] == pytest.approx(tiny.slope * math.log2(1 + row["update_bytes"] / tiny.share))
     assert row["kept"] == (row["gain_db"] >= row["needed_db"]) == (ad is not None)
+
+
+def test_the_slope_is_measured_with_the_streams_rdo(model, video, monkeypatch):
+    """`mgv encode --rdo λ --adapt N`: the windows slope_above encodes afresh get their codes by
+    the λ the stream was encoded with, not the default."""
+    seen = []
+    real = finetune.select_codes
+    monkeypatch.setattr(finetune, "select_codes", lambda *a, **k: seen.append(a[3]) or real(*a, **k))
+    calls = []
+    real_fit = codec.fit_adaptations
+    monkeypatch.setattr(codec, "fit_adaptations",
+                        lambda *a, **k: calls.append(k.get("rdo")) or real_fit(*a, **k))
+    codec.compress(model, video, bits=model.cfg.bits - 1, rdo=0.5, adapt=1,
+                   segment_frames=9)
+    assert calls == [0.5] and seen and set(seen) == {0.5}
