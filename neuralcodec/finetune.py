@@ -14,7 +14,7 @@ variant, 2.8× cheaper per step than v6's own decoder) and the cosine decay of t
 were chosen on a 300-frame validation clip (``lab/studies/adapt_windows.py``), and the loss,
 MSE + :data:`ADAPT_MSSSIM` · (1 − MS-SSIM) (:func:`~neuralcodec.losses.distortion`), on the same
 clip (``lab/notes/refine_rate.md``: with refinement after it, +0.33 dB and +0.015 MS-SSIM over an
-MSE-only update, for twice the time per step).
+MSE-only update; since the MS-SSIM runs channels-last a step costs ~15% more than MSE alone).
 
 The encoder keeps windows of :data:`WINDOW_LATENTS` latent frames all along the video
 (:mod:`neuralcodec.sampling`), decodes their codes from the stream it has just written and trains
