@@ -98,7 +98,7 @@ def report(res: dict, out: Path) -> None:
     lines = ["# Decoder adaptation on whole clips (issue 32)", "",
              f"Command: `{res['command']}`; {res['machine']}; {res['date']}. Model {res['model']}; "
              "`adapt` = `mgv encode --adapt N` (0: the plain encoder, `--preset fast`), `refine` its "
-             "`--refine` (the veryslow preset: `--adapt 500`, `--refine` 40; 20 before session 25). Bytes are the "
+             "`--refine` (veryslow: 20 and 500). Bytes are the "
              "whole stream, the ADAPT record included; PSNR-RGB pooled over all frames.", ""]
     for name, clip in res["clips"].items():
         lines += [f"## {name} ({clip['frames']} frames {clip['width']}x{clip['height']})", "",

@@ -53,13 +53,13 @@ REFINE_MAX_PIXELS = 1920 * 1088
 # codes (rdo λ, refinement steps) and how long it fits the decoder to the video (adapt steps,
 # neuralcodec.finetune; sent as an ADAPT record when it pays); an --rdo, --refine or --adapt
 # given explicitly overrides it. Encode time and gain of each, measured on the validation clips:
-# docs/cli.md ("Presets"); veryslow's 40 refinement steps (20 until session 25, which made the
-# adaptation's MS-SSIM ~30% cheaper): lab/notes/refine_rate.md.
+# docs/cli.md ("Presets"). Veryslow's limit is time: a 300-frame CIF clip in 20 minutes on 2 cores
+# (40 refinement steps gained on validation but took 28: lab/notes/refine_rate.md, session 25).
 PRESETS = {
     "fast": {"rdo": DEFAULT_RDO, "refine": DEFAULT_REFINE, "adapt": 0},  # RDO only (the encoder before presets)
     "medium": {"rdo": DEFAULT_RDO, "refine": 4, "adapt": 0},
     "slow": {"rdo": DEFAULT_RDO, "refine": 10, "adapt": 200},
-    "veryslow": {"rdo": DEFAULT_RDO, "refine": 40, "adapt": 500},
+    "veryslow": {"rdo": DEFAULT_RDO, "refine": 20, "adapt": 500},
 }
 # The preset an encode uses when none is named (keeps DEFAULT_RDO / DEFAULT_REFINE).
 DEFAULT_PRESET = "fast"
