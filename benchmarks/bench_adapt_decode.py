@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         enc = codec.compress_to_file(model, frames, buf, bits=bits, adapt=args.adapt)
         adapted = buf.getvalue()
         a = enc.adaptation or {}
-        sent = sum(g["kept"] for g in a.get("groups", [a]))
+        sent = sum(g["kept"] for g in a.get("groups", [a] if a else []))  # as bench_adapt's report
         times = {"plain": [], "adapted": []}
         for _ in range(args.repeat):
             times["plain"].append(decode_s(plain))

@@ -25,8 +25,9 @@ def ms_ssim_frames(a: torch.Tensor, b: torch.Tensor, data_range: float, win: int
                    mean: bool = True) -> torch.Tensor:
     """MS-SSIM (pytorch-msssim: 5 scales, Gaussian window ``win``, σ 1.5) of frames ``a``, ``b``
     ``N×3×H×W`` in [0, ``data_range``] → the mean over the N frames (``mean``) or ``N``. The
-    inputs go in channels-last: oneDNN's depthwise 1-D Gaussian filters are 4–6× faster on them
-    than on contiguous NCHW (forward and backward; the same values and gradients)."""
+    inputs go in channels-last: oneDNN's depthwise 1-D Gaussian filters run several times faster
+    on them than on contiguous NCHW (forward and backward, 3.6× in one run of
+    ``lab/studies/bench_msssim.py``; the same values and gradients)."""
     from pytorch_msssim import ms_ssim
     cl = torch.channels_last
     return ms_ssim(a.contiguous(memory_format=cl), b.contiguous(memory_format=cl),
