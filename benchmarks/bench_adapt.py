@@ -35,19 +35,21 @@ from neuralcodec.video_io import read_rgb
 from neuralcodec.weights import load_model
 
 
-def point(model, frames: np.ndarray, bits: int, adapt: int, decoder=None, refine: int = 0) -> dict:
-    """Encode and decode ``frames`` at ``bits`` with ``adapt`` steps (and ``refine`` refinement
-    steps) → the measurements (``decoder``: the model the decode uses; None loads the stream's
-    model by name, as ``mgv decode`` does)."""
+def point(model, frames: np.ndarray, bits: int, adapt: int, decoder=None, refine: int = 0,
+          joint: int = 0) -> dict:
+    """Encode and decode ``frames`` at ``bits`` with ``adapt`` steps, or ``joint`` passes (and
+    ``refine`` refinement steps) → the measurements (``decoder``: the model the decode uses; None
+    loads the stream's model by name, as ``mgv decode`` does)."""
     t0 = time.perf_counter()
     buf = io.BytesIO()
-    res = codec.compress_to_file(model, frames, buf, bits=bits, adapt=adapt, refine=refine)
+    res = codec.compress_to_file(model, frames, buf, bits=bits, adapt=adapt, refine=refine,
+                                 joint=joint)
     t1 = time.perf_counter()
     _, rec = codec.decompress(buf.getvalue(), model=decoder)
     t2 = time.perf_counter()
     mse = float(frame_mse(frames, rec).mean())
     t, h, w, _ = frames.shape
-    return {"bits": bits, "adapt": adapt, "refine": refine, "bytes": len(buf.getvalue()),
+    return {"bits": bits, "adapt": adapt, "joint": joint, "refine": refine, "bytes": len(buf.getvalue()),
             "bpp": 8 * len(buf.getvalue()) / (t * h * w), "psnr_rgb": float(psnr_from_mse(mse)),
             "ms_ssim": ms_ssim_rgb(frames, rec).get("ms_ssim"), "encode_s": t1 - t0,
             "decode_s": t2 - t1, "adaptation": res.adaptation}
@@ -72,9 +74,14 @@ def gaps(curve: List[dict], points: List[dict]) -> Dict[str, Optional[float]]:
     return out
 
 
+def fitted(p: dict) -> bool:
+    """Whether a point's encoder fitted the decoder (``--adapt`` or ``--joint``)."""
+    return bool(p["adapt"] or p.get("joint", 0))
+
+
 def summary(clip: dict) -> dict:
-    plain = [p for p in clip["points"] if p["adapt"] == 0]
-    adapted = [p for p in clip["points"] if p["adapt"] > 0]
+    plain = [p for p in clip["points"] if not fitted(p)]
+    adapted = [p for p in clip["points"] if fitted(p)]
     out: Dict[str, object] = {}
     if len(plain) >= 2 and len(adapted) >= 2:
         def msdb(p):
@@ -97,14 +104,14 @@ def summary(clip: dict) -> dict:
 def report(res: dict, out: Path) -> None:
     lines = ["# Decoder adaptation on whole clips (issue 32)", "",
              f"Command: `{res['command']}`; {res['machine']}; {res['date']}. Model {res['model']}; "
-             "`adapt` = `mgv encode --adapt N` (0: the plain encoder, `--preset fast`), `refine` its "
-             "`--refine` (veryslow: 20 and 500). Bytes are the "
+             "`adapt` = `mgv encode --adapt N`, `joint` its `--joint N` (both 0: the plain encoder, "
+             "`--preset fast`), `refine` its `--refine` (veryslow: joint 25, refine 5). Bytes are the "
              "whole stream, the ADAPT record included; PSNR-RGB pooled over all frames.", ""]
     for name, clip in res["clips"].items():
         lines += [f"## {name} ({clip['frames']} frames {clip['width']}x{clip['height']})", "",
-                  "| bits | adapt | refine | bytes | bpp | PSNR-RGB | MS-SSIM | encode s | decode s | update |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-        for p in sorted(clip["points"], key=lambda p: (p["bits"], p["adapt"])):
+                  "| bits | adapt | joint | refine | bytes | bpp | PSNR-RGB | MS-SSIM | encode s | decode s | update |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for p in sorted(clip["points"], key=lambda p: (p["bits"], p["adapt"], p.get("joint", 0))):
             a = p["adaptation"] or {}
             groups = a.get("groups", [a] if a else [])
             upd = "; ".join(
@@ -115,7 +122,7 @@ def report(res: dict, out: Path) -> None:
                 + (f" at {g['slope_db']:.2f} dB per doubling" if "slope_db" in g else "") + ")"
                 for g in groups)
             ms = "" if p["ms_ssim"] is None else f"{p['ms_ssim']:.4f}"
-            lines.append(f"| {p['bits']} | {p['adapt']} | {p.get('refine', 0)} | {p['bytes']} | {p['bpp']:.4f} | "
+            lines.append(f"| {p['bits']} | {p['adapt']} | {p.get('joint', 0)} | {p.get('refine', 0)} | {p['bytes']} | {p['bpp']:.4f} | "
                          f"{p['psnr_rgb']:.2f} | {ms} | {p['encode_s']:.1f} | {p['decode_s']:.1f} | {upd} |")
         s = summary(clip)
         if s:
@@ -135,7 +142,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapt", type=int, default=200, help="steps of the adapted encodes")
     ap.add_argument("--refine", type=int, default=0,
-                    help="refinement steps of the adapted encodes (20 with --adapt 500: the veryslow preset)")
+                    help="refinement steps of the adapted encodes (5 with --joint 25: the veryslow preset)")
+    ap.add_argument("--joint", type=int, default=0,
+                    help="passes of the adapted encodes fitting the update and the codes together "
+                         "(instead of --adapt)")
     add_clip_options(ap)
     args = ap.parse_args(argv)
     clips, res = start(args)
@@ -148,13 +158,14 @@ def main(argv=None) -> int:
         frames = read_rgb(path, max_frames=args.frames)
         t, h, w, _ = frames.shape
         clip = res["clips"].setdefault(path.name, {"frames": t, "width": w, "height": h, "points": []})
+        fit = (0, args.joint) if args.joint else (args.adapt, 0)
         for bits in args.bits:
-            for steps in (0, args.adapt):
-                refine = args.refine if steps else 0
-                if any(p["bits"] == bits and p["adapt"] == steps and p.get("refine", 0) == refine
-                       for p in clip["points"]):
+            for steps, joint in ((0, 0), fit):
+                refine = args.refine if steps or joint else 0
+                if any(p["bits"] == bits and p["adapt"] == steps and p.get("joint", 0) == joint
+                       and p.get("refine", 0) == refine for p in clip["points"]):
                     continue
-                clip["points"].append(point(model, frames, bits, steps, refine=refine))
+                clip["points"].append(point(model, frames, bits, steps, refine=refine, joint=joint))
                 print(path.name, clip["points"][-1], flush=True)
                 clip["summary"] = summary(clip)
                 save(res, args.out, report)

@@ -40,7 +40,7 @@ def bench(model, clips: Sequence[np.ndarray], bits: int, presets: Sequence[str] 
         ssim = [p.ms_ssim for p in pts if p.ms_ssim is not None]
         adapted = sum(bool(stream_info(io.BytesIO(p.stream)).adapt) for p in pts)
         rows.append({"preset": name, "refine": opts.refine, "rdo": opts.rdo, "adapt": opts.adapt,
-                     "adapted": adapted, "clips": len(pts),
+                     "joint": opts.joint, "adapted": adapted, "clips": len(pts),
                      "bpp": sum(8 * p.bytes for p in pts) / npix, "psnr_rgb": pooled_psnr(pts),
                      "ms_ssim": sum(ssim) / len(ssim) if ssim else None,
                      "encode_s": sum(p.encode_s for p in pts), "decode_s": sum(p.decode_s for p in pts),
@@ -51,12 +51,12 @@ def bench(model, clips: Sequence[np.ndarray], bits: int, presets: Sequence[str] 
 def table(rows: Sequence[Dict]) -> str:
     """The rows as a markdown table, each preset against the first."""
     base = rows[0]
-    out = ["| preset | refine steps | adapt steps | ADAPT sent | bpp | PSNR-RGB (dB) | MS-SSIM | encode s "
-           "| encode vs first | decode s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| preset | refine steps | adapt steps | joint passes | ADAPT sent | bpp | PSNR-RGB (dB) | MS-SSIM "
+           "| encode s | encode vs first | decode s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ssim = f"{r['ms_ssim']:.4f}" if r["ms_ssim"] is not None else "–"
-        out.append(f"| {r['preset']} | {r['refine']} | {r['adapt']} | {r['adapted']}/{r['clips']} | {r['bpp']:.5f} ({r['bpp'] / base['bpp'] - 1:+.1%}) "
+        out.append(f"| {r['preset']} | {r['refine']} | {r['adapt']} | {r.get('joint', 0)} | {r['adapted']}/{r['clips']} | {r['bpp']:.5f} ({r['bpp'] / base['bpp'] - 1:+.1%}) "
                    f"| {r['psnr_rgb']:.2f} ({r['psnr_rgb'] - base['psnr_rgb']:+.2f}) | {ssim} "
                    f"| {r['encode_s']:.1f} | {r['encode_s'] / base['encode_s']:.0f}× | {r['decode_s']:.1f} |")
     return "\n".join(out)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -38,6 +39,7 @@ from .audio import AudioSink, AudioSource, write_audio
 from .chunks import Progress, chunk_frames
 from .errors import InputError, MGVError, RecordError, ResourceError
 from .finetune import fit_adaptations
+from .jointfit import fit_joint, joint_steps
 from .sampling import FrameSampler, segment_groups
 from .model import PRECISIONS
 from .options import ENTROPY_MODES, EncodeOptions
@@ -136,12 +138,15 @@ def adapt_steps(model: torch.nn.Module, meta: VideoMeta, options: EncodeOptions,
                 frames: Optional[int]) -> Optional[int]:
     """The training steps an encode of ``frames`` frames (None: not known) of ``meta`` takes
     under ``options`` (checked): ``adapt`` per update, one update per group of
-    :func:`~neuralcodec.sampling.segment_groups` → steps, None when the count is not known."""
-    if not options.adapt:
+    :func:`~neuralcodec.sampling.segment_groups`, or with ``joint`` one per decoder chunk per
+    pass (:func:`~neuralcodec.jointfit.joint_steps`) → steps, None when the count is not known."""
+    if not (options.adapt or options.joint):
         return 0
     if frames is None:
         return None
     header = stream_header(model, dataclasses.replace(meta, frames=frames), options)
+    if options.joint:
+        return joint_steps(header, frames, options.joint, model.cfg.temporal_factor)
     return options.adapt * len(segment_groups(header.segment_count))
 
 
@@ -178,6 +183,9 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
     ``adapt_progress(1)`` per step); each update is written as an ADAPT record before the first
     segment (a version 1.3 stream, 1.4 when it changes a decoder variant: spec §8c) when its
     measured gain pays for its bytes, and :attr:`EncodeResult.adaptation` says what happened.
+    ``joint``: instead of ``adapt``, passes over the video fitting each group's update and its
+    codes together, then ``refine`` steps through the fitted decoder
+    (:func:`neuralcodec.jointfit.fit_joint`; ``adapt_progress(1)`` per chunk step).
 
     Rate control: ``bitrate`` (bits per second) or ``bpp`` (bits per pixel) is a target for
     the stream without its audio. Each segment then stores the most bits per token (up to
@@ -198,29 +206,34 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
     asrc = AudioSource(video) if audio and isinstance(video, (str, Path)) else None
     spool = None
     try:
-        if not opts.adapt:  # the codes are refined for the decoder that will decode them
+        if not (opts.adapt or opts.joint):  # the codes are refined for the decoder that decodes them
             return _compress(refine_model(model) if opts.refine else model, it, meta, header, fo,
                              progress, asrc, bitrate, backend, opts.rdo, opts.refine)
-        sampler = FrameSampler(header.segment_frames, meta.frames, meta.width, meta.height,
-                               model.cfg.temporal_factor)
-        if opts.refine:  # the update is fitted to the encoder's codes of a first pass; the
-            # codes are then refined through the adapted decoder, the one that decodes them
-            spool = FrameSpool(meta.width, meta.height, meta.frames)
-            it = spool.wrap(it)
-        buf = io.BytesIO()  # the stream without its ADAPT record (its size: the compressed video)
-        res = _compress(model, sampler.wrap(it), meta, header, buf, None if spool else progress,
-                        None if spool else asrc, bitrate, backend, opts.rdo, 0)
-        ads, summary = fit_adaptations(model, buf.getvalue(), sampler.samples(), opts.adapt,
-                                       adapt_progress, rdo=opts.rdo)
-        if spool is not None:
-            nets = {id(ad): refine_model(model, ad) for ad in ads}
-            plain = refine_model(model)
+        spool = FrameSpool(meta.width, meta.height, meta.frames) if opts.refine or opts.joint else None
+        buf = io.BytesIO()  # the stream without its ADAPT records (its size: the compressed video)
+        if opts.joint:  # the update and the codes fitted together; the frames kept meanwhile
+            ads, store, summary = fit_joint(model, spool.wrap(it), spool.read, meta, header, opts,
+                                            progress, adapt_progress)
+            res = _compress(model, spool.replay(), meta, header, buf, None, asrc, bitrate, backend,
+                            opts.rdo, 0, store)
+        else:  # the update fitted to the encoder's codes of a first pass; with refine the codes
+            # are then refined through the adapted decoder, the one that decodes them
+            sampler = FrameSampler(header.segment_frames, meta.frames, meta.width, meta.height,
+                                   model.cfg.temporal_factor)
+            it = spool.wrap(it) if spool else it
+            res = _compress(model, sampler.wrap(it), meta, header, buf, None if spool else progress,
+                            None if spool else asrc, bitrate, backend, opts.rdo, 0)
+            ads, summary = fit_adaptations(model, buf.getvalue(), sampler.samples(), opts.adapt,
+                                           adapt_progress, rdo=opts.rdo)
+            if spool is not None:
+                nets = {id(ad): refine_model(model, ad) for ad in ads}
+                plain = refine_model(model)
 
-            def net(i: int):  # segment i is refined through the decoder that decodes it
-                return next((nets[id(ad)] for ad in ads if ad.covers(i)), plain)
-            buf = io.BytesIO()
-            res = _compress(net, spool.replay(), meta, res.header, buf,
-                            progress, asrc, bitrate, backend, opts.rdo, opts.refine)
+                def net(i: int):  # segment i is refined through the decoder that decodes it
+                    return next((nets[id(ad)] for ad in ads if ad.covers(i)), plain)
+                buf = io.BytesIO()
+                res = _compress(net, spool.replay(), meta, res.header, buf,
+                                progress, asrc, bitrate, backend, opts.rdo, opts.refine)
         if not ads:
             fo.write(buf.getvalue())
             return dataclasses.replace(res, adaptation=summary)
@@ -241,9 +254,11 @@ def compress_to_file(model: torch.nn.Module, video: VideoInput, fo: BinaryIO,
 
 def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progress: Progress,
               asrc: Optional[AudioSource], bitrate: Optional[float],
-              backend: Optional[str], rdo: float, refine: int) -> EncodeResult:
+              backend: Optional[str], rdo: float, refine: int,
+              given: Optional[Sequence[torch.Tensor]] = None) -> EncodeResult:
     """Encode the frames of ``it`` into ``fo`` with ``model`` — a model, or a function giving
-    the model of segment i (the same encoder, the decoder the segment is refined through)."""
+    the model of segment i (the same encoder, the decoder the segment is refined through);
+    ``given``: each segment's latents, found already (its frames are read and not encoded)."""
     net = model if callable(model) and not isinstance(model, torch.nn.Module) else lambda i: model
     bits, seg = header.bits, header.segment_frames
     writer = ct.Writer(fo, header, segment_bits=bitrate is not None)
@@ -255,7 +270,11 @@ def _compress(model, it, meta: VideoMeta, header: ct.Header, fo: BinaryIO, progr
     chosen: List[int] = []
     while True:
         model = net(index).eval()
-        n, latents = encode_refined(model, it, meta, seg, bits, refine, progress, rdo)
+        if given is None:
+            n, latents = encode_refined(model, it, meta, seg, bits, refine, progress, rdo)
+        else:
+            n = sum(1 for _ in itertools.islice(it, seg))
+            latents = given[index] if n and index < len(given) else None
         if n == 0:
             break
         if total + n > ct.MAX_FRAMES:

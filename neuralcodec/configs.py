@@ -53,13 +53,15 @@ REFINE_MAX_PIXELS = 1920 * 1088
 # codes (rdo λ, refinement steps) and how long it fits the decoder to the video (adapt steps,
 # neuralcodec.finetune; sent as an ADAPT record when it pays); an --rdo, --refine or --adapt
 # given explicitly overrides it. Encode time and gain of each, measured on the validation clips:
-# docs/cli.md ("Presets"). Veryslow's limit is time: a 300-frame CIF clip in 20 minutes on 2 cores
-# (40 refinement steps gained on validation but took 28: lab/notes/refine_rate.md, session 25).
+# docs/cli.md ("Presets"). Veryslow's limit is time: a 300-frame CIF clip in 20 minutes on 2 cores.
+# Since session 26 it fits the update and the codes together (--joint, neuralcodec.jointfit: on
+# validation cuts +0.9 dB over adapt 500 + refine 20 in less time, lab/notes/joint_fit.md), 25
+# passes then 5 refinement steps through the quantized update.
 PRESETS = {
-    "fast": {"rdo": DEFAULT_RDO, "refine": DEFAULT_REFINE, "adapt": 0},  # RDO only (the encoder before presets)
-    "medium": {"rdo": DEFAULT_RDO, "refine": 4, "adapt": 0},
-    "slow": {"rdo": DEFAULT_RDO, "refine": 10, "adapt": 200},
-    "veryslow": {"rdo": DEFAULT_RDO, "refine": 20, "adapt": 500},
+    "fast": {"rdo": DEFAULT_RDO, "refine": DEFAULT_REFINE, "adapt": 0, "joint": 0},  # RDO only (the encoder before presets)
+    "medium": {"rdo": DEFAULT_RDO, "refine": 4, "adapt": 0, "joint": 0},
+    "slow": {"rdo": DEFAULT_RDO, "refine": 10, "adapt": 200, "joint": 0},
+    "veryslow": {"rdo": DEFAULT_RDO, "refine": 5, "adapt": 0, "joint": 25},
 }
 # The preset an encode uses when none is named (keeps DEFAULT_RDO / DEFAULT_REFINE).
 DEFAULT_PRESET = "fast"

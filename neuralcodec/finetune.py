@@ -84,14 +84,17 @@ def adapt_names(model: torch.nn.Module) -> List[str]:
     return sorted(set(names))
 
 
-def _float_model(model: torch.nn.Module) -> torch.nn.Module:
-    """A float32 copy of ``model`` from its weights file when it is registered (W of spec §8c),
-    else from the model as it is."""
+def float_model(model: torch.nn.Module, decoder: str = DECODER_AUTO) -> torch.nn.Module:
+    """A float32 copy of ``model`` (from its weights file when it is registered: W of spec §8c)
+    whose decoder is the one ``decoder`` chooses (:func:`~neuralcodec.weights.decoder_variant`)."""
     name, prefix = model_identity(model)
     e = registry().get(name)
     if e is not None and bytes.fromhex(e.sha256)[:16] == prefix:
-        return load_model(name).float().eval()
-    return copy.deepcopy(model).float().eval()
+        fm = load_model(name).float().eval()
+    else:
+        fm = copy.deepcopy(model).float().eval()
+    variant = decoder_variant(fm, decoder)
+    return fm if variant is None else variant.float().eval()
 
 
 def quantize(delta: torch.Tensor, q: float = 1.0) -> Tuple[int, np.ndarray]:
@@ -191,10 +194,7 @@ class Fitting:
         segs = [sg for sg in reader.segments() if first <= sg.index < first + count]
         # the bytes the update's rate is weighed against: the stream's, or its segments' records
         self.share = len(stream) if segments is None else sum(_record(sg.data) for sg in segs)
-        fm = self.fm = _float_model(model)
-        variant = decoder_variant(fm, decoder)
-        if variant is not None:
-            fm = self.fm = variant.float().eval()
+        fm = self.fm = float_model(model, decoder)
         for p in fm.parameters():
             p.requires_grad_(False)
         groups = groups or [(adapt_names(fm), ADAPT_LR)]

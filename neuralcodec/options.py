@@ -19,6 +19,7 @@ from . import container as ct
 from .configs import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_REFINE, PRESETS
 from .errors import InputError
 from .finetune import MAX_ADAPT
+from .jointfit import MAX_JOINT
 from .refine import MAX_REFINE, check_refine_size
 from .weights import default_bits, model_identity
 
@@ -46,6 +47,7 @@ class EncodeOptions:
     rdo: float = DEFAULT_RDO  # λ of the repeat-a-token choice, squared error in steps (0: off)
     refine: int = DEFAULT_REFINE  # Adam steps per decoder chunk optimising the codes (0: off)
     adapt: int = 0  # Adam steps fitting the decoder to the video, sent as an ADAPT record (0: off)
+    joint: int = 0  # passes fitting the decoder and the codes together, instead of adapt (0: off)
     # (model name, sha256 prefix, K) this object was checked for; set by checked() only
     checked_for: Optional[Tuple[str, bytes, int]] = field(default=None, compare=False, repr=False)
 
@@ -69,8 +71,13 @@ class EncodeOptions:
             raise InputError(f"unknown preset {name!r} (use {', '.join(PRESETS)})")
         given = {k: v for k, v in fields.items() if v is not None}
         preset = dict(PRESETS[name])
-        if "adapt" not in given and (given.get("bitrate") is not None or given.get("bpp") is not None):
-            preset["adapt"] = 0  # a preset's adaptation stands aside for a target rate
+        if given.get("bitrate") is not None or given.get("bpp") is not None:
+            for k in ("adapt", "joint"):  # a preset's adaptation stands aside for a target rate
+                if k not in given:
+                    preset[k] = 0
+        for k, other in (("adapt", "joint"), ("joint", "adapt")):
+            if given.get(k) and other not in given:
+                preset[other] = 0  # an explicit way of fitting the update replaces the preset's
         return cls.of(None, **{**preset, **given})
 
     def checked(self, model: torch.nn.Module) -> "EncodeOptions":
@@ -104,9 +111,14 @@ class EncodeOptions:
         a = self.adapt
         if isinstance(a, bool) or not isinstance(a, int) or not 0 <= a <= MAX_ADAPT:
             raise InputError(f"adapt steps must be an integer in 0..{MAX_ADAPT}, got {a!r}")
-        if a and (self.bitrate is not None or self.bpp is not None):
-            raise InputError("--adapt cannot be combined with a target rate (its record's bytes "
-                             "are not budgeted): use --bits")
+        j = self.joint
+        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j <= MAX_JOINT:
+            raise InputError(f"joint passes must be an integer in 0..{MAX_JOINT}, got {j!r}")
+        if a and j:
+            raise InputError("--adapt and --joint both fit the decoder to the video: give one")
+        if (a or j) and (self.bitrate is not None or self.bpp is not None):
+            raise InputError(f"--{'adapt' if a else 'joint'} cannot be combined with a target rate "
+                             "(its record's bytes are not budgeted): use --bits")
         return dataclasses.replace(self, checked_for=ident)
 
     def stored_bits(self, model: torch.nn.Module) -> int:
@@ -121,7 +133,7 @@ class EncodeOptions:
 
     def check_frame_size(self, width: int, height: int) -> None:
         """InputError when the encoder effort asked for cannot run on frames of this size."""
-        check_refine_size(width, height, self.refine)
+        check_refine_size(width, height, self.refine or self.joint)
 
     def target_bitrate(self, width: int, height: int, fps: float) -> Optional[float]:
         """The rate-control target in bits per second for this frame size and rate, or None."""

@@ -52,6 +52,7 @@ from .rdo import select_codes
 from .weights import DECODER_AUTO, decoder_variant
 
 __all__ = ["DEFAULT_REFINE", "MAX_REFINE", "REFINE_LR", "REFINE_MAX_PIXELS", "check_refine_size",
+           "stored_codes", "straight_codes", "repeat_cost",
            "encode_refined", "refine_latents", "refine_model"]
 
 MAX_REFINE = 1000  # most steps an encode may ask for (a typo guard: 1000 steps take hours)
@@ -70,7 +71,7 @@ def _restore(state: Dict[torch.nn.Module, dict]) -> None:
             setattr(m, k, v)
 
 
-def _stored(q, z: torch.Tensor, bits: int, lam: float,
+def stored_codes(q, z: torch.Tensor, bits: int, lam: float,
             prev: Optional[torch.Tensor]) -> torch.Tensor:
     """Unbounded values ``1×C×n×h×w`` → the codes that will be stored for them,
     ``1×bits×n×h×w`` in {-1, +1}, no gradient: the RDO's choice with ``lam`` given ``prev``,
@@ -79,7 +80,7 @@ def _stored(q, z: torch.Tensor, bits: int, lam: float,
         return select_codes(q.latents(z.detach()), q, bits, lam, prev)
 
 
-def _codes(model, z: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+def straight_codes(model, z: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
     """The decoder's input ``1×K×n×h×w`` (model dtype) for stored codes ``1×b×n×h×w``: their
     values as the decoder reads them (bits >= b 0), with the quantizer's straight-through
     gradient to ``z`` for each of the b bits (also where the RDO repeats a code: the gradient
@@ -91,7 +92,7 @@ def _codes(model, z: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
     return (dec + (plain - plain.detach())).to(model.dtype)
 
 
-def _repeat_cost(q, z: torch.Tensor, prev: Optional[torch.Tensor], stored: torch.Tensor,
+def repeat_cost(q, z: torch.Tensor, prev: Optional[torch.Tensor], stored: torch.Tensor,
                  cap: float) -> torch.Tensor:
     """The refinement's rate term for one chunk: per token of latent frames t >= 1 (of the
     segment), its squared distance in quantization steps from the value the codes stored for
@@ -99,7 +100,7 @@ def _repeat_cost(q, z: torch.Tensor, prev: Optional[torch.Tensor], stored: torch
     that a token that truly changed feels no pull; mean over the chunk's tokens. ``z``:
     ``1×C×n×h×w`` unbounded values (with gradient); ``prev``: ``1×b×1×h×w`` codes chosen for
     the latent frame before the chunk, None at the segment's start; ``stored``: the chunk's
-    codes ``1×b×n×h×w`` (:func:`_stored`)."""
+    codes ``1×b×n×h×w`` (:func:`stored_codes`)."""
     step = q.steps(stored.shape[1]).to(z.device).view(1, -1, 1, 1, 1)
     v = q.targets(q.latents(z))
     vals = q.values(stored).to(v.dtype)
@@ -157,12 +158,12 @@ def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, b
             def objective() -> torch.Tensor:  # this chunk's loss for the current z
                 _restore(before)
                 with torch.autocast(dev.type, torch.bfloat16, enabled=auto):
-                    stored = _stored(q, z, bits, rdo, prev)
-                    rec = model.decoder(_codes(model, z, stored))
+                    stored = stored_codes(q, z, bits, rdo, prev)
+                    rec = model.decoder(straight_codes(model, z, stored))
                     # clamped as decoding clamps: judged by what will be decoded
                     loss = distortion(rec[:, :, :f1 - f0].clamp(-1, 1), target, msssim)
                     if rate > 0:
-                        loss = loss + rate * _repeat_cost(q, z, prev, stored, rate_cap)
+                        loss = loss + rate * repeat_cost(q, z, prev, stored, rate_cap)
                 return loss
 
             best, best_z = float("inf"), None
@@ -179,8 +180,8 @@ def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, b
             z = best_z
             _restore(before)
             with torch.no_grad():  # carry the state of the codes actually chosen
-                stored = _stored(q, z, bits, rdo, prev)
-                model.decoder(_codes(model, z, stored))
+                stored = stored_codes(q, z, bits, rdo, prev)
+                model.decoder(straight_codes(model, z, stored))
             out.append(z)
             prev = stored[:, :, -1:]
             if progress:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -290,6 +290,14 @@ class FrameSpool:
         size = int(np.prod(self.shape or (0,)))
         for _ in range(self.count):
             yield np.frombuffer(self.file.read(size), np.uint8).reshape(self.shape)
+
+    def read(self, first: int, count: int) -> List[np.ndarray]:
+        """Frames ``first`` .. ``first + count - 1`` of those kept (fewer at the end)."""
+        size = int(np.prod(self.shape or (0,)))
+        count = max(0, min(count, self.count - first))
+        self.file.seek(first * size)
+        data = self.file.read(count * size)
+        return [np.frombuffer(data, np.uint8, size, i * size).reshape(self.shape) for i in range(count)]
 
     def close(self) -> None:
         self.file.close()

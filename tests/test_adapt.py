@@ -186,8 +186,8 @@ def test_adapt_option_rules():
         EncodeOptions(adapt=-1).checked(Tokenizer(TINY, name="t", sha256="00" * 32))
     with pytest.raises(InputError, match="target rate"):
         EncodeOptions(adapt=5, bpp=0.1).checked(Tokenizer(TINY, name="t", sha256="00" * 32))
-    assert EncodeOptions.from_preset("veryslow").adapt > 0
-    assert EncodeOptions.from_preset("veryslow", bpp=0.1).adapt == 0  # the preset's stands aside
+    assert EncodeOptions.from_preset("slow").adapt > 0
+    assert EncodeOptions.from_preset("slow", bpp=0.1).adapt == 0  # the preset's stands aside
     assert EncodeOptions.from_preset("fast").adapt == 0
 
 

@@ -20,7 +20,7 @@ def test_rows_are_the_presets_streams(make_tiny):
     assert rows[1]["bpp"] == 8 * len(data) / v[..., 0].size
     assert abs(rows[1]["psnr_rgb"] - psnr(v, codec.decompress(data, model=model)[1])) < 1e-9
     t = B.table(rows).splitlines()
-    assert len(t) == 4 and t[2].startswith("| fast | 0 | 0 | 0/1 |") and "+0.0%" in t[2]
+    assert len(t) == 4 and t[2].startswith("| fast | 0 | 0 | 0 | 0/1 |") and "+0.0%" in t[2]
 
 
 def test_rows_count_the_streams_that_carry_an_adapt_record(make_tiny, monkeypatch):
@@ -31,4 +31,4 @@ def test_rows_count_the_streams_that_carry_an_adapt_record(make_tiny, monkeypatc
     rows = B.bench(model, [clip(t=5)], bits=4, presets=("fast", "slow"))
     assert [(r["adapt"], r["adapted"]) for r in rows] == [(0, 0), (3, 1)]
     assert rows[1]["bpp"] > rows[0]["bpp"]  # the record's bytes are counted
-    assert "| slow | 0 | 3 | 1/1 |" in B.table(rows)
+    assert "| slow | 0 | 3 | 0 | 1/1 |" in B.table(rows)

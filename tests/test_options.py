@@ -42,11 +42,14 @@ def test_api_takes_the_object_or_its_fields(make_tiny):
 
 def test_presets_set_effort_and_explicit_options_win():
     from neuralcodec.configs import DEFAULT_PRESET, DEFAULT_RDO, DEFAULT_REFINE, PRESETS
-    assert PRESETS[DEFAULT_PRESET] == {"rdo": DEFAULT_RDO, "refine": DEFAULT_REFINE, "adapt": 0}  # today's encoder
-    adapt = [PRESETS[p]["adapt"] for p in ("fast", "medium", "slow", "veryslow")]
-    assert adapt == sorted(adapt) and adapt[0] == 0 < adapt[-1]  # adaptation only in the slow end
-    steps = [PRESETS[p]["refine"] for p in ("fast", "medium", "slow", "veryslow")]
-    assert steps == sorted(steps) and len(set(steps)) == 4  # a ladder: each slower than the last
+    assert PRESETS[DEFAULT_PRESET] == {"rdo": DEFAULT_RDO, "refine": DEFAULT_REFINE, "adapt": 0,
+                                       "joint": 0}  # today's encoder
+    order = ("fast", "medium", "slow", "veryslow")
+    fits = [bool(PRESETS[p]["adapt"] or PRESETS[p]["joint"]) for p in order]
+    assert fits == [False, False, True, True]  # adaptation only in the slow end
+    assert PRESETS["veryslow"]["joint"] > 0 and not PRESETS["veryslow"]["adapt"]  # codes and update together
+    steps = [PRESETS[p]["refine"] for p in order[:3]]
+    assert steps == sorted(steps) and len(set(steps)) == 3  # a ladder: each slower than the last
     assert EncodeOptions.from_preset() == EncodeOptions()
     assert EncodeOptions.from_preset("slow").refine == PRESETS["slow"]["refine"]
     assert EncodeOptions.from_preset("slow", refine=1, rdo=None).refine == 1

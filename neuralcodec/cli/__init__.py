@@ -94,7 +94,7 @@ def main() -> None:
               help="encoder effort: fast (RDO only), medium, slow, veryslow (more refinement "
                    "steps: better codes for the decoder; slow and veryslow also fit the decoder "
                    "to the video; slower; docs/cli.md has the measured speed and gain of each); "
-                   "--rdo / --refine / --adapt override it")
+                   "--rdo / --refine / --adapt / --joint override it")
 @click.option("--rdo", type=float, default=None,
               help="rate-distortion trade of the encoder: a token repeats the previous latent "
                    "frame's when that adds at most this much squared error, in quantization "
@@ -107,19 +107,24 @@ def main() -> None:
               help="N training steps that fit the decoder's biases and norms to this video; the "
                    "change is sent in the stream (a 1.3 or 1.4 stream) when its gain pays for its bytes "
                    "(0 = off; not with --bitrate/--bpp) [default: the preset's]")
+@click.option("--joint", type=int, default=None, metavar="N",
+              help="N passes over the video fitting the decoder and the codes together (instead "
+                   "of --adapt; then --refine steps per chunk through the fitted decoder); the "
+                   "change is sent when its gain pays for its bytes (0 = off; not with "
+                   "--bitrate/--bpp) [default: the preset's]")
 @FORCE_OPTION
 @QUIET_OPTION
 def encode(input: Path, output: Path, model_name: Optional[str], bits: Optional[int], entropy: str,
            device: str, precision: str, segment_frames: Optional[int], bitrate: Optional[str],
            bpp: Optional[float], preset: str, rdo: Optional[float], refine: Optional[int],
-           adapt: Optional[int], force: bool, quiet: bool) -> None:
+           adapt: Optional[int], joint: Optional[int], force: bool, quiet: bool) -> None:
     """Encode a video file (anything FFmpeg reads) into an .mgv stream.
 
     INPUT "-" reads the video from stdin (y4m, nut, mkv: anything FFmpeg reads from a pipe;
     its audio is not carried)."""
     run(_encode, input, output, model_name, device, precision, force, quiet, preset, bits=bits,
         entropy=entropy, segment_frames=segment_frames, bitrate=bitrate, bpp=bpp, rdo=rdo,
-        refine=refine, adapt=adapt)
+        refine=refine, adapt=adapt, joint=joint)
 
 
 def _encode(input: Path, output: Path, model_name, device, precision, force, quiet, preset,
@@ -151,7 +156,7 @@ def _encode(input: Path, output: Path, model_name, device, precision, force, qui
     t0 = time.perf_counter()
     total = meta.frames if meta.frames is not None or video is not input else vio.count_frames(input)
     steps = (progress(codec.adapt_steps(model, meta, opts, total), quiet, "adapt", "step")
-             if opts.adapt else contextlib.nullcontext())
+             if opts.adapt or opts.joint else contextlib.nullcontext())
     with atomic_output(output, force) as tmp, progress(total, quiet, "encode") as bar, steps as abar:
         with open(tmp, "wb") as fo:
             res = codec.compress_to_file(model, video, fo, opts, progress=bar.update,
@@ -170,11 +175,13 @@ def _encode(input: Path, output: Path, model_name, device, precision, force, qui
                f"entropy coded, {dt:.2f} s ({h.frames / dt:.2f} fps)")
     groups = [] if res.adaptation is None else res.adaptation.get("groups", [res.adaptation])
     for a in groups:
-        where = "held-out" if a.get("windows_held_out") else "training"
+        where = ("over the plain codes" if "passes" in a else
+                 "on held-out frames" if a.get("windows_held_out") else "on training frames")
         first, count = a.get("segments", (0, res.segments))
         span = f" for segments {first}..{first + count - 1}" if len(groups) > 1 else ""
-        click.echo(f"adaptation of the {a.get('decoder', 'full')} decoder{span}: {a['steps']} steps, "
-                   f"{a.get('gain_db', 0):+.2f} dB on {where} frames for {a.get('update_bytes', 0)} bytes: "
+        work = f"{a['passes']} passes" if "passes" in a else f"{a['steps']} steps"
+        click.echo(f"adaptation of the {a.get('decoder', 'full')} decoder{span}: {work}, "
+                   f"{a.get('gain_db', 0):+.2f} dB {where} for {a.get('update_bytes', 0)} bytes: "
                    + ("sent" if a["kept"]
                       else f"not sent ({a.get('why') or _needed(a)})"))
     if opts.bitrate is not None or opts.bpp is not None:

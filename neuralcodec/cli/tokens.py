@@ -86,7 +86,7 @@ def _tokens(input: Path, output: Path, model_name, bits, split_spec, segment_fra
         model = load_model(model_name, device)
         # tokens of a video carry no decoder adaptation (encode, then take the stream's tokens)
         opts = EncodeOptions.from_preset(preset, bits=bits, segment_frames=segment_frames, rdo=rdo,
-                                         refine=refine, adapt=0).checked(model)
+                                         refine=refine, adapt=0, joint=0).checked(model)
         opts.check_frame_size(meta.width, meta.height)
         if split:
             tk.check_split(split, opts.stored_bits(model))
