@@ -7,28 +7,15 @@ import io
 
 import numpy as np
 import pytest
-import torch
 
 from neuralcodec import adapt, codec, finetune, jointfit, refine, sampling
 from neuralcodec import container as ct
 from neuralcodec.configs import TINY
 from neuralcodec.errors import InputError
-from neuralcodec.model import Tokenizer
 from neuralcodec.options import EncodeOptions
 from neuralcodec.video_io import FrameSpool, VideoMeta
 
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return Tokenizer(TINY, name="tiny", sha256="00" * 32).eval()
-
-
-@pytest.fixture(scope="module")
-def video():
-    rng = np.random.default_rng(1)
-    x = (rng.random((20, 12, 16, 3)) * 255).astype(np.uint8)
-    return np.repeat(np.repeat(x, 4, 1), 4, 2)
+from test_adapt import model, video  # noqa: F401,F811  (test_adapt's tiny model and clip fixtures)
 
 
 def records(data):
