@@ -121,11 +121,6 @@ def _segment_codes(stream: bytes, ends: dict, k: int) -> dict:
     return out
 
 
-def _record(data: bytes) -> int:
-    """Bytes of a record with this payload in the stream (head, payload, CRC)."""
-    return ct.RECORD_HEAD.size + len(data) + ct.CRC.size
-
-
 def _window(rng: np.random.Generator, h: int, w: int, s: int, frames: int) -> Tuple[int, int, int, int]:
     """A random token window (y0, x0, rows, cols) of ``h×w`` tokens whose pixels × ``frames``
     stay within :data:`STEP_PIXELS`."""
@@ -193,7 +188,7 @@ class Fitting:
         samples = [((seg, j), fr) for (seg, j), fr in samples if first <= seg < first + count]
         segs = [sg for sg in reader.segments() if first <= sg.index < first + count]
         # the bytes the update's rate is weighed against: the stream's, or its segments' records
-        self.share = len(stream) if segments is None else sum(_record(sg.data) for sg in segs)
+        self.share = len(stream) if segments is None else sum(ct.record_size(len(sg.data)) for sg in segs)
         fm = self.fm = float_model(model, decoder)
         for p in fm.parameters():
             p.requires_grad_(False)
@@ -237,8 +232,8 @@ class Fitting:
             return above
         hdr = self.header
         low = hdr.bits - max(1, hdr.bits // 4)
-        full = sum(_record(sg.data) for sg in segs)
-        less = sum(_record(encode_payload(decode_codes(sg, b)[:, :low], hdr.entropy)[1])
+        full = sum(ct.record_size(len(sg.data)) for sg in segs)
+        less = sum(ct.record_size(len(encode_payload(decode_codes(sg, b)[:, :low], hdr.entropy)[1]))
                    for sg in segs for b in [sg.stored_bits(hdr)])
         worse = self.loss_on(self.evals, low) if low >= 1 else 0.0
         if low < 1 or less >= full or worse <= self.before:
@@ -380,7 +375,7 @@ class Fitting:
                 tensors.sort(key=lambda t: t.index)
                 ad = Adaptation(self.header.model_sha256, *self.range,
                                 tuple(tensors), None if sha is None else bytes.fromhex(sha)[:16])
-                size = _record(ad.to_payload())
+                size = ct.record_size(len(ad.to_payload()))
                 after = self.loss_on(self.evals)
                 gain = 10 * math.log10(self.before / after) if after > 0 else 0.0
                 need = self.slope * math.log2(1 + size / max(1, self.share))

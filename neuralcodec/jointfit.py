@@ -9,7 +9,7 @@ chunk by chunk, as the stream's decode does (:func:`~neuralcodec.chunks.latent_c
 causal state carried), and each chunk's step moves its codes (refinement's Adam on the unbounded
 values, straight through the RDO's choice, with its rate term: :mod:`neuralcodec.refine`) and the
 update (the tensors of :func:`~neuralcodec.finetune.adapt_names` at
-:data:`~neuralcodec.finetune.ADAPT_LR`, cosine decay over all the steps) with the same gradient,
+:data:`JOINT_LR`, cosine decay over all the steps) with the same gradient,
 on whole frames of every frame the group holds — what the decoder will decode, nothing held out.
 The update is then quantized (Δ ≈ each tensor's rms, :func:`~neuralcodec.finetune.quantize`) and
 ``refine`` steps per chunk adjust the codes to the quantized decoder
@@ -23,7 +23,7 @@ the doublings of bytes it costs. Otherwise the group's codes are refined through
 decoder (``refine`` steps; the plain codes when 0), as ``--refine`` alone would.
 
 Chosen on validation cuts of ``../shared/data/train`` (``lab/studies/joint_fit.py``,
-``lab/notes/joint_fit.md``).
+``lab/studies/joint_tune.py``, ``lab/notes/joint_fit.md``).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from .adapt import Adaptation, TensorUpdate, tensor_names
 from .chunks import Progress, decoder_step, encode_segment, frames_to_tensor, latent_chunks
 from .configs import REFINE_LR, REFINE_RATE, REFINE_RATE_CAP
 from .errors import InputError
-from .finetune import ADAPT_LR, ADAPT_MSSSIM, LR_FLOOR, adapt_names, float_model, quantize
+from .finetune import ADAPT_MSSSIM, LR_FLOOR, adapt_names, float_model, quantize
 from .layers import streaming
 from .losses import distortion
 from .model import inference_dtype
@@ -48,9 +48,10 @@ from .refine import refine_latents, refine_model, repeat_cost, stored_codes, str
 from .sampling import segment_groups
 from .video_io import VideoMeta
 
-__all__ = ["MAX_JOINT", "joint_steps", "fit_group", "fit_joint"]
+__all__ = ["MAX_JOINT", "JOINT_LR", "joint_steps", "fit_group", "fit_joint"]
 
 MAX_JOINT = 1000  # most passes --joint accepts
+JOINT_LR = 5e-3  # Adam learning rate of the update in the joint fit (cosine decay to LR_FLOOR of it)
 Frames = Callable[[int, int], List[np.ndarray]]  # (first frame, count) → frames of the video
 
 
@@ -99,17 +100,21 @@ def _bytes(q, latents: Sequence[torch.Tensor], bits: int, rdo: float, entropy: i
     return sum(len(encode_payload(select_codes(lat, q, bits, rdo), entropy)[1]) for lat in latents)
 
 
-def _slope(net, frames: Frames, segs, latents, header: ct.Header, rdo: float) -> float:
+def _slope(net, frames: Frames, segs, latents, header: ct.Header, rdo: float,
+           known: Optional[Tuple[int, float]] = None) -> float:
     """The plain encoder's slope at the stream's rate (dB per doubling of bytes, ≥ 0): from
-    its bits to one bit plane more, or, at the model's K bits, from a plane fewer."""
+    its bits to one bit plane more, or, at the model's K bits, from a plane fewer. ``known``:
+    the (payload bytes, MSE) of the codes at the stream's bits when already measured."""
     cfg, bits = net.cfg, header.bits
     up = min(cfg.bits, bits + cfg.bits // cfg.planes)
     lo, hi = (bits, up) if up > bits else (bits - cfg.bits // cfg.planes, bits)
     if lo < 1:
         return 0.0
-    size = {b: _bytes(net.quantizer, latents, b, rdo, header.entropy) for b in (lo, hi)}
-    mse = {b: _mse(net, frames, segs, latents, b, rdo, (header.width, header.height))
-           for b in (lo, hi)}
+    size, mse = ({bits: known[0]}, {bits: known[1]}) if known is not None else ({}, {})
+    for b in (lo, hi):
+        if b not in size:
+            size[b] = _bytes(net.quantizer, latents, b, rdo, header.entropy)
+            mse[b] = _mse(net, frames, segs, latents, b, rdo, (header.width, header.height))
     if size[hi] <= size[lo] or mse[hi] >= mse[lo]:
         return 0.0
     return 10 * math.log10(mse[lo] / mse[hi]) / math.log2(size[hi] / size[lo])
@@ -139,7 +144,7 @@ def fit_group(model: torch.nn.Module, frames: Frames, segs: Sequence[Tuple[int, 
     base = [p.detach().clone() for p in train]
     for p in train:
         p.requires_grad_(True)
-    popt = torch.optim.Adam(train, lr=ADAPT_LR)
+    popt = torch.optim.Adam(train, lr=JOINT_LR)
     auto = inference_dtype("cpu") == torch.bfloat16
     w, h = header.width, header.height
     work = []  # per segment: (first frame, frames, [(chunk, z, its Adam)])
@@ -160,7 +165,7 @@ def fit_group(model: torch.nn.Module, frames: Frames, segs: Sequence[Tuple[int, 
                     target = fm.pad_spatial(frames_to_tensor(frames(f + f0, f1 - f0), "cpu"))
                     decay = 0.5 * (1 + math.cos(math.pi * k / total))
                     for g in popt.param_groups:
-                        g["lr"] = ADAPT_LR * (LR_FLOOR + (1 - LR_FLOOR) * decay)
+                        g["lr"] = JOINT_LR * (LR_FLOOR + (1 - LR_FLOOR) * decay)
                     with torch.autocast("cpu", torch.bfloat16, enabled=auto):
                         stored = stored_codes(q, z, bits, rdo, prev)
                         rec = dec(straight_codes(fm, z, stored))
@@ -180,15 +185,18 @@ def fit_group(model: torch.nn.Module, frames: Frames, segs: Sequence[Tuple[int, 
     fm.eval()
     sha = fm.decoder_sha256
     order = [nm for nm in tensor_names(fm) if sha is None or nm.startswith("decoder.")]
+    joint = [torch.cat([q.latents(z.detach()) for _, z, _ in zs], 2).float() for _, _, zs in work]
+    summary = {"passes": passes, "steps": k, "decoder": fm.variant or "full",
+               "segments": [first_segment, len(segs)], "kept": False}
+    size0 = _bytes(q, latents, bits, rdo, header.entropy)
+    before = _mse(plain, frames, segs, latents, bits, rdo, (w, h))
+    slope = _slope(plain, frames, segs, latents, header, rdo, (size0, before))
     tensors = []
     with torch.no_grad():
         for nm, p, p0 in zip(names, train, base):
             e, v = quantize(p - p0, 1.0)
             if np.any(v):
                 tensors.append(TensorUpdate(order.index(nm), e, int(np.abs(v).max()), v))
-    joint = [torch.cat([q.latents(z.detach()) for _, z, _ in zs], 2).float() for _, _, zs in work]
-    summary = {"passes": passes, "steps": k, "decoder": fm.variant or "full",
-               "segments": [first_segment, len(segs)], "kept": False}
     ad = None
     if not tensors:
         summary["why"] = "no change"
@@ -199,12 +207,9 @@ def fit_group(model: torch.nn.Module, frames: Frames, segs: Sequence[Tuple[int, 
         net = refine_model(model, ad)
         joint = [refine_latents(net, frames(f, n), lat, bits, refine, rdo=rdo)
                  for (f, n), lat in zip(segs, joint)]
-        before = _mse(plain, frames, segs, latents, bits, rdo, (w, h))
         after = _mse(net, frames, segs, joint, bits, rdo, (w, h))
-        size0 = _bytes(q, latents, bits, rdo, header.entropy)
-        record = ct.RECORD_HEAD.size + len(ad.to_payload()) + ct.CRC.size
+        record = ct.record_size(len(ad.to_payload()))
         size1 = _bytes(q, joint, bits, rdo, header.entropy) + record
-        slope = _slope(plain, frames, segs, latents, header, rdo)
         gain = 10 * math.log10(before / after) if after > 0 else 0.0
         need = slope * math.log2(size1 / size0) if size0 else 0.0
         summary.update({"gain_db": gain, "needed_db": need, "slope_db": slope,

@@ -62,10 +62,11 @@ def test_each_pass_moves_the_codes_and_the_update_together(model, video, monkeyp
     codes' 0 only the update does (the stored codes are the encoder's)."""
     monkeypatch.setattr(jointfit, "_slope", lambda *a: 0.0)
     plain = codec.compress(model, video, segment_frames=9)
-    monkeypatch.setattr(jointfit, "ADAPT_LR", 0.0)
+    lr = jointfit.JOINT_LR
+    monkeypatch.setattr(jointfit, "JOINT_LR", 0.0)
     frozen = codec.compress_to_file(model, video, io.BytesIO(), segment_frames=9, joint=4, refine=0)
     assert frozen.adaptation["why"] == "no change" and not frozen.adaptation["kept"]
-    monkeypatch.setattr(jointfit, "ADAPT_LR", finetune.ADAPT_LR)
+    monkeypatch.setattr(jointfit, "JOINT_LR", lr)
     monkeypatch.setattr(jointfit, "REFINE_LR", 0.0)
     buf = io.BytesIO()
     res = codec.compress_to_file(model, video, buf, segment_frames=9, joint=4, refine=0)
@@ -125,6 +126,9 @@ def test_the_slope_is_that_of_the_plain_curve(model, video):
     err = [jointfit._mse(net, frames, segs, lats, b, 0.0, (header.width, header.height)) for b in (lo, hi)]
     want = 10 * np.log10(err[0] / err[1]) / np.log2(size[1] / size[0])
     assert s == pytest.approx(max(0.0, want))
+    # the measurement at the stream's bits, when given, is taken instead of measured again
+    assert jointfit._slope(net, frames, segs, lats, header, 0.0, (size[0], err[0])) == pytest.approx(s)
+    assert jointfit._slope(net, frames, segs, lats, header, 0.0, (size[0], err[0] * 2)) != pytest.approx(s)
 
 
 def test_joint_option_rules(model):

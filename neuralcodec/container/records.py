@@ -17,7 +17,7 @@ from .header import (CRC, END_PAYLOAD, ENTROPY_CONTEXT, ENTROPY_NONE, FLAG_CRITI
                      SEGMENT_HEAD, Header)
 
 __all__ = ["Record", "Segment", "IndexEntry", "RecordOrder", "Damage", "parse_end", "parse_index",
-           "Writer"]
+           "record_size", "Writer"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,12 @@ class Record:
 
     @property
     def size(self) -> int:
-        return RECORD_HEAD.size + len(self.payload) + CRC.size
+        return record_size(len(self.payload))
+
+
+def record_size(payload: int) -> int:
+    """Bytes in the stream of a record with a ``payload``-byte payload (head, payload, CRC)."""
+    return RECORD_HEAD.size + payload + CRC.size
 
 
 @dataclass(frozen=True)
