@@ -50,6 +50,12 @@ def decoder_step(width: int, height: int, tf: int) -> int:
     return max(1, min(CHUNK_LATENTS, chunk_frames(width * height, tf) // tf))
 
 
+def chunk_frame_range(t0: int, n: int, tf: int) -> Tuple[int, int]:
+    """(first frame, end frame), counted from the segment's start, that the decoder's chunk of
+    ``n`` latent frames from latent frame ``t0`` decodes (the end is that of a full segment)."""
+    return (0 if t0 == 0 else 1 + tf * (t0 - 1)), 1 + tf * (t0 + n - 1)
+
+
 def latent_chunks(latent_t: int, step: int) -> Iterator[Tuple[int, int]]:
     """The decoder's chunks of a segment of ``latent_t`` latent frames as (first latent frame,
     count): one latent frame, then ``step`` at a time (:func:`decoder_step`)."""

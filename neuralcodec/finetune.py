@@ -84,6 +84,11 @@ def adapt_names(model: torch.nn.Module) -> List[str]:
     return sorted(set(names))
 
 
+def decayed_lr(lr0: float, step: int, total: int) -> float:
+    """The learning rate at ``step`` of ``total``: cosine decay from ``lr0`` to LR_FLOOR·lr0."""
+    return lr0 * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total))))
+
+
 def float_model(model: torch.nn.Module, decoder: str = DECODER_AUTO) -> torch.nn.Module:
     """A float32 copy of ``model`` (from its weights file when it is registered: W of spec §8c)
     whose decoder is the one ``decoder`` chooses (:func:`~neuralcodec.weights.decoder_variant`)."""
@@ -333,9 +338,8 @@ class Fitting:
         self.fm.train()
         for _ in range(steps):
             if self.total:
-                f = 0.5 * (1 + math.cos(math.pi * min(1.0, self.steps / self.total)))
                 for g in self.opt.param_groups:
-                    g["lr"] = g["lr0"] * (LR_FLOOR + (1 - LR_FLOOR) * f)
+                    g["lr"] = decayed_lr(g["lr0"], self.steps, self.total)
             c, n, t = self.window(self.pick())
             self.opt.zero_grad(set_to_none=True)
             _loss(self.fm, c, n, t, self.auto, self.msssim).backward()

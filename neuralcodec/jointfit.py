@@ -35,10 +35,10 @@ import torch
 
 from . import container as ct
 from .adapt import Adaptation, TensorUpdate, tensor_names
-from .chunks import Progress, decoder_step, encode_segment, frames_to_tensor, latent_chunks
-from .configs import REFINE_LR, REFINE_RATE, REFINE_RATE_CAP
+from .chunks import Progress, chunk_frame_range, decoder_step, encode_segment, frames_to_tensor, latent_chunks
+from .configs import DECODER_FULL, REFINE_LR, REFINE_RATE, REFINE_RATE_CAP
 from .errors import InputError
-from .finetune import ADAPT_MSSSIM, LR_FLOOR, adapt_names, float_model, quantize
+from .finetune import ADAPT_MSSSIM, adapt_names, decayed_lr, float_model, quantize
 from .layers import streaming
 from .losses import distortion
 from .model import inference_dtype
@@ -60,7 +60,7 @@ def _chunks(latent_t: int, width: int, height: int, tf: int) -> List[Tuple[int, 
     frame), its frames counted from the segment's start."""
     out = []
     for t0, n in latent_chunks(latent_t, decoder_step(width, height, tf)):
-        out.append((t0, n, 0 if t0 == 0 else 1 + tf * (t0 - 1), 1 + tf * (t0 + n - 1)))
+        out.append((t0, n, *chunk_frame_range(t0, n, tf)))
     return out
 
 
@@ -163,9 +163,8 @@ def fit_group(model: torch.nn.Module, frames: Frames, segs: Sequence[Tuple[int, 
                 for (t0, m, f0, f1), z, zopt in zs:
                     f1 = min(n, f1)
                     target = fm.pad_spatial(frames_to_tensor(frames(f + f0, f1 - f0), "cpu"))
-                    decay = 0.5 * (1 + math.cos(math.pi * k / total))
                     for g in popt.param_groups:
-                        g["lr"] = JOINT_LR * (LR_FLOOR + (1 - LR_FLOOR) * decay)
+                        g["lr"] = decayed_lr(JOINT_LR, k, total)
                     with torch.autocast("cpu", torch.bfloat16, enabled=auto):
                         stored = stored_codes(q, z, bits, rdo, prev)
                         rec = dec(straight_codes(fm, z, stored))
@@ -186,7 +185,7 @@ def fit_group(model: torch.nn.Module, frames: Frames, segs: Sequence[Tuple[int, 
     sha = fm.decoder_sha256
     order = [nm for nm in tensor_names(fm) if sha is None or nm.startswith("decoder.")]
     joint = [torch.cat([q.latents(z.detach()) for _, z, _ in zs], 2).float() for _, _, zs in work]
-    summary = {"passes": passes, "steps": k, "decoder": fm.variant or "full",
+    summary = {"passes": passes, "steps": k, "decoder": fm.variant or DECODER_FULL,
                "segments": [first_segment, len(segs)], "kept": False}
     size0 = _bytes(q, latents, bits, rdo, header.entropy)
     before = _mse(plain, frames, segs, latents, bits, rdo, (w, h))

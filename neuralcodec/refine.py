@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from .adapt import adapted_model
-from .chunks import (Progress, decoder_step, encode_segment, frames_to_tensor, latent_chunks,
-                     model_device)
+from .chunks import (Progress, chunk_frame_range, decoder_step, encode_segment, frames_to_tensor,
+                     latent_chunks, model_device)
 from .configs import (DEFAULT_REFINE, REFINE_LR, REFINE_MAX_PIXELS, REFINE_MSSSIM, REFINE_RATE,
                       REFINE_RATE_CAP)
 from .errors import InputError
@@ -148,8 +148,8 @@ def refine_latents(model, frames: Sequence[np.ndarray], latents: torch.Tensor, b
     prev = None  # the codes stored for the latent frame before the chunk (RDO, rate term)
     with streaming(model.decoder):
         for t0, n in latent_chunks(t_all, step):
-            f0 = 0 if t0 == 0 else 1 + tf * (t0 - 1)
-            f1 = min(len(frames), 1 + tf * (t0 + n - 1))
+            f0, f1 = chunk_frame_range(t0, n, tf)
+            f1 = min(len(frames), f1)
             target = model.pad_spatial(frames_to_tensor(list(frames[f0:f1]), dev))
             before = _state(model.decoder)
             z = z_all[:, :, t0:t0 + n].clone().requires_grad_(True)

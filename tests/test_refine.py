@@ -127,6 +127,16 @@ def test_latent_chunks_are_the_decoders_schedule():
     assert list(latent_chunks(5, 1)) == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]
 
 
+def test_chunk_frame_ranges_tile_the_segment():
+    """The first latent frame decodes frame 0, each later one ``tf`` frames: the chunks' frame
+    ranges follow each other without gap or overlap up to 1 + tf·(t − 1) frames."""
+    from neuralcodec.chunks import chunk_frame_range, latent_chunks
+
+    tf = 4
+    ranges = [chunk_frame_range(t0, n, tf) for t0, n in latent_chunks(6, 2)]
+    assert ranges == [(0, 1), (1, 9), (9, 17), (17, 21)]
+
+
 def changed_tokens(latents: torch.Tensor, bits: int) -> int:
     """Tokens of latent frames t >= 1 whose first ``bits`` bits differ from frame t − 1's."""
     s = sign_quantize(latents[:, :bits])
