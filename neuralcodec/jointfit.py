@@ -187,9 +187,6 @@ def fit_group(model: torch.nn.Module, frames: Frames, segs: Sequence[Tuple[int, 
     joint = [torch.cat([q.latents(z.detach()) for _, z, _ in zs], 2).float() for _, _, zs in work]
     summary = {"passes": passes, "steps": k, "decoder": fm.variant or DECODER_FULL,
                "segments": [first_segment, len(segs)], "kept": False}
-    size0 = _bytes(q, latents, bits, rdo, header.entropy)
-    before = _mse(plain, frames, segs, latents, bits, rdo, (w, h))
-    slope = _slope(plain, frames, segs, latents, header, rdo, (size0, before))
     tensors = []
     with torch.no_grad():
         for nm, p, p0 in zip(names, train, base):
@@ -206,7 +203,10 @@ def fit_group(model: torch.nn.Module, frames: Frames, segs: Sequence[Tuple[int, 
         net = refine_model(model, ad)
         joint = [refine_latents(net, frames(f, n), lat, bits, refine, rdo=rdo)
                  for (f, n), lat in zip(segs, joint)]
+        before = _mse(plain, frames, segs, latents, bits, rdo, (w, h))
         after = _mse(net, frames, segs, joint, bits, rdo, (w, h))
+        size0 = _bytes(q, latents, bits, rdo, header.entropy)
+        slope = _slope(plain, frames, segs, latents, header, rdo, (size0, before))
         record = ct.record_size(len(ad.to_payload()))
         size1 = _bytes(q, joint, bits, rdo, header.entropy) + record
         gain = 10 * math.log10(before / after) if after > 0 else 0.0
